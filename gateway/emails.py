@@ -1,0 +1,506 @@
+"""Compose the threaded email for a resident's texts (no I/O).
+
+One conversation is one email thread:
+
+- the subject is the same for every email of the conversation (`thread_subject`);
+- every email has its own `Message-ID` (`new_message_id`), and `In-Reply-To` /
+  `References` chain it to the earlier ones (`next_thread_headers`);
+- `Reply-To` carries the conversation's unguessable token (`new_token`, `reply_address`);
+- the resident's number is shown in national format (`format_national`).
+
+`ResidentEmail` is what the outbox stores (`to_dict` / `from_dict`, JSON-safe);
+`compose` turns it into an `email.message.EmailMessage` ready for SMTP.
+
+Header injection is impossible: every value that goes into a header is reduced to one
+line (CR, LF and other control characters become spaces) before it is set.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+
+DEFAULT_TIMEZONE = "America/Toronto"
+CONVERSATION_HEADER = "X-SMS311-Conversation"
+REFERENCES_KEEP_LAST = 20  # References = the first id + the last 20 (RFC 5322 allows trimming)
+TOKEN_BYTES = 20  # 160 bits: exactly 32 base32 characters, no padding
+
+_TOKEN_RE = re.compile(r"[a-z2-7]{26,}")
+_CONTENT_TYPE_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+_FILENAME_UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+_EXTENSIONS = {
+    "image/jpeg": "jpg",
+    "image/jpg": "jpg",
+    "image/pjpeg": "jpg",
+    "image/png": "png",
+    "image/gif": "gif",
+    "image/bmp": "bmp",
+    "image/webp": "webp",
+    "image/heic": "heic",
+    "image/heif": "heif",
+    "image/tiff": "tiff",
+    "video/mp4": "mp4",
+    "video/mpeg": "mpeg",
+    "video/quicktime": "mov",
+    "video/3gpp": "3gp",
+    "video/3gpp2": "3g2",
+    "video/webm": "webm",
+    "audio/mpeg": "mp3",
+    "audio/mp4": "m4a",
+    "audio/aac": "aac",
+    "audio/amr": "amr",
+    "audio/ogg": "ogg",
+    "audio/wav": "wav",
+    "audio/3gpp": "3gp",
+    "text/vcard": "vcf",
+    "text/x-vcard": "vcf",
+    "text/calendar": "ics",
+    "text/plain": "txt",
+    "application/pdf": "pdf",
+}
+
+# Canadian time-zone abbreviations in French (zoneinfo only knows the English ones).
+_TZ_ABBR_FR = {
+    "NST": "HNT",
+    "NDT": "HAT",
+    "AST": "HNA",
+    "ADT": "HAA",
+    "EST": "HNE",
+    "EDT": "HAE",
+    "CST": "HNC",
+    "CDT": "HAC",
+    "MST": "HNR",
+    "MDT": "HAR",
+    "PST": "HNP",
+    "PDT": "HAP",
+}
+
+_WORDS = {
+    "en": {
+        "subject": "311 text from {number} — {place}",
+        "from": "From: {number} ({place})",
+        "received_one": "received {when}",
+        "received_many": "{count} texts received {first} to {last}",
+        "answer": "reply to this email to answer by text message",
+        "no_text": "(no text)",
+        "media_failed": "[Attachment {n} ({type}) could not be downloaded: {url}]",
+        "media_attached": "[Attached: {names}]",
+    },
+    "fr": {
+        "subject": "Texto 311 de {number} — {place}",
+        "from": "De : {number} ({place})",
+        "received_one": "reçu le {when}",
+        "received_many": "{count} textos reçus du {first} au {last}",
+        "answer": "répondez à ce courriel pour répondre par texto",
+        "no_text": "(aucun texte)",
+        "media_failed": "[Pièce jointe {n} ({type}) impossible à télécharger : {url}]",
+        "media_attached": "[Pièces jointes : {names}]",
+    },
+}
+
+
+def _words(language: str) -> Mapping[str, str]:
+    return _WORDS.get(language, _WORDS["en"])
+
+
+# -- one-line header values -----------------------------------------------------------
+
+
+def one_line(value: str) -> str:
+    """`value` as a safe single header line: control characters and line/paragraph
+    separators become spaces, runs of whitespace collapse, ends are trimmed."""
+    chars = [
+        " " if unicodedata.category(c) in ("Cc", "Zl", "Zp") or c.isspace() else c for c in value
+    ]
+    return " ".join("".join(chars).split())
+
+
+def _bare(value: str) -> str:
+    """A header token without any whitespace at all (Message-IDs, tokens)."""
+    return "".join(one_line(value).split())
+
+
+# -- tokens, addresses, Message-IDs ------------------------------------------------
+
+
+def new_token() -> str:
+    """A fresh conversation token: 160 random bits as 32 lower-case base32 characters
+    (`a`–`z`, `2`–`7`), safe in an email local part and in a URL."""
+    return base64.b32encode(secrets.token_bytes(TOKEN_BYTES)).decode("ascii").lower().rstrip("=")
+
+
+def is_token(value: str) -> bool:
+    """True if `value` looks like a token made by `new_token` (>= 128 bits of base32)."""
+    return _TOKEN_RE.fullmatch(value) is not None
+
+
+def reply_address(template: str, token: str) -> str:
+    """The conversation's Reply-To address: `template` with "{token}" replaced.
+
+    `reply_address("reply+{token}@gw.example", t)` -> "reply+<t>@gw.example".
+    Raises ValueError if the template has no "{token}" or the token is not base32.
+    """
+    if "{token}" not in template:
+        raise ValueError(f"reply address template has no {{token}}: {template!r}")
+    if not is_token(token):
+        raise ValueError("not a conversation token")
+    return one_line(template.replace("{token}", token))
+
+
+def new_message_id(domain: str) -> str:
+    """A new, unique RFC 5322 Message-ID "<random@domain>" (128 random bits)."""
+    domain = _bare(domain).strip("<>@.").lower()
+    if not domain or any(c in domain for c in '<>@()[]\\,;:"'):
+        raise ValueError(f"not a domain for a Message-ID: {domain!r}")
+    left = base64.b32encode(secrets.token_bytes(16)).decode("ascii").lower().rstrip("=")
+    return f"<sms311.{left}@{domain}>"
+
+
+def next_thread_headers(thread_message_ids: Sequence[str]) -> tuple[str | None, tuple[str, ...]]:
+    """In-Reply-To and References for the next email of a thread whose earlier emails
+    had `thread_message_ids` (oldest first).
+
+    In-Reply-To is the last id (None for the first email); References are all of them,
+    trimmed to the first one + the last 20 so the header stays bounded.
+    """
+    ids = [i for i in (_bare(x) for x in thread_message_ids) if i]
+    if not ids:
+        return None, ()
+    if len(ids) > REFERENCES_KEEP_LAST + 1:
+        ids = ids[:1] + ids[-REFERENCES_KEEP_LAST:]
+    return ids[-1], tuple(ids)
+
+
+# -- phone numbers and subjects ------------------------------------------------------
+
+
+def format_national(e164: str, region: str = "CA") -> str:
+    """The number as people write it: "+16135550123" -> "(613) 555-0123".
+
+    Numbers of `region`'s country (all of NANP for CA/US) use the national format;
+    others the international format ("+33 1 23 45 67 89"). Anything that is not a
+    phone number (a short code, garbage) comes back unchanged, on one line.
+    """
+    try:
+        number = phonenumbers.parse(e164, region)
+    except phonenumbers.NumberParseException:
+        return one_line(e164)
+    if not phonenumbers.is_possible_number(number):
+        return one_line(e164)
+    if number.country_code == phonenumbers.country_code_for_region(region):
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+
+
+def thread_subject(
+    municipality_name: str,
+    resident_national: str,
+    language: str,
+    reference: str | int | None = None,
+) -> str:
+    """The subject of every email of one conversation (so mail clients thread them).
+
+    "311 text from (613) 555-0123 — Ottawa" (en) or
+    "Texto 311 de (514) 555-0123 — Montréal" (fr); with `reference` (e.g. the
+    conversation id) a short " [#42]" is appended. Always one line.
+    """
+    subject = _words(language)["subject"].format(
+        number=one_line(resident_national), place=one_line(municipality_name)
+    )
+    if reference is not None and one_line(str(reference)):
+        subject += f" [#{_bare(str(reference))}]"
+    return one_line(subject)
+
+
+# -- the email ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """A picture or other media sent with a text (Twilio MediaUrlN / MediaContentTypeN)."""
+
+    url: str
+    content_type: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"url": self.url, "content_type": self.content_type}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MediaRef:
+        return cls(url=str(data["url"]), content_type=str(data["content_type"]))
+
+
+@dataclass(frozen=True)
+class ResidentText:
+    """One text from the resident. `received_at` should be timezone-aware (UTC);
+    a naive datetime is taken as UTC."""
+
+    received_at: datetime
+    body: str
+    media: tuple[MediaRef, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "received_at": self.received_at.isoformat(),
+            "body": self.body,
+            "media": [m.to_dict() for m in self.media],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResidentText:
+        return cls(
+            received_at=datetime.fromisoformat(str(data["received_at"])),
+            body=str(data["body"]),
+            media=tuple(MediaRef.from_dict(m) for m in data.get("media", ())),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResidentEmail:
+    """Everything needed to compose one email of a conversation (the outbox payload).
+
+    `date` is the Date header; by default the time of the last text, so that a
+    retried email is byte-for-byte the same. `timezone` (an IANA name) is used to
+    show times to the city's agents.
+    """
+
+    conversation_id: int
+    from_address: str
+    to: tuple[str, ...]
+    reply_to: str
+    subject: str
+    message_id: str
+    resident_e164: str
+    resident_national: str
+    municipality_name: str
+    language: str
+    texts: tuple[ResidentText, ...]
+    cc: tuple[str, ...] = ()
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    note: str | None = None
+    timezone: str = DEFAULT_TIMEZONE
+    date: datetime | None = None
+
+    @property
+    def media(self) -> tuple[MediaRef, ...]:
+        """All media of all texts, in order."""
+        return tuple(m for t in self.texts for m in t.media)
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        """To + Cc."""
+        return self.to + self.cc
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (lists, strings, ints, None; datetimes as ISO 8601)."""
+        return {
+            "conversation_id": self.conversation_id,
+            "from_address": self.from_address,
+            "to": list(self.to),
+            "cc": list(self.cc),
+            "reply_to": self.reply_to,
+            "subject": self.subject,
+            "message_id": self.message_id,
+            "in_reply_to": self.in_reply_to,
+            "references": list(self.references),
+            "resident_e164": self.resident_e164,
+            "resident_national": self.resident_national,
+            "municipality_name": self.municipality_name,
+            "language": self.language,
+            "texts": [t.to_dict() for t in self.texts],
+            "note": self.note,
+            "timezone": self.timezone,
+            "date": self.date.isoformat() if self.date is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResidentEmail:
+        """The inverse of `to_dict`. Raises KeyError/ValueError on a malformed payload."""
+        date = data.get("date")
+        in_reply_to = data.get("in_reply_to")
+        note = data.get("note")
+        return cls(
+            conversation_id=int(data["conversation_id"]),
+            from_address=str(data["from_address"]),
+            to=tuple(str(a) for a in data["to"]),
+            cc=tuple(str(a) for a in data.get("cc", ())),
+            reply_to=str(data["reply_to"]),
+            subject=str(data["subject"]),
+            message_id=str(data["message_id"]),
+            in_reply_to=str(in_reply_to) if in_reply_to is not None else None,
+            references=tuple(str(r) for r in data.get("references", ())),
+            resident_e164=str(data["resident_e164"]),
+            resident_national=str(data["resident_national"]),
+            municipality_name=str(data["municipality_name"]),
+            language=str(data["language"]),
+            texts=tuple(ResidentText.from_dict(t) for t in data["texts"]),
+            note=str(note) if note is not None else None,
+            timezone=str(data.get("timezone") or DEFAULT_TIMEZONE),
+            date=datetime.fromisoformat(str(date)) if date is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file attached to the email (a fetched MMS media)."""
+
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+
+def safe_content_type(content_type: str) -> str:
+    """`content_type` without parameters, lower case, if it is a valid "type/subtype";
+    else "application/octet-stream"."""
+    value = one_line(content_type).split(";", 1)[0].strip().lower()
+    return value if _CONTENT_TYPE_RE.fullmatch(value) else "application/octet-stream"
+
+
+def media_filename(index: int, content_type: str) -> str:
+    """A sensible attachment name for the `index`-th (1-based) media: "media-1.jpg"."""
+    extension = _EXTENSIONS.get(safe_content_type(content_type), "bin")
+    return f"media-{index}.{extension}"
+
+
+def _safe_filename(filename: str, fallback: str) -> str:
+    name = _FILENAME_UNSAFE_RE.sub("_", one_line(filename).rsplit("/", 1)[-1]).strip("._")
+    return name[:100] or fallback
+
+
+def _zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _local(moment: datetime, zone: tzinfo, language: str) -> tuple[str, str, str]:
+    """(date, time, zone abbreviation) of `moment` in `zone`."""
+    local = _aware(moment).astimezone(zone)
+    abbr = local.tzname() or ""
+    if language == "fr":
+        abbr = _TZ_ABBR_FR.get(abbr, abbr)
+    return local.strftime("%Y-%m-%d"), local.strftime("%H:%M"), abbr
+
+
+def _received(texts: Sequence[ResidentText], zone: tzinfo, language: str) -> str:
+    words = _words(language)
+    if not texts:
+        return ""
+    first = _local(min(t.received_at for t in texts), zone, language)
+    if len(texts) == 1:
+        return words["received_one"].format(when=f"{first[0]} {first[1]} {first[2]}")
+    last = _local(max(t.received_at for t in texts), zone, language)
+    last_text = f"{last[1]} {last[2]}" if last[0] == first[0] else f"{last[0]} {last[1]} {last[2]}"
+    first_text = f"{first[0]} {first[1]}" if first[2] == last[2] else " ".join(first)
+    return words["received_many"].format(count=len(texts), first=first_text, last=last_text)
+
+
+def _body(
+    email: ResidentEmail, attachments: Sequence[Attachment], failed: Sequence[MediaRef]
+) -> str:
+    words = _words(email.language)
+    zone = _zone(email.timezone)
+    failed_urls = {m.url for m in failed}
+    parts: list[str] = []
+    if email.note:
+        parts.append(f"[{email.note.strip()}]")
+    media_index = 0
+    for text in email.texts:
+        lines = [text.body.strip() or words["no_text"]]
+        for media in text.media:
+            media_index += 1
+            if media.url in failed_urls:
+                lines.append(
+                    words["media_failed"].format(
+                        n=media_index, type=safe_content_type(media.content_type), url=media.url
+                    )
+                )
+        parts.append("\n".join(lines))
+    if attachments:
+        names = ", ".join(_attachment_names(attachments))
+        parts.append(words["media_attached"].format(names=names))
+    footer = " — ".join(
+        p
+        for p in (
+            words["from"].format(
+                number=one_line(email.resident_national), place=one_line(email.municipality_name)
+            ),
+            _received(email.texts, zone, email.language),
+            words["answer"],
+        )
+        if p
+    )
+    return "\n\n".join(parts) + "\n\n-- \n" + footer + "\n"
+
+
+def _attachment_names(attachments: Sequence[Attachment]) -> list[str]:
+    return [
+        _safe_filename(a.filename, media_filename(i, a.content_type))
+        for i, a in enumerate(attachments, start=1)
+    ]
+
+
+def _addresses(values: Sequence[str]) -> str:
+    return ", ".join(a for a in (one_line(v) for v in values) if a)
+
+
+def compose(
+    email: ResidentEmail,
+    attachments: Sequence[Attachment] = (),
+    failed_media: Sequence[MediaRef] = (),
+) -> EmailMessage:
+    """The email for `email`, ready to hand to SMTP (policy `email.policy.SMTP`).
+
+    The body is text/plain UTF-8: the optional note, then the resident's texts first
+    and clearly (one paragraph each), then a signature separator and a one-line
+    footer (number, municipality, when, how to answer) in the resident's language,
+    with times in `email.timezone`. `attachments` are attached after the body; each
+    media listed in `failed_media` (matched by URL) is named in the body with its URL
+    instead. Headers: From, To, Cc, Reply-To, Subject, Date, Message-ID, In-Reply-To
+    and References when present, X-SMS311-Conversation — each forced onto one line.
+    """
+    message = EmailMessage(policy=SMTP)
+    message["From"] = one_line(email.from_address)
+    message["To"] = _addresses(email.to)
+    if email.cc:
+        message["Cc"] = _addresses(email.cc)
+    message["Reply-To"] = one_line(email.reply_to)
+    message["Subject"] = one_line(email.subject)
+    zone = _zone(email.timezone)
+    when = email.date or max(
+        (t.received_at for t in email.texts), default=datetime(1970, 1, 1, tzinfo=UTC)
+    )
+    message["Date"] = format_datetime(_aware(when).astimezone(zone))
+    message["Message-ID"] = _bare(email.message_id)
+    if email.in_reply_to:
+        message["In-Reply-To"] = _bare(email.in_reply_to)
+    references = [r for r in (_bare(x) for x in email.references) if r]
+    if references:
+        message["References"] = " ".join(references)
+    message[CONVERSATION_HEADER] = _bare(str(email.conversation_id))
+    message.set_content(_body(email, attachments, failed_media), cte="quoted-printable")
+    for attachment, filename in zip(attachments, _attachment_names(attachments), strict=True):
+        maintype, subtype = safe_content_type(attachment.content_type).split("/", 1)
+        message.add_attachment(
+            attachment.data, maintype=maintype, subtype=subtype, filename=filename
+        )
+    return message

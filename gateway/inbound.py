@@ -1,0 +1,329 @@
+"""A resident's text, from a validated webhook to committed rows.
+
+`InboundService.handle(text)` runs in ONE store transaction: the MessageSid is
+recorded (a repeat returns the first answer and changes nothing), keywords and the
+dialogue decide, held texts are kept, and every email to a city goes into the
+outbox in the same commit. It returns the SMS replies for the TwiML answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from email.utils import parseaddr
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from gateway import dialogue, emails, keywords
+from gateway.config import Settings
+from gateway.logs import mask_phone
+from gateway.municipalities import Directory, Municipality
+from gateway.store import Conversation, Resident, StoredMessage, Store, Tx
+
+log = logging.getLogger(__name__)
+
+# Where the email shows the resident's local time, by province.
+PROVINCE_TIMEZONES = {
+    "BC": "America/Vancouver",
+    "AB": "America/Edmonton",
+    "SK": "America/Regina",
+    "MB": "America/Winnipeg",
+    "ON": "America/Toronto",
+    "QC": "America/Toronto",
+    "NB": "America/Moncton",
+    "NS": "America/Halifax",
+    "PE": "America/Halifax",
+    "NL": "America/St_Johns",
+    "YT": "America/Whitehorse",
+    "NT": "America/Yellowknife",
+    "NU": "America/Iqaluit",
+}
+
+
+@dataclass(frozen=True)
+class InboundText:
+    """One validated inbound SMS/MMS, numbers already in E.164."""
+
+    sid: str
+    phone: str
+    to: str
+    body: str
+    received_at: datetime
+    media: tuple[emails.MediaRef, ...] = ()
+    from_city: str | None = None
+    from_state: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the webhook answers, and what happened (for logs and metrics)."""
+
+    replies: tuple[str, ...]
+    duplicate: bool = False
+    keyword: str | None = None
+    emails_queued: int = 0
+
+
+def _media_dicts(media: Sequence[emails.MediaRef]) -> list[dict[str, str]]:
+    return [{"url": m.url, "content_type": m.content_type} for m in media]
+
+
+def _media_refs(media: Sequence[dict[str, str]]) -> tuple[emails.MediaRef, ...]:
+    return tuple(emails.MediaRef(url=m["url"], content_type=m["content_type"]) for m in media)
+
+
+class InboundService:
+    """Turns inbound texts into stored messages, dialogue replies and queued emails."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        directory: Callable[[], Directory],
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._directory = directory  # a callable: the map can be reloaded (SIGHUP)
+
+    def handle(self, text: InboundText) -> Outcome:
+        """Process one text in one transaction; safe to call again with the same sid."""
+        with self._store.transaction() as tx:
+            previous = tx.webhook_response(text.sid)
+            if previous is not None:
+                return Outcome(replies=tuple(_decode(previous)), duplicate=True)
+            outcome = self._handle_new(tx, text)
+            tx.record_webhook(text.sid, _encode(outcome.replies))
+        log.info(
+            "inbound text from %s: keyword=%s replies=%d emails=%d",
+            mask_phone(text.phone),
+            outcome.keyword or "-",
+            len(outcome.replies),
+            outcome.emails_queued,
+        )
+        return outcome
+
+    # -- the decision ---------------------------------------------------------------
+
+    def _handle_new(self, tx: Tx, text: InboundText) -> Outcome:
+        directory = self._directory()
+        resident = tx.get_resident(text.phone) or Resident(
+            phone=text.phone, municipality_id=None, language="en", opted_out=False, dialogue={}
+        )
+        keyword = keywords.classify(text.body) if not text.media else None
+        if keyword is not None and keyword.kind != "city":
+            return self._keyword(tx, resident, keyword)
+
+        state = dialogue.DialogueState.from_dict(resident.dialogue)
+        if state.municipality_id is None and resident.municipality_id is not None:
+            state = replace(state, municipality_id=resident.municipality_id)
+        inbound = dialogue.Inbound(
+            text=text.body,
+            from_city=text.from_city,
+            from_state=text.from_state,
+            has_media=bool(text.media),
+        )
+        state, actions = dialogue.step(state, inbound, directory)
+        replies: list[str] = []
+        queued = 0
+        for action in actions:
+            if isinstance(action, dialogue.Hold):
+                tx.hold_message(
+                    text.phone, text.body, _media_dicts(text.media), text.sid, text.received_at
+                )
+            elif isinstance(action, dialogue.Reply):
+                replies.append(action.text)
+            elif isinstance(action, dialogue.Deliver):
+                municipality = directory.get(action.municipality_id)
+                if municipality is None:  # the map lost it (reload): keep the text
+                    log.warning("municipality %r is gone from the map", action.municipality_id)
+                    tx.hold_message(
+                        text.phone, text.body, _media_dicts(text.media), text.sid, text.received_at
+                    )
+                    continue
+                queued += self._deliver(tx, text, municipality, state.language, action.include_current)
+            elif isinstance(action, dialogue.Fallback):
+                queued += self._fallback(tx, text, state.language)
+        resident = replace(
+            resident,
+            municipality_id=state.municipality_id,
+            language=state.language,
+            dialogue=state.to_dict(),
+        )
+        tx.save_resident(resident)
+        if resident.opted_out:
+            replies = []  # after STOP nothing is sent until START
+        return Outcome(
+            replies=tuple(replies),
+            keyword=keyword.kind if keyword else None,
+            emails_queued=queued,
+        )
+
+    def _keyword(self, tx: Tx, resident: Resident, keyword: keywords.Keyword) -> Outcome:
+        language = keyword.language or resident.language
+        opted_out = resident.opted_out
+        if keyword.kind == "stop":
+            opted_out = True
+        elif keyword.kind == "start":
+            opted_out = False
+        tx.save_resident(replace(resident, opted_out=opted_out, language=language))
+        return Outcome(replies=(keywords.reply(keyword.kind, language),), keyword=keyword.kind)
+
+    # -- emails ---------------------------------------------------------------------
+
+    def _collect(
+        self, tx: Tx, text: InboundText, include_current: bool, conversation_id: int
+    ) -> list[StoredMessage]:
+        messages = tx.take_held(text.phone)
+        if include_current:
+            message_id = tx.add_message(
+                text.phone,
+                conversation_id,
+                "in",
+                text.body,
+                _media_dicts(text.media),
+                text.sid,
+                text.received_at,
+            )
+            messages.append(
+                StoredMessage(
+                    id=message_id,
+                    phone=text.phone,
+                    conversation_id=conversation_id,
+                    direction="in",
+                    body=text.body,
+                    media=_media_dicts(text.media),
+                    provider_sid=text.sid,
+                    received_at=text.received_at,
+                )
+            )
+        return messages
+
+    def _conversation(
+        self, tx: Tx, phone: str, municipality: Municipality | None, language: str
+    ) -> Conversation:
+        municipality_id = municipality.id if municipality else None
+        conversation = tx.open_conversation(phone, municipality_id)
+        if conversation is not None:
+            return conversation
+        national = emails.format_national(phone, self._settings.sms.default_region)
+        name = municipality.name if municipality else _UNKNOWN[language]
+        subject = emails.thread_subject(name, national, language)
+        return tx.create_conversation(phone, municipality_id, emails.new_token(), subject)
+
+    def _deliver(
+        self,
+        tx: Tx,
+        text: InboundText,
+        municipality: Municipality,
+        language: str,
+        include_current: bool,
+    ) -> int:
+        conversation = self._conversation(tx, text.phone, municipality, language)
+        messages = self._collect(tx, text, include_current, conversation.id)
+        if not messages:
+            return 0
+        tx.attach_messages([m.id for m in messages], conversation.id)
+        self._enqueue_email(
+            tx,
+            conversation,
+            messages,
+            to=(municipality.mailbox,),
+            municipality_name=municipality.name,
+            timezone=PROVINCE_TIMEZONES.get(municipality.province, "America/Toronto"),
+            language=language,
+            note=None,
+        )
+        return 1
+
+    def _fallback(self, tx: Tx, text: InboundText, language: str) -> int:
+        mailbox = self._settings.fallback_mailbox
+        if mailbox is None:
+            # Nowhere to send them: they stay held (never lost) until the resident
+            # names a municipality.
+            log.warning(
+                "held texts of %s kept: municipality unresolved and no fallback_mailbox",
+                mask_phone(text.phone),
+            )
+            return 0
+        conversation = self._conversation(tx, text.phone, None, language)
+        messages = self._collect(tx, text, include_current=False, conversation_id=conversation.id)
+        if not messages:
+            return 0
+        tx.attach_messages([m.id for m in messages], conversation.id)
+        self._enqueue_email(
+            tx,
+            conversation,
+            messages,
+            to=(mailbox,),
+            municipality_name=_UNKNOWN[language],
+            timezone="America/Toronto",
+            language=language,
+            note=_FALLBACK_NOTE,
+        )
+        return 1
+
+    def _enqueue_email(
+        self,
+        tx: Tx,
+        conversation: Conversation,
+        messages: Sequence[StoredMessage],
+        *,
+        to: tuple[str, ...],
+        municipality_name: str,
+        timezone: str,
+        language: str,
+        note: str | None,
+    ) -> None:
+        settings = self._settings.email
+        message_id = emails.new_message_id(_domain(settings.from_address))
+        in_reply_to, references = emails.next_thread_headers(conversation.thread_message_ids)
+        email = emails.ResidentEmail(
+            conversation_id=conversation.id,
+            from_address=settings.from_address,
+            to=to,
+            cc=(),
+            reply_to=emails.reply_address(settings.reply_address, conversation.token),
+            subject=conversation.subject,
+            message_id=message_id,
+            in_reply_to=in_reply_to,
+            references=references,
+            resident_e164=conversation.phone,
+            resident_national=emails.format_national(
+                conversation.phone, self._settings.sms.default_region
+            ),
+            municipality_name=municipality_name,
+            language=language,
+            texts=tuple(
+                emails.ResidentText(
+                    received_at=m.received_at, body=m.body, media=_media_refs(m.media)
+                )
+                for m in messages
+            ),
+            note=note,
+            timezone=timezone,
+        )
+        tx.record_thread_email(conversation.id, message_id)
+        tx.enqueue("email", email.to_dict())
+
+
+_UNKNOWN = {"en": "municipality unknown", "fr": "municipalité inconnue"}
+_FALLBACK_NOTE = (
+    "The resident's municipality could not be determined after several tries; "
+    "these texts were held and are sent to the fallback mailbox. / "
+    "La municipalité du résident n'a pas pu être déterminée."
+)
+
+
+def _domain(address: str) -> str:
+    return parseaddr(address)[1].rpartition("@")[2] or "sms311.invalid"
+
+
+_SEPARATOR = "\x1e"  # record separator: cannot appear in a TwiML-bound reply
+
+
+def _encode(replies: Sequence[str]) -> str:
+    return _SEPARATOR.join(replies)
+
+
+def _decode(stored: str) -> list[str]:
+    return [r for r in stored.split(_SEPARATOR) if r]

@@ -1,0 +1,46 @@
+"""Prometheus metrics, one registry per gateway (no module-level globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The gateway's counters and histograms, registered on their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.texts_in = Counter(
+            "sms311_texts_in", "Inbound texts accepted by the webhook", ["kind"], registry=r
+        )
+        self.webhook_rejected = Counter(
+            "sms311_webhook_rejected", "Webhook requests refused", ["reason"], registry=r
+        )
+        self.webhook_seconds = Histogram(
+            "sms311_webhook_seconds",
+            "Time to validate, commit and answer an inbound webhook",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.emails_sent = Counter("sms311_emails_sent", "Emails handed to SMTP", registry=r)
+        self.outbox_retries = Counter(
+            "sms311_outbox_retries", "Outbox deliveries that failed and will be retried",
+            ["kind"], registry=r,
+        )
+        self.outbox_parked = Counter(
+            "sms311_outbox_parked", "Outbox rows parked after failing for good", ["kind"],
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "sms311_outbox_depth", "Outbox rows waiting to be sent", registry=r
+        )
+        self.outbox_oldest_seconds = Gauge(
+            "sms311_outbox_oldest_seconds", "Age of the oldest waiting outbox row", registry=r
+        )
+        self.text_to_email_seconds = Histogram(
+            "sms311_text_to_email_seconds",
+            "From a text's arrival to its email being accepted by the mail server",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )

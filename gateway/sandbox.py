@@ -1,0 +1,179 @@
+"""The embedded sandbox behind `make run`: play resident without Twilio or a mail server.
+
+`sms311 sandbox run` writes a settings file under `var/sandbox/` (once), upgrades
+its SQLite database, starts a sandbox SMTP server that saves every email as a
+`.eml` file per mailbox, and runs the whole gateway with the `sandbox` SMS
+provider. `sms311 sandbox text NUMBER "…"` signs a Twilio-shaped webhook with the
+sandbox's auth token, posts it, and prints what the gateway texted back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import secrets
+import shutil
+import textwrap
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from xml.etree import ElementTree
+
+import requests
+
+from gateway.config import Settings, load_settings
+from gateway.mail.sandbox import SandboxMailServer
+from gateway.server import run_gateway, split_listen
+from gateway.services import Gateway
+from gateway.store import open_store
+from gateway.web.signature import TwilioSignature
+
+SANDBOX_SMTP_PORT = 8025
+SANDBOX_SENDER = "31100"
+MEDIA_PATH = "/sandbox/media/"
+
+
+def sandbox_settings_text(map_path: Path, token: str, web_port: int = 8311) -> str:
+    """The sandbox's settings file."""
+    return textwrap.dedent(
+        f"""\
+        # sms311 sandbox settings, written by `sms311 sandbox run`. Safe to edit or delete.
+        database: sqlite:///gateway.db
+        municipality_map: {map_path}
+        public_url: http://127.0.0.1:{web_port}
+        web: {{listen: "127.0.0.1:{web_port}"}}
+        sms:
+          provider: sandbox
+          auth_token: {token}
+          sender: "{SANDBOX_SENDER}"
+        email:
+          from_address: "311 Text <sms@gateway.example>"
+          reply_address: "reply+{{token}}@gateway.example"
+          smtp: {{host: 127.0.0.1, port: {SANDBOX_SMTP_PORT}, security: none}}
+        fallback_mailbox: 311-unrouted@gateway.example
+        """
+    )
+
+
+def ensure_sandbox(directory: Path, map_path: Path) -> Path:
+    """Create the sandbox folder and its settings file if missing; the settings path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "sms311.yaml"
+    if not config.exists():
+        token = secrets.token_hex(16)
+        config.write_text(sandbox_settings_text(map_path.resolve(), token), encoding="utf-8")
+    return config
+
+
+async def serve_sandbox(settings: Settings, printer: Callable[[str], None] = print) -> None:
+    """Run the sandbox mail server and the whole gateway until SIGTERM/SIGINT."""
+    base = settings.config_path.parent
+    mail_dir = base / "mail"
+    store = open_store(settings.database)
+    store.upgrade()
+    store.close()
+    mail = SandboxMailServer(mail_dir, host="127.0.0.1", port=settings.email.smtp.port)
+    await mail.start()
+    gateway = Gateway.from_settings(settings)
+
+    def ready() -> None:
+        host, port = split_listen(settings.web.listen)
+        printer(
+            textwrap.dedent(
+                f"""
+                sms311 sandbox is running.
+                  web:       http://{host}:{port}  (health: /healthz, metrics: /metrics)
+                  emails:    {mail_dir}/<mailbox>/*.eml
+                  SMS sent:  {base}/sms.jsonl
+                  settings:  {settings.config_path}
+                Play resident from another terminal:
+                  .venv/bin/sms311 sandbox text 613-555-0123 "There is a pothole on Bank St"
+                  .venv/bin/sms311 sandbox text 613-555-0123 "Ottawa"
+                  .venv/bin/sms311 sandbox text 613-555-0123 "It is still there" --media photo.jpg
+                Stop with Ctrl-C.
+                """
+            )
+        )
+
+    try:
+        await run_gateway(gateway, on_ready=ready)
+    finally:
+        await mail.stop()
+        gateway.close()
+
+
+def run_sandbox(directory: Path, map_path: Path) -> int:
+    config = ensure_sandbox(directory, map_path)
+    settings = load_settings(config)
+    asyncio.run(serve_sandbox(settings))
+    return 0
+
+
+def twilio_form(
+    settings: Settings,
+    number: str,
+    body: str,
+    *,
+    media_urls: Sequence[tuple[str, str]] = (),
+    from_city: str | None = None,
+    from_state: str | None = None,
+) -> dict[str, str]:
+    """The form Twilio posts for an inbound message."""
+    sid = "SM" + uuid.uuid4().hex
+    form = {
+        "MessageSid": sid,
+        "SmsMessageSid": sid,
+        "AccountSid": settings.sms.account_sid or "AC" + "0" * 32,
+        "From": number,
+        "To": settings.sms.sender or SANDBOX_SENDER,
+        "Body": body,
+        "NumMedia": str(len(media_urls)),
+        "NumSegments": "1",
+        "ApiVersion": "2010-04-01",
+        "SmsStatus": "received",
+        "FromCountry": "CA",
+    }
+    for i, (url, content_type) in enumerate(media_urls):
+        form[f"MediaUrl{i}"] = url
+        form[f"MediaContentType{i}"] = content_type
+    if from_city:
+        form["FromCity"] = from_city
+    if from_state:
+        form["FromState"] = from_state
+    return form
+
+
+def send_text(
+    settings: Settings,
+    number: str,
+    body: str,
+    *,
+    media: Sequence[Path] = (),
+    from_city: str | None = None,
+    from_state: str | None = None,
+) -> tuple[int, list[str]]:
+    """Post one signed inbound text to the running gateway: (HTTP status, replies)."""
+    media_urls = []
+    media_dir = settings.config_path.parent / "media"
+    for path in media:
+        media_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{uuid.uuid4().hex}{path.suffix}"
+        shutil.copyfile(path, media_dir / name)
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        media_urls.append((settings.public_url.rstrip("/") + MEDIA_PATH + name, content_type))
+    form = twilio_form(
+        settings, number, body, media_urls=media_urls, from_city=from_city, from_state=from_state
+    )
+    signature = TwilioSignature(settings.sms.auth_token, settings.public_url)
+    host, port = split_listen(settings.web.listen)
+    response = requests.post(
+        f"http://{host}:{port}/sms/inbound",
+        data=form,
+        headers={"X-Twilio-Signature": signature.sign("/sms/inbound", "", form)},
+        timeout=10,
+    )
+    replies: list[str] = []
+    if response.status_code == 200 and response.content:
+        root = ElementTree.fromstring(response.content)  # noqa: S314 - our own server's TwiML
+        replies = [m.text or "" for m in root.iter("Message")]
+    return response.status_code, replies

@@ -1,0 +1,76 @@
+"""Assembly: the objects a running gateway is made of, built from its settings.
+
+State is passed explicitly: the web app and the worker each receive a `Gateway`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from gateway.config import Settings, load_municipality_map
+from gateway.inbound import InboundService
+from gateway.metrics import Metrics
+from gateway.municipalities import Directory
+from gateway.sms import SmsProvider, make_provider
+from gateway.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+class DirectoryHolder:
+    """The current municipality directory; `reload()` swaps it atomically (SIGHUP)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._directory = Directory(load_municipality_map(path))
+
+    def __call__(self) -> Directory:
+        return self._directory
+
+    def reload(self) -> Directory:
+        """Load the map again; on error keep the old one and raise."""
+        directory = Directory(load_municipality_map(self._path))
+        with self._lock:
+            self._directory = directory
+        log.info("municipality map reloaded: %d municipalities", len(directory))
+        return directory
+
+
+def state_dir(settings: Settings) -> Path:
+    """Where the sandbox provider keeps its files: beside the settings file."""
+    return settings.config_path.parent
+
+
+@dataclass
+class Gateway:
+    """Everything the web app and the worker share."""
+
+    settings: Settings
+    store: Store
+    directory: DirectoryHolder
+    provider: SmsProvider
+    metrics: Metrics = field(default_factory=Metrics)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, check_schema: bool = True) -> Gateway:
+        store = open_store(settings.database)
+        if check_schema:
+            store.check_schema()
+        return cls(
+            settings=settings,
+            store=store,
+            directory=DirectoryHolder(settings.municipality_map),
+            provider=make_provider(settings.sms, state_dir(settings)),
+        )
+
+    @cached_property
+    def inbound(self) -> InboundService:
+        return InboundService(self.store, self.settings, self.directory)
+
+    def close(self) -> None:
+        self.store.close()

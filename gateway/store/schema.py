@@ -1,0 +1,162 @@
+"""SQLAlchemy Core table definitions (the schema at the newest migration).
+
+The migrations in `migrations/versions/` are the source of truth for the
+database; these tables must describe the same thing (a test compares them).
+Two column types make both backends behave the same:
+
+- `UTCDateTime`: timezone-aware in, aware UTC out. PostgreSQL stores
+  `timestamptz`; SQLite stores the UTC wall time as text (the same fixed-width
+  format everywhere, so comparisons in SQL are correct) and we put the UTC back
+  on the way out.
+- `JSONText`: a JSON document stored as text on both backends.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime, normalised to UTC. Naive datetimes are refused."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime given to the store (use an aware UTC one): {value}")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):  # pragma: no cover - drivers return datetimes
+            raise TypeError(f"expected a datetime from the database, got {type(value).__name__}")
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class JSONText(TypeDecorator[Any]):
+    """Any JSON-serialisable value, stored as compact JSON text."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return json.loads(value)
+
+
+# Integer on SQLite (so the key is the rowid alias and autoincrements), BIGINT elsewhere.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+residents = sa.Table(
+    "residents",
+    metadata,
+    sa.Column("phone", sa.String(32), primary_key=True),  # E.164
+    sa.Column("municipality_id", sa.String(100), nullable=True),
+    sa.Column("language", sa.String(8), nullable=False),
+    sa.Column("opted_out", sa.Boolean(), nullable=False),
+    sa.Column("dialogue", JSONText(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("token", sa.String(64), nullable=False),
+    sa.Column("phone", sa.String(32), nullable=False),
+    sa.Column("municipality_id", sa.String(100), nullable=True),
+    sa.Column("subject", sa.Text(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("thread_message_ids", JSONText(), nullable=False),
+    sa.Column("agent_address", sa.String(320), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("last_activity_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("token"),
+    sa.CheckConstraint("status IN ('open', 'closed')", name="status"),
+    sa.Index(None, "phone", "status"),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("phone", sa.String(32), nullable=False),
+    sa.Column(
+        "conversation_id",
+        BigId,
+        sa.ForeignKey("conversations.id", ondelete="SET NULL"),
+        nullable=True,
+    ),
+    sa.Column("direction", sa.String(8), nullable=False),
+    sa.Column("body", sa.Text(), nullable=False),
+    sa.Column("media", JSONText(), nullable=False),
+    sa.Column("provider_sid", sa.String(64), nullable=True),
+    sa.Column("held", sa.Boolean(), nullable=False),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("provider_sid"),
+    sa.CheckConstraint("direction IN ('in', 'out')", name="direction"),
+    sa.Index(None, "phone", "held"),
+    sa.Index(None, "conversation_id"),
+)
+
+webhook_log = sa.Table(
+    "webhook_log",
+    metadata,
+    sa.Column("sid", sa.String(64), primary_key=True),
+    sa.Column("response", sa.Text(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "created_at"),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("payload", JSONText(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("claimed_by", sa.String(200), nullable=True),
+    sa.Column("claimed_until", UTCDateTime(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.CheckConstraint("kind IN ('email', 'sms')", name="kind"),
+    sa.CheckConstraint("status IN ('pending', 'sent', 'parked')", name="status"),
+    sa.Index(None, "status", "next_attempt_at"),
+)

@@ -1,0 +1,20 @@
+"""The web half: a Flask app factory with the Twilio webhooks, health and metrics."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from gateway.services import Gateway
+from gateway.web import health, sandbox, webhooks
+
+
+def create_app(gateway: Gateway) -> Flask:
+    """Build the Flask app over an assembled `Gateway` (no globals)."""
+    app = Flask("gateway.web")
+    app.config["MAX_CONTENT_LENGTH"] = 256 * 1024  # a Twilio form is a few KB
+    app.extensions["sms311"] = gateway
+    app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(health.blueprint)
+    if gateway.settings.sms.provider == "sandbox":
+        app.register_blueprint(sandbox.blueprint)
+    return app

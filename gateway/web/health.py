@@ -1,0 +1,71 @@
+"""`GET /healthz` (JSON: 200 when store, SMTP and IMAP answer, 503 naming what does not)
+and `GET /metrics` (Prometheus text)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.services import Gateway
+
+blueprint = Blueprint("health", __name__)
+
+CHECK_TIMEOUT = 2.0
+
+
+def _gateway() -> Gateway:
+    gateway: Gateway = current_app.extensions["sms311"]
+    return gateway
+
+
+def _tcp(host: str, port: int) -> str | None:
+    """None when a TCP connection opens, else the error."""
+    try:
+        with socket.create_connection((host, port), timeout=CHECK_TIMEOUT):
+            return None
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
+
+
+def run_checks(gateway: Gateway) -> dict[str, dict[str, Any]]:
+    """Each dependency's state: {"store": {"ok": True}, "smtp": {"ok": False, "error": …}}."""
+    checks: dict[str, dict[str, Any]] = {}
+    try:
+        gateway.store.ping()
+        checks["store"] = {"ok": True}
+    except Exception as exc:  # any failure of the store is "not reachable"
+        checks["store"] = {"ok": False, "error": type(exc).__name__}
+    smtp = gateway.settings.email.smtp
+    error = _tcp(smtp.host, smtp.port)
+    checks["smtp"] = {"ok": error is None} | ({"error": error} if error else {})
+    imap = gateway.settings.email.imap
+    if imap is not None:
+        error = _tcp(imap.host, imap.port)
+        checks["imap"] = {"ok": error is None} | ({"error": error} if error else {})
+    return checks
+
+
+@blueprint.get("/healthz")
+def healthz() -> Response:
+    checks = run_checks(_gateway())
+    healthy = all(check["ok"] for check in checks.values())
+    failing = [name for name, check in checks.items() if not check["ok"]]
+    response = jsonify({"status": "ok" if healthy else "unavailable", "failing": failing,
+                        "checks": checks})
+    response.status_code = 200 if healthy else 503
+    return response
+
+
+@blueprint.get("/metrics")
+def metrics() -> Response:
+    gateway = _gateway()
+    try:
+        stats = gateway.store.outbox_stats()
+        gateway.metrics.outbox_depth.set(stats["depth"])
+        gateway.metrics.outbox_oldest_seconds.set(stats["oldest_age_seconds"] or 0)
+    except Exception:  # metrics must answer even when the store does not
+        pass
+    return Response(generate_latest(gateway.metrics.registry), mimetype=CONTENT_TYPE_LATEST)

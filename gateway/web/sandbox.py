@@ -1,0 +1,16 @@
+"""Sandbox only: serves the pictures `sms311 sandbox text --media` attaches, the way
+Twilio serves MMS media, so the worker fetches them like real ones."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, send_from_directory
+
+from gateway.services import Gateway
+
+blueprint = Blueprint("sandbox", __name__)
+
+
+@blueprint.get("/sandbox/media/<name>")
+def media(name: str) -> Response:
+    gateway: Gateway = current_app.extensions["sms311"]
+    return send_from_directory(gateway.settings.config_path.parent / "media", name)
