@@ -24,7 +24,7 @@ test: $(STAMP) system-deps
 	$(BIN)/pytest -q
 
 system-deps:
-	bash scripts/install-system-deps
+	bash .ci/install-system-deps
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

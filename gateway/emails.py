@@ -370,10 +370,12 @@ def safe_content_type(content_type: str) -> str:
     return value if _CONTENT_TYPE_RE.fullmatch(value) else "application/octet-stream"
 
 
-def media_filename(index: int, content_type: str) -> str:
-    """A sensible attachment name for the `index`-th (1-based) media: "media-1.jpg"."""
+def media_filename(index: int | str, content_type: str) -> str:
+    """A sensible attachment name from the content type's extension: the `index`-th
+    (1-based) media is "media-1.jpg"; a string is used as the stem ("media-1-2.png")."""
     extension = _EXTENSIONS.get(safe_content_type(content_type), "bin")
-    return f"media-{index}.{extension}"
+    stem = f"media-{index}" if isinstance(index, int) else _safe_filename(index, "media")
+    return f"{stem}.{extension}"
 
 
 def _safe_filename(filename: str, fallback: str) -> str:

@@ -9,16 +9,16 @@ outbox in the same commit. It returns the SMS replies for the TwiML answer.
 from __future__ import annotations
 
 import logging
-from email.utils import parseaddr
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from email.utils import parseaddr
 
 from gateway import dialogue, emails, keywords
 from gateway.config import Settings
 from gateway.logs import mask_phone
 from gateway.municipalities import Directory, Municipality
-from gateway.store import Conversation, Resident, StoredMessage, Store, Tx
+from gateway.store import Conversation, DuplicateWebhook, Resident, Store, StoredMessage, Tx
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,19 @@ class InboundService:
 
     def handle(self, text: InboundText) -> Outcome:
         """Process one text in one transaction; safe to call again with the same sid."""
-        with self._store.transaction() as tx:
-            previous = tx.webhook_response(text.sid)
-            if previous is not None:
-                return Outcome(replies=tuple(_decode(previous)), duplicate=True)
-            outcome = self._handle_new(tx, text)
-            tx.record_webhook(text.sid, _encode(outcome.replies))
+        try:
+            with self._store.transaction() as tx:
+                previous = tx.webhook_response(text.sid)
+                if previous is not None:
+                    return Outcome(replies=tuple(_decode(previous)), duplicate=True)
+                outcome = self._handle_new(tx, text)
+                tx.record_webhook(text.sid, _encode(outcome.replies))
+        except DuplicateWebhook:
+            # Twilio retried while the first delivery was still being committed: the
+            # first one won; answer what it answered.
+            with self._store.transaction() as tx:
+                previous = tx.webhook_response(text.sid)
+            return Outcome(replies=tuple(_decode(previous or "")), duplicate=True)
         log.info(
             "inbound text from %s: keyword=%s replies=%d emails=%d",
             mask_phone(text.phone),
@@ -140,7 +147,9 @@ class InboundService:
                         text.phone, text.body, _media_dicts(text.media), text.sid, text.received_at
                     )
                     continue
-                queued += self._deliver(tx, text, municipality, state.language, action.include_current)
+                queued += self._deliver(
+                    tx, text, municipality, state.language, action.include_current
+                )
             elif isinstance(action, dialogue.Fallback):
                 queued += self._fallback(tx, text, state.language)
         resident = replace(
@@ -191,7 +200,7 @@ class InboundService:
                     conversation_id=conversation_id,
                     direction="in",
                     body=text.body,
-                    media=_media_dicts(text.media),
+                    media=tuple(_media_dicts(text.media)),
                     provider_sid=text.sid,
                     received_at=text.received_at,
                 )

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway import prompts
-from gateway.prompts import Language
+from gateway.language import Language
 
 KeywordKind = Literal["stop", "start", "help", "city"]
 
@@ -119,12 +119,14 @@ _REPLIES: dict[tuple[KeywordKind, Language], str] = {
 }
 
 
-def reply(kind: KeywordKind, language: Language, *, short_code_name: str = "311") -> str:
+def reply(kind: KeywordKind, language: str, *, short_code_name: str = "311") -> str:
     """The SMS answering keyword ``kind`` in ``language`` (<= 160 characters).
 
-    ``short_code_name`` prefixes the message ("311: …"); if a long name would push the reply over
-    160 characters, the prefix is left out rather than the message cut.
+    ``language`` is "en" or "fr"; anything else is answered in English. ``short_code_name``
+    prefixes the message ("311: …"); if a long name would push the reply over 160 characters,
+    the prefix is left out rather than the message cut.
     """
+    language = prompts.as_language(language)
     if kind == "city":
         return prompts.ask_city(language)
     template = _REPLIES[(kind, language)]

@@ -20,40 +20,47 @@ Language = Literal["en", "fr"]
 
 MARGIN = 2.0
 
+
+def _set(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
 # Weight 2: words that alone say which language it is. Weight 1: common, typical words.
-_FR_STRONG = frozenset(
+_FR_STRONG = _set(
     """
     bonjour bonsoir allo allô salut merci oui non svp stp plait plaît je j' nous vous
     est sont avec pour dans chez très aussi mais depuis encore toujours jamais rien
     nid poule nids déneigement deneigement déchets dechets ordures poubelle poubelles bac
     trottoir lampadaire feu feux égout egout aqueduc fuite eau chaussée chaussee voisin voisins
     habite demeure suis ville quartier ruelle coin devant derrière derriere
-    """.split()
+    """
 )
-_FR_WEAK = frozenset(
+_FR_WEAK = _set(
     """
     le la les de des du un une au aux à en sur et ou il elle ils elles ce cette ces mon ma mes
     ton ta tes son sa ses notre votre leur qui que quoi quand comment où ne pas plus
     rue boul boulevard av avenue chemin rang parc pont arrêt neige glace bruit chien
     chat stationnement voiture auto camion déneigeuse deneigeuse collecte recyclage
-    hier semaine jours matin soir
-    """.split()
+    hier semaine jours matin soir collecte ramassé ramassée ramassés ramassées arbre
+    maison besoin brisé brisée cassé cassée bouché bouchée panne
+    """
 )
-_EN_STRONG = frozenset(
+_EN_STRONG = _set(
     """
     hello hi hey thanks thank please yes yeah the is are was were there there's it's
     i i'm im i've don't doesn't can't won't isn't what where when why how
     pothole potholes garbage trash recycling sidewalk streetlight snow plow plowed
     neighbour neighbor neighbours neighbors broken missing live
-    """.split()
+    """
 )
-_EN_WEAK = frozenset(
+_EN_WEAK = _set(
     """
     a an and or of to in on at for with my our your his her their this that these those
     it we you he she they has have had been be not no from by near outside front back
     street st road rd ave avenue drive dr lane park bridge water leak light lights noise
     dog cat parking car truck week days morning night since yesterday still again
-    """.split()
+    missed bin bins picked pickup collection tree trees house yard waste call someone need
+    """
 )
 # French words also frequent in English texts (place names, loans): no evidence either way.
 _NEUTRAL = frozenset({"a", "on", "avenue", "parc", "y", "bus", "ave", "av", "plus"})

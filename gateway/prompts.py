@@ -11,15 +11,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+from gateway.language import Language
 from gateway.municipalities import Municipality
 
-Language = Literal["en", "fr"]
 LANGUAGES: tuple[Language, ...] = ("en", "fr")
 
 MAX_CHARS = 160
 MAX_CHOICES = 9  # answers are a single digit
 MAX_CHOICE_LABEL = 40  # one line of a numbered choice at most
 _ELLIPSIS = "..."
+
+
+def as_language(value: str | None, default: Language = "en") -> Language:
+    """``value`` if it is "en" or "fr" (any case), else ``default``."""
+    lowered = (value or "").strip().lower()
+    if lowered == "fr":
+        return "fr"
+    if lowered == "en":
+        return "en"
+    return default
 
 
 def label(municipality: Municipality, language: Language) -> str:
@@ -55,6 +65,10 @@ _HELD_AGAIN = {
     "en": "Got it, we will send this too. But first: ",
     "fr": "Bien noté, nous l'enverrons aussi. Mais d'abord : ",
 }
+_SORRY = {
+    "en": "Sorry, we did not get that. ",
+    "fr": "Désolé, nous n'avons pas compris. ",
+}
 _OK = {"en": "OK. ", "fr": "D'accord. "}
 _RETRY = {
     "en": (
@@ -87,7 +101,7 @@ _CHOOSE_TAIL = {
 }
 _CONFIRMED = {
     "en": "Thanks! Your messages now go to {place}. Text CITY to change it.",
-    "fr": "Merci! Vos messages vont maintenant à {place}. Envoyez VILLE pour la changer.",
+    "fr": "Merci ! Vos messages vont maintenant à {place}. Envoyez VILLE pour la changer.",
 }
 _FAILED = {
     "en": (
@@ -132,11 +146,21 @@ def retry(language: Language) -> str:
     return _RETRY[language]
 
 
-def suggest(language: Language, place: str, *, first: bool = True) -> str:
-    """Offer Twilio's FromCity/FromState guess: "Are you in Ottawa, ON? Reply YES, or …"."""
-    template = (_THANKS[language] if first else "") + _SUGGEST[language]
-    if len(template.format(place="x" * 12)) > MAX_CHARS:
-        template = _SUGGEST[language]
+SuggestLead = Literal["thanks", "held", "again", "none"]
+
+
+def suggest(language: Language, place: str, *, lead: SuggestLead = "thanks") -> str:
+    """Offer Twilio's FromCity/FromState guess: "Are you in Ottawa, ON? Reply YES, or …".
+
+    ``lead``: "thanks" (the first text was held), "held" (another text was held), "again" (the
+    answer was not understood) or "none". The lead is dropped if it leaves too little room.
+    """
+    leads = {"thanks": _THANKS, "held": _HELD_AGAIN, "again": _SORRY}
+    template = _SUGGEST[language]
+    if lead != "none":
+        with_lead = leads[lead][language] + template
+        if len(with_lead.format(place="x" * 20)) <= MAX_CHARS:
+            template = with_lead
     return _fill(template, place)
 
 

@@ -7,10 +7,12 @@ flight; SIGHUP reloads the municipality map.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from waitress.server import create_server
 
@@ -20,7 +22,7 @@ from gateway.worker import run_worker
 
 log = logging.getLogger(__name__)
 
-Extra = Callable[[asyncio.Event], Awaitable[None]]
+Extra = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -44,10 +46,8 @@ class WebServer:
         return int(self._server.effective_port)
 
     def _serve(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # closed while stopping
             self._server.run()
-        except OSError:  # closed while stopping
-            pass
 
     def start(self) -> None:
         self._thread.start()
@@ -75,7 +75,7 @@ async def run_gateway(
     server = WebServer(gateway) if web else None
     if server is not None:
         server.start()
-    tasks = [asyncio.create_task(extra(stop)) for extra in extras]
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(extra(stop)) for extra in extras]
     if worker:
         tasks.append(asyncio.create_task(run_worker(gateway, stop)))
     if on_ready is not None:

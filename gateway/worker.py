@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from gateway import emails
 from gateway.mail.smtp import PermanentSmtpError, TemporarySmtpError, send_email
 from gateway.services import Gateway
+from gateway.sms import MediaError
 from gateway.store import OutboxItem, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Dispatcher:
         self._now = now
         self._wake = asyncio.Event()
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self._random = random.Random()  # noqa: S311 - jitter, not security
+        self._random = random.Random()
 
     def wake(self) -> None:
         """Look at the outbox now rather than at the next poll."""
@@ -96,10 +97,20 @@ class Dispatcher:
     async def _send_email(self, item: OutboxItem) -> None:
         email = emails.ResidentEmail.from_dict(item.payload)
         attachments: list[emails.Attachment] = []
+        failed: list[emails.MediaRef] = []
+        # A media that keeps failing must not hold the text back for ever: after half the
+        # attempts the email goes without it, its URL listed in the body.
+        give_up_media = item.attempts + 1 >= self._gateway.settings.outbox.max_attempts // 2
         for index, text in enumerate(email.texts):
             for n, media in enumerate(text.media):
-                attachments.append(await self._fetch(media, f"media-{index + 1}-{n + 1}"))
-        message = emails.compose(email, attachments)
+                try:
+                    attachments.append(await self._fetch(media, f"media-{index + 1}-{n + 1}"))
+                except MediaError as exc:
+                    if exc.temporary and not give_up_media:
+                        raise TemporarySmtpError(f"media not fetched yet: {exc}") from exc
+                    log.warning("outbox %s: media left out of the email: %s", item.id, exc)
+                    failed.append(media)
+        message = emails.compose(email, attachments, failed)
         await send_email(message, self._gateway.settings.email.smtp)
         self._gateway.metrics.emails_sent.inc()
         if email.texts:
@@ -108,11 +119,12 @@ class Dispatcher:
         log.info("email sent: conversation=%s outbox=%s", email.conversation_id, item.id)
 
     async def _fetch(self, media: emails.MediaRef, stem: str) -> emails.Attachment:
-        """Fetch one MMS media with the provider's credentials (a failure retries the row)."""
+        """Fetch one MMS media with the provider's credentials."""
         content_type, data = await asyncio.to_thread(self._gateway.provider.fetch_media, media.url)
+        content_type = content_type or media.content_type
         return emails.Attachment(
-            filename=emails.media_filename(stem, content_type or media.content_type),
-            content_type=content_type or media.content_type,
+            filename=emails.media_filename(stem, content_type),
+            content_type=content_type,
             data=data,
         )
 
@@ -154,7 +166,9 @@ async def _sleep_or(stop: asyncio.Event, seconds: float, *others: asyncio.Event)
             waiter.cancel()
 
 
-async def run_worker(gateway: Gateway, stop: asyncio.Event, dispatcher: Dispatcher | None = None) -> None:
+async def run_worker(
+    gateway: Gateway, stop: asyncio.Event, dispatcher: Dispatcher | None = None
+) -> None:
     """The worker: the dispatcher (and the listeners, when configured) until `stop`."""
     dispatcher = dispatcher or Dispatcher(gateway)
     await dispatcher.run(stop)

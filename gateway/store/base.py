@@ -190,7 +190,15 @@ class Tx(Protocol):
         ...
 
     def get_resident(self, phone: str) -> Resident | None:
-        """The resident with this E.164 number, or None."""
+        """The resident with this E.164 number, or None.
+
+        It also claims the number for the rest of the transaction: a concurrent
+        transaction that reads the same resident waits until this one ends, so a
+        number's texts are handled one after another (the dialogue state, held texts
+        and open conversation are never raced). On SQLite every transaction is
+        serial anyway; on PostgreSQL this is a transaction-scoped advisory lock.
+        Read the resident first in a transaction to keep lock order consistent.
+        """
         ...
 
     def save_resident(self, resident: Resident) -> None:
@@ -233,7 +241,7 @@ class Tx(Protocol):
 
         If `conversation_id` is given, that conversation's `last_activity_at` is
         moved forward to `received_at`. Raises `DuplicateWebhook` if
-        `provider_sid` is already stored.
+        `provider_sid` is already stored, `KeyError` if the conversation does not exist.
         """
         ...
 
@@ -241,6 +249,7 @@ class Tx(Protocol):
         """Put these messages into the conversation (e.g. the texts just taken from held).
 
         Moves the conversation's `last_activity_at` forward to the newest one.
+        Raises `KeyError` if the conversation does not exist.
         """
         ...
 
@@ -265,7 +274,7 @@ class Tx(Protocol):
     def enqueue(
         self, kind: OutboxKind, payload: Mapping[str, Any], available_at: datetime | None = None
     ) -> int:
-        """Queue an email or SMS; it becomes due at `available_at` (default: now). Returns its id."""
+        """Queue an email or SMS, due at `available_at` (default: now). Returns its id."""
         ...
 
 
@@ -329,7 +338,9 @@ class Store(Protocol):
         attempts + 1, `last_error`, claim cleared."""
         ...
 
-    def list_outbox(self, status: OutboxStatus | None = None, limit: int = 1000) -> list[OutboxItem]:
+    def list_outbox(
+        self, status: OutboxStatus | None = None, limit: int = 1000
+    ) -> list[OutboxItem]:
         """Outbox items (all, or of one status), oldest first."""
         ...
 

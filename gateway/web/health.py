@@ -3,6 +3,7 @@ and `GET /metrics` (Prometheus text)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
@@ -10,6 +11,8 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.services import Gateway
+
+log = logging.getLogger(__name__)
 
 blueprint = Blueprint("health", __name__)
 
@@ -66,6 +69,6 @@ def metrics() -> Response:
         stats = gateway.store.outbox_stats()
         gateway.metrics.outbox_depth.set(stats["depth"])
         gateway.metrics.outbox_oldest_seconds.set(stats["oldest_age_seconds"] or 0)
-    except Exception:  # metrics must answer even when the store does not
-        pass
+    except Exception as exc:  # metrics must answer even when the store does not
+        log.warning("metrics: outbox stats unavailable: %s", type(exc).__name__)
     return Response(generate_latest(gateway.metrics.registry), mimetype=CONTENT_TYPE_LATEST)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+
 from twilio.request_validator import (
     SIGNATURE_HEADER,
     SIGNATURE_SETTINGS_HEADER,
     RequestValidator,
     get_signature_algorithm,
 )
+from werkzeug.datastructures import Headers
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class TwilioSignature:
         path: str,
         query: str,
         params: object,
-        headers: Mapping[str, str],
+        headers: Mapping[str, str] | Headers,
     ) -> bool:
         """True only when the signature matches the URL and the form parameters."""
         signature = headers.get(SIGNATURE_HEADER)
@@ -71,4 +73,5 @@ class TwilioSignature:
         """The signature Twilio would send (for the sandbox helper and tests)."""
         if self._validator is None:
             raise ValueError("no auth_token configured")
-        return str(self._validator.compute_signature(signed_url(self._public_url, path, query), params))
+        url = signed_url(self._public_url, path, query)
+        return str(self._validator.compute_signature(url, params))

@@ -12,6 +12,7 @@ so that later batch migrations on SQLite can refer to them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -26,7 +27,7 @@ depends_on: str | Sequence[str] | None = None
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def _ts(name: str, nullable: bool = False) -> sa.Column[object]:
+def _ts(name: str, nullable: bool = False) -> sa.Column[Any]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
@@ -40,7 +41,7 @@ def upgrade() -> None:
         sa.Column("dialogue", sa.Text(), nullable=False),
         _ts("created_at"),
         _ts("updated_at"),
-        sa.PrimaryKeyConstraint("phone", name="pk_residents"),
+        sa.PrimaryKeyConstraint("phone", name=op.f("pk_residents")),
     )
 
     op.create_table(
@@ -55,11 +56,11 @@ def upgrade() -> None:
         sa.Column("agent_address", sa.String(320), nullable=True),
         _ts("created_at"),
         _ts("last_activity_at"),
-        sa.PrimaryKeyConstraint("id", name="pk_conversations"),
-        sa.UniqueConstraint("token", name="uq_conversations_token"),
-        sa.CheckConstraint("status IN ('open', 'closed')", name="ck_conversations_status"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_conversations")),
+        sa.UniqueConstraint("token", name=op.f("uq_conversations_token")),
+        sa.CheckConstraint("status IN ('open', 'closed')", name=op.f("ck_conversations_status")),
     )
-    op.create_index("ix_conversations_phone_status", "conversations", ["phone", "status"])
+    op.create_index(op.f("ix_conversations_phone_status"), "conversations", ["phone", "status"])
 
     op.create_table(
         "messages",
@@ -72,27 +73,27 @@ def upgrade() -> None:
         sa.Column("provider_sid", sa.String(64), nullable=True),
         sa.Column("held", sa.Boolean(), nullable=False),
         _ts("received_at"),
-        sa.PrimaryKeyConstraint("id", name="pk_messages"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_messages")),
         sa.ForeignKeyConstraint(
             ["conversation_id"],
             ["conversations.id"],
-            name="fk_messages_conversation_id_conversations",
+            name=op.f("fk_messages_conversation_id_conversations"),
             ondelete="SET NULL",
         ),
-        sa.UniqueConstraint("provider_sid", name="uq_messages_provider_sid"),
-        sa.CheckConstraint("direction IN ('in', 'out')", name="ck_messages_direction"),
+        sa.UniqueConstraint("provider_sid", name=op.f("uq_messages_provider_sid")),
+        sa.CheckConstraint("direction IN ('in', 'out')", name=op.f("ck_messages_direction")),
     )
-    op.create_index("ix_messages_phone_held", "messages", ["phone", "held"])
-    op.create_index("ix_messages_conversation_id", "messages", ["conversation_id"])
+    op.create_index(op.f("ix_messages_phone_held"), "messages", ["phone", "held"])
+    op.create_index(op.f("ix_messages_conversation_id"), "messages", ["conversation_id"])
 
     op.create_table(
         "webhook_log",
         sa.Column("sid", sa.String(64), nullable=False),
         sa.Column("response", sa.Text(), nullable=False),
         _ts("created_at"),
-        sa.PrimaryKeyConstraint("sid", name="pk_webhook_log"),
+        sa.PrimaryKeyConstraint("sid", name=op.f("pk_webhook_log")),
     )
-    op.create_index("ix_webhook_log_created_at", "webhook_log", ["created_at"])
+    op.create_index(op.f("ix_webhook_log_created_at"), "webhook_log", ["created_at"])
 
     op.create_table(
         "outbox",
@@ -107,23 +108,25 @@ def upgrade() -> None:
         _ts("claimed_until", nullable=True),
         _ts("created_at"),
         _ts("updated_at"),
-        sa.PrimaryKeyConstraint("id", name="pk_outbox"),
-        sa.CheckConstraint("kind IN ('email', 'sms')", name="ck_outbox_kind"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
+        sa.CheckConstraint("kind IN ('email', 'sms')", name=op.f("ck_outbox_kind")),
         sa.CheckConstraint(
-            "status IN ('pending', 'sent', 'parked')", name="ck_outbox_status"
+            "status IN ('pending', 'sent', 'parked')", name=op.f("ck_outbox_status")
         ),
     )
-    op.create_index("ix_outbox_status_next_attempt_at", "outbox", ["status", "next_attempt_at"])
+    op.create_index(
+        op.f("ix_outbox_status_next_attempt_at"), "outbox", ["status", "next_attempt_at"]
+    )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_outbox_status_next_attempt_at", table_name="outbox")
+    op.drop_index(op.f("ix_outbox_status_next_attempt_at"), table_name="outbox")
     op.drop_table("outbox")
-    op.drop_index("ix_webhook_log_created_at", table_name="webhook_log")
+    op.drop_index(op.f("ix_webhook_log_created_at"), table_name="webhook_log")
     op.drop_table("webhook_log")
-    op.drop_index("ix_messages_conversation_id", table_name="messages")
-    op.drop_index("ix_messages_phone_held", table_name="messages")
+    op.drop_index(op.f("ix_messages_conversation_id"), table_name="messages")
+    op.drop_index(op.f("ix_messages_phone_held"), table_name="messages")
     op.drop_table("messages")
-    op.drop_index("ix_conversations_phone_status", table_name="conversations")
+    op.drop_index(op.f("ix_conversations_phone_status"), table_name="conversations")
     op.drop_table("conversations")
     op.drop_table("residents")

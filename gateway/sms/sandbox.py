@@ -1,0 +1,93 @@
+"""The sandbox SMS provider: records each text it would send, sends nothing.
+
+Each `send` appends one JSON line `{"sid", "to", "body", "at", "status_callback"}` to
+`<directory>/sms.jsonl` (read it with `read_sent`). `fetch_media` reads `file://`
+URLs (so the sandbox texting helper can attach a local picture) and fetches http(s)
+URLs without credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import secrets
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
+
+from gateway.logs import mask_phone
+from gateway.sms.base import MAX_MEDIA_BYTES, MediaError
+from gateway.sms.twilio import fetch_http_media
+
+log = logging.getLogger(__name__)
+
+SENT_FILE = "sms.jsonl"
+
+
+def read_sent(directory: Path) -> list[dict[str, Any]]:
+    """The texts recorded so far in `directory`, oldest first."""
+    path = Path(directory) / SENT_FILE
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+class SandboxProvider:
+    """Records texts to `<directory>/sms.jsonl` instead of sending them."""
+
+    name = "sandbox"
+
+    def __init__(
+        self, directory: Path, *, timeout: float = 15.0, max_media_bytes: int = MAX_MEDIA_BYTES
+    ) -> None:
+        self.directory = Path(directory)
+        self.timeout = timeout
+        self.max_media_bytes = max_media_bytes
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self.directory / SENT_FILE
+
+    def send(self, to: str, body: str, status_callback: str | None = None) -> str:
+        """Append the text to sms.jsonl; returns a Twilio-like SID ("SM" + 32 hex)."""
+        sid = "SM" + secrets.token_hex(16)
+        record = {
+            "sid": sid,
+            "to": to,
+            "body": body,
+            "at": datetime.now(UTC).isoformat(),
+            "status_callback": status_callback,
+        }
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(line)
+        log.info("sandbox text to %s recorded: %s (%d chars)", mask_phone(to), sid, len(body))
+        return sid
+
+    def fetch_media(self, url: str) -> tuple[str, bytes]:
+        """Read a `file://` URL, or GET an http(s) URL without credentials."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "file":
+            return fetch_http_media(
+                url, auth=None, timeout=self.timeout, limit=self.max_media_bytes
+            )
+        if parts.netloc not in ("", "localhost"):
+            raise MediaError(f"file URL on another host: {parts.netloc}")
+        path = Path(url2pathname(unquote(parts.path)))
+        try:
+            size = path.stat().st_size
+            if size > self.max_media_bytes:
+                raise MediaError(f"media too large: {size} bytes (limit {self.max_media_bytes})")
+            data = path.read_bytes()
+        except OSError as exc:
+            raise MediaError(f"cannot read media file: {exc.strerror or exc}") from exc
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return content_type, data

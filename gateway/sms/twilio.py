@@ -1,0 +1,243 @@
+"""Twilio (and Twilio-compatible APIs) through the real `twilio` client.
+
+The client is pointed at `api_base_url` by setting the base URL of its `api` domain
+(`client.api.base_url`), the one every `client.messages` call goes through; so
+SignalWire-style compatible APIs and the tests' fake API work unchanged. Media are
+fetched with `requests` and HTTP basic auth (account SID, auth token) — the
+credentials are only sent to the API's own origin; Twilio's redirect to its CDN is
+followed without them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from requests.structures import CaseInsensitiveDict
+from twilio.base.exceptions import TwilioException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+from gateway.logs import mask_phone
+from gateway.sms.base import (
+    AUTHENTICATION_FAILED,
+    HTTP_TOO_MANY_REQUESTS,
+    MAX_MEDIA_BYTES,
+    TEMPORARY_CODES,
+    MediaError,
+    SmsPermanentError,
+    SmsTemporaryError,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_BASE_URL = "https://api.twilio.com"
+_CHUNK = 64 * 1024
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), if any."""
+    value = (headers or {}).get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _not_sent(exc: requests.RequestException) -> bool:
+    """True if the request surely never reached the server (so resending is safe)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.ReadTimeout):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+    return False
+
+
+class _HttpClient(TwilioHttpClient):  # type: ignore[misc]
+    """The twilio HTTP client, quieter (one DEBUG line per request instead of INFO
+    blocks) and remembering each thread's last response headers (for Retry-After)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout=timeout, logger=log)
+        self._last = threading.local()
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        self._last.headers = None
+        response = super().request(*args, **kwargs)
+        self._last.headers = response.headers
+        return response
+
+    def last_headers(self) -> Mapping[str, str] | None:
+        headers = getattr(self._last, "headers", None)
+        return CaseInsensitiveDict(headers) if headers is not None else None
+
+    def log_request(self, kwargs: dict[str, Any]) -> None:
+        log.debug("twilio API %s %s", kwargs["method"], kwargs["url"])
+
+    def log_response(self, status_code: int, response: Any) -> None:
+        log.debug("twilio API answered %s", status_code)
+
+
+class TwilioProvider:
+    """Send texts through Twilio's Messages API (or any API shaped like it).
+
+    `sender` is a short code, an E.164 number, or a Messaging Service SID ("MG…",
+    sent as MessagingServiceSid instead of From).
+    """
+
+    name = "twilio"
+
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        sender: str,
+        api_base_url: str = DEFAULT_API_BASE_URL,
+        *,
+        timeout: float = 15.0,
+        max_media_bytes: int = MAX_MEDIA_BYTES,
+    ) -> None:
+        if not account_sid or not auth_token:
+            raise ValueError("sms.account_sid and sms.auth_token are required for Twilio")
+        if not sender:
+            raise ValueError("sms.sender is required for Twilio")
+        self.account_sid = account_sid
+        self._auth_token = auth_token
+        self.sender = sender
+        self.api_base_url = api_base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_media_bytes = max_media_bytes
+        self._http = _HttpClient(timeout)
+        self.client = Client(account_sid, auth_token, http_client=self._http)
+        if _origin(self.api_base_url) != _origin(DEFAULT_API_BASE_URL):
+            # TWILIO_EDGE / TWILIO_REGION would rewrite the host: not for another API.
+            self.client.edge = None
+            self.client.region = None
+        self.client.api.base_url = self.api_base_url
+
+    def __repr__(self) -> str:
+        return f"TwilioProvider(account_sid={self.account_sid!r}, api={self.api_base_url!r})"
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send(self, to: str, body: str, status_callback: str | None = None) -> str:
+        """Create a Message resource; returns its SID ("SM…")."""
+        params: dict[str, Any] = {"to": to, "body": body}
+        if self.sender.startswith("MG"):
+            params["messaging_service_sid"] = self.sender
+        else:
+            params["from_"] = self.sender
+        if status_callback:
+            params["status_callback"] = status_callback
+        try:
+            message = self.client.messages.create(**params)
+        except TwilioException as exc:
+            raise self._error(exc) from exc
+        except requests.RequestException as exc:
+            raise SmsTemporaryError(
+                f"Twilio API unreachable: {type(exc).__name__}", maybe_sent=not _not_sent(exc)
+            ) from exc
+        except ValueError as exc:  # a 2xx answer that is not JSON
+            raise SmsTemporaryError(
+                f"Twilio API gave an unreadable answer: {exc}", maybe_sent=True
+            ) from exc
+        sid = str(message.sid or "")
+        if not sid:
+            raise SmsTemporaryError("Twilio API answered without a message SID", maybe_sent=True)
+        log.info("text to %s accepted by Twilio: %s", mask_phone(to), sid)
+        return sid
+
+    def _error(self, exc: TwilioException) -> SmsTemporaryError | SmsPermanentError:
+        status = int(getattr(exc, "status", 0) or 0)
+        raw_code = getattr(exc, "code", None)
+        code = (
+            int(raw_code) if isinstance(raw_code, int | str) and str(raw_code).isdigit() else None
+        )
+        text = str(getattr(exc, "msg", None) or getattr(exc, "detail", None) or "")
+        message = f"Twilio API {status}" + (f" code {code}" if code else "") + f": {text}"
+        if status == 401 or code == AUTHENTICATION_FAILED:
+            return SmsTemporaryError(
+                message + " (check sms.account_sid / sms.auth_token)",
+                code or AUTHENTICATION_FAILED,
+            )
+        if status == HTTP_TOO_MANY_REQUESTS or code in TEMPORARY_CODES:
+            return SmsTemporaryError(
+                message, code or status, retry_after=_retry_after(self._http.last_headers())
+            )
+        if status >= 500 or status == 0:
+            return SmsTemporaryError(message, code or status or None, maybe_sent=True)
+        return SmsPermanentError(message, code or status)
+
+    # -- media -------------------------------------------------------------------------
+
+    def fetch_media(self, url: str) -> tuple[str, bytes]:
+        """GET a media URL (HTTP basic auth on the API's own origin), following redirects;
+        at most `max_media_bytes`. Raises MediaError."""
+        auth = (
+            (self.account_sid, self._auth_token)
+            if _origin(url) == _origin(self.api_base_url)
+            else None
+        )
+        return fetch_http_media(url, auth=auth, timeout=self.timeout, limit=self.max_media_bytes)
+
+
+def fetch_http_media(
+    url: str,
+    *,
+    auth: tuple[str, str] | None,
+    timeout: float,
+    limit: int = MAX_MEDIA_BYTES,
+) -> tuple[str, bytes]:
+    """Download `url` (following redirects; `requests` drops the credentials when a
+    redirect leaves the host): (content type without parameters, data).
+
+    Raises MediaError: temporary for network trouble, 429 and 5xx; permanent otherwise
+    (4xx, more than `limit` bytes, not an http(s) URL).
+    """
+    if _origin(url)[0] not in ("http", "https"):
+        raise MediaError(f"not an http(s) media URL: {urlsplit(url).scheme or '?'}")
+    try:
+        with requests.get(url, auth=auth, timeout=timeout, stream=True) as response:
+            if response.status_code != 200:
+                temporary = response.status_code in (401, 408, 429) or response.status_code >= 500
+                raise MediaError(
+                    f"media fetch answered {response.status_code}",
+                    response.status_code,
+                    temporary=temporary,
+                )
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise MediaError(f"media too large: {declared} bytes (limit {limit})")
+            data = bytearray()
+            for chunk in response.iter_content(_CHUNK):
+                data += chunk
+                if len(data) > limit:
+                    raise MediaError(f"media too large: over {limit} bytes")
+            content_type = response.headers.get("Content-Type", "application/octet-stream")
+    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
+        raise MediaError(f"not a media URL: {type(exc).__name__}") from exc
+    except requests.RequestException as exc:
+        raise MediaError(f"media fetch failed: {type(exc).__name__}", temporary=True) from exc
+    return content_type.split(";", 1)[0].strip().lower(), bytes(data)

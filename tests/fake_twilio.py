@@ -1,0 +1,361 @@
+"""A fake Twilio REST API: a real HTTP server on 127.0.0.1 for the real `twilio` client.
+
+    with FakeTwilio("AC…", "token") as api:
+        provider = TwilioProvider("AC…", "token", "31100", api.base_url)
+        provider.send("+16135550123", "Hello")
+        api.messages[0]["Body"] == "Hello"
+
+Implements what the gateway uses:
+
+- POST /2010-04-01/Accounts/{sid}/Messages.json — HTTP basic auth checked, the form
+  recorded in `messages` (each dict also has "_sid", the SID answered), answered 201
+  with a Twilio-shaped Message resource ("SM…"); `attempts` has failed calls too.
+  `fail_next(n, status, code)` makes the next n calls fail with Twilio's error JSON
+  (e.g. 429 / 20429, 400 / 21610).
+- GET /2010-04-01/Accounts/{sid}/Messages/{MM}/Media/{ME} — basic auth required; a 307
+  redirect to a public "CDN" URL on the same server, under another host name
+  (`localhost` instead of `127.0.0.1`, like Twilio's redirect to its CDN), so a client
+  that leaks the credentials across hosts is caught (`cdn_requests`).
+- `send_status(sid, status, error_code)` posts a signed status callback, as Twilio does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+from twilio.request_validator import RequestValidator
+
+API = "/2010-04-01/Accounts/"
+_MESSAGES = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages\.json$")
+_MEDIA = re.compile(
+    r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages/(?P<message>MM\w+)/Media/(?P<media>ME\w+)$"
+)
+_CDN = re.compile(r"^/cdn/(?P<media>ME\w+)$")
+
+
+@dataclass
+class Failure:
+    status: int
+    code: int
+    message: str
+    retry_after: str | None = None
+
+
+@dataclass
+class Media:
+    sid: str
+    message_sid: str
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class CdnRequest:
+    media_sid: str
+    authorization: str | None  # must stay None: credentials never go to the CDN
+
+
+@dataclass
+class _State:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    messages: list[dict[str, str]] = field(default_factory=list)
+    attempts: list[dict[str, str]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    media: dict[str, Media] = field(default_factory=dict)
+    media_requests: list[str | None] = field(default_factory=list)
+    cdn_requests: list[CdnRequest] = field(default_factory=list)
+
+
+def _error_body(status: int, code: int, message: str) -> dict[str, Any]:
+    return {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+
+
+class FakeTwilio:
+    """The fake API; use as a context manager. `base_url` is "http://127.0.0.1:<port>"."""
+
+    def __init__(
+        self,
+        account_sid: str = "AC" + "0" * 32,
+        auth_token: str = "fake-auth-token",
+        *,
+        cdn_host: str = "localhost",
+    ) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.cdn_host = cdn_host
+        self._state = _State()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> FakeTwilio:
+        handler = type("Handler", (_Handler,), {"api": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def __enter__(self) -> FakeTwilio:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "FakeTwilio is not running"
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- what the tests script and read --------------------------------------------------
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """The forms of the messages created (accepted) so far."""
+        with self._state.lock:
+            return list(self._state.messages)
+
+    @property
+    def attempts(self) -> list[dict[str, str]]:
+        """The forms of every create call, failed ones included."""
+        with self._state.lock:
+            return list(self._state.attempts)
+
+    @property
+    def cdn_requests(self) -> list[CdnRequest]:
+        with self._state.lock:
+            return list(self._state.cdn_requests)
+
+    def fail_next(
+        self,
+        n: int,
+        status: int,
+        code: int,
+        message: str | None = None,
+        *,
+        retry_after: str | None = None,
+    ) -> None:
+        """The next `n` message creations answer `status` with Twilio error `code`."""
+        text = message or {
+            20429: "Too Many Requests",
+            21610: "Attempt to send to unsubscribed recipient",
+            21211: "The 'To' number is not a valid phone number.",
+        }.get(code, "Error")
+        with self._state.lock:
+            self._state.failures.extend(Failure(status, code, text, retry_after) for _ in range(n))
+
+    def add_media(self, content_type: str, data: bytes, message_sid: str | None = None) -> str:
+        """Store a media of a received MMS; returns its (authenticated) API URL,
+        as Twilio puts it in MediaUrl0."""
+        message_sid = message_sid or "MM" + secrets.token_hex(16)
+        media = Media("ME" + secrets.token_hex(16), message_sid, content_type, data)
+        with self._state.lock:
+            self._state.media[media.sid] = media
+        return f"{self.base_url}{API}{self.account_sid}/Messages/{message_sid}/Media/{media.sid}"
+
+    def send_status(
+        self, sid: str, status: str = "delivered", error_code: int | None = None
+    ) -> int:
+        """POST a signed status callback for message `sid` to its StatusCallback URL,
+        like Twilio; returns the HTTP status the gateway answered."""
+        form = next(m for m in self.messages if m["_sid"] == sid)
+        url = form["StatusCallback"]
+        params = {
+            "AccountSid": self.account_sid,
+            "MessageSid": sid,
+            "SmsSid": sid,
+            "MessageStatus": status,
+            "SmsStatus": status,
+            "To": form["To"],
+            "From": form.get("From", ""),
+            "ApiVersion": "2010-04-01",
+        }
+        if form.get("MessagingServiceSid"):
+            params["MessagingServiceSid"] = form["MessagingServiceSid"]
+        if error_code is not None:
+            params["ErrorCode"] = str(error_code)
+        signature = RequestValidator(self.auth_token).compute_signature(url, params)
+        request = urllib.request.Request(
+            url,
+            data=urllib.parse.urlencode(params).encode(),
+            headers={"X-Twilio-Signature": signature},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    # -- used by the handler -------------------------------------------------------------
+
+    def _authorized(self, header: str | None) -> bool:
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        return header == f"Basic {expected}"
+
+    def _create(self, form: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self._state.lock:
+            self._state.attempts.append(dict(form))
+            failure = self._state.failures.pop(0) if self._state.failures else None
+        if failure is not None:
+            headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
+            return (
+                failure.status,
+                _error_body(failure.status, failure.code, failure.message),
+                headers,
+            )
+        if not form.get("To"):
+            return 400, _error_body(400, 21604, "A 'To' phone number is required."), {}
+        if not form.get("Body") and not form.get("MediaUrl"):
+            return 400, _error_body(400, 21602, "Message body is required."), {}
+        if not form.get("From") and not form.get("MessagingServiceSid"):
+            return 400, _error_body(400, 21603, "A 'From' phone number is required."), {}
+        sid = "SM" + secrets.token_hex(16)
+        with self._state.lock:
+            self._state.messages.append({**form, "_sid": sid})
+        now = format_datetime(datetime.now(UTC), usegmt=True)
+        body = form.get("Body", "")
+        resource = {
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "body": body,
+            "date_created": now,
+            "date_sent": None,
+            "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": form.get("From"),
+            "messaging_service_sid": form.get("MessagingServiceSid"),
+            "num_media": "0",
+            "num_segments": str(max(1, -(-len(body) // 153))) if len(body) > 160 else "1",
+            "price": None,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": "accepted" if form.get("MessagingServiceSid") else "queued",
+            "subresource_uris": {"media": f"{API}{self.account_sid}/Messages/{sid}/Media.json"},
+            "to": form["To"],
+            "uri": f"{API}{self.account_sid}/Messages/{sid}.json",
+        }
+        return 201, resource, {}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    api: FakeTwilio
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(data).encode(), headers=headers)
+
+    def _unauthorized(self) -> None:
+        self._json(
+            401,
+            _error_body(401, 20003, "Authenticate"),
+            {"WWW-Authenticate": 'Basic realm="Twilio API"'},
+        )
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length).decode()
+        path = urllib.parse.urlsplit(self.path).path
+        match = _MESSAGES.match(path)
+        if match is None:
+            self._json(404, _error_body(404, 20404, "The requested resource was not found"))
+            return
+        if match["account"] != self.api.account_sid or not self.api._authorized(
+            self.headers.get("Authorization")
+        ):
+            self._unauthorized()
+            return
+        form = dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
+        status, data, headers = self.api._create(form)
+        self._json(status, data, headers)
+
+    def do_GET(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        state = self.api._state
+        if match := _MEDIA.match(path):
+            with state.lock:
+                state.media_requests.append(self.headers.get("Authorization"))
+                media = state.media.get(match["media"])
+            if match["account"] != self.api.account_sid or not self.api._authorized(
+                self.headers.get("Authorization")
+            ):
+                self._unauthorized()
+                return
+            if media is None or media.message_sid != match["message"]:
+                self._json(404, _error_body(404, 20404, "The requested resource was not found"))
+                return
+            location = f"http://{self.api.cdn_host}:{self.api.port}/cdn/{media.sid}"
+            self._send(307, b"", "text/plain", {"Location": location})
+            return
+        if match := _CDN.match(path):
+            with state.lock:
+                state.cdn_requests.append(
+                    CdnRequest(match["media"], self.headers.get("Authorization"))
+                )
+                media = state.media.get(match["media"])
+            if media is None:
+                self._send(404, b"NoSuchKey", "text/plain")
+                return
+            self._send(200, media.data, media.content_type)
+            return
+        self._json(404, _error_body(404, 20404, "The requested resource was not found"))

@@ -1,0 +1,151 @@
+"""Shared test helpers: settings files, a signed-webhook conversation driver, a free port.
+
+Kept out of conftest.py so that tests import what they use explicitly.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import textwrap
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+from gateway.config import Settings, load_settings
+from gateway.sandbox import twilio_form
+from gateway.web.signature import TwilioSignature
+
+REPO = Path(__file__).resolve().parents[1]
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+PUBLIC_URL = "https://sms.example.ca"
+
+TEST_MAP = textwrap.dedent(
+    """\
+    municipalities:
+      - id: ottawa
+        name: Ottawa
+        province: ON
+        aliases: [Nepean, Kanata, Orléans]
+        postal_prefixes: [K1, K2]
+        mailbox: 311@ottawa.example
+        agents: ["@ottawa.example"]
+        languages: [en, fr]
+      - id: montreal
+        name: Montréal
+        province: QC
+        aliases: [Verdun]
+        postal_prefixes: [H2, H3]
+        mailbox: 311@montreal.example
+        agents: ["@montreal.example"]
+        languages: [fr, en]
+      - id: victoria-bc
+        name: Victoria
+        province: BC
+        postal_prefixes: [V8W]
+        mailbox: 311@victoria-bc.example
+        agents: ["@victoria-bc.example"]
+      - id: victoria-pe
+        name: Victoria
+        province: PE
+        postal_prefixes: [C0A]
+        mailbox: 311@victoria-pe.example
+        agents: ["@victoria-pe.example"]
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_settings(
+    folder: Path,
+    *,
+    database: str | None = None,
+    smtp_port: int = 2525,
+    web_port: int = 8311,
+    public_url: str = PUBLIC_URL,
+    fallback: bool = True,
+    municipality_map: str = TEST_MAP,
+    extra: str = "",
+) -> Path:
+    """Write a settings file (and its map) into `folder`; returns the settings path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "municipality_map.yaml").write_text(municipality_map, encoding="utf-8")
+    database = database or f"sqlite:///{folder / 'gateway.db'}"
+    text = textwrap.dedent(
+        f"""\
+        database: {database}
+        municipality_map: municipality_map.yaml
+        public_url: {public_url}
+        web: {{listen: "127.0.0.1:{web_port}"}}
+        sms:
+          provider: sandbox
+          auth_token: {AUTH_TOKEN}
+          sender: "31100"
+        email:
+          from_address: "311 Text <sms@gateway.example>"
+          reply_address: "reply+{{token}}@gateway.example"
+          smtp: {{host: 127.0.0.1, port: {smtp_port}, security: none}}
+        """
+    )
+    if fallback:
+        text += "fallback_mailbox: 311-unrouted@gateway.example\n"
+    path = folder / "sms311.yaml"
+    path.write_text(text + extra, encoding="utf-8")
+    return path
+
+
+def settings_in(folder: Path, **kwargs: Any) -> Settings:
+    return load_settings(write_settings(folder, **kwargs), environ={})
+
+
+def twiml_messages(body: bytes) -> list[str]:
+    if not body:
+        return []
+    root = ElementTree.fromstring(body)  # noqa: S314 - the app's own TwiML
+    return [m.text or "" for m in root.iter("Message")]
+
+
+class Resident:
+    """A salmon-style driver over the real webhook: `say(number, text, expect=…)`.
+
+    Every request is signed with the twilio library's RequestValidator, as Twilio would.
+    """
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.signature = TwilioSignature(settings.sms.auth_token, settings.public_url)
+        self.last_form: dict[str, str] = {}
+
+    def post(self, form: dict[str, str], path: str = "/sms/inbound") -> Any:
+        signature = self.signature.sign(path, "", form)
+        return self.client.post(path, data=form, headers={"X-Twilio-Signature": signature})
+
+    def say(
+        self,
+        number: str,
+        text: str,
+        expect: str | None = None,
+        *,
+        silent: bool = False,
+        **extra: Any,
+    ) -> list[str]:
+        form = twilio_form(self.settings, number, text, **extra)
+        self.last_form = form
+        response = self.post(form)
+        assert response.status_code == 200, (response.status_code, response.data)
+        replies = twiml_messages(response.data)
+        for reply in replies:
+            assert len(reply) <= 160, f"reply longer than 160 characters: {reply!r}"
+        if expect is not None:
+            assert any(re.search(expect, r, re.IGNORECASE) for r in replies), (
+                f"after {text!r} expected a reply matching {expect!r}, got {replies!r}"
+            )
+        if silent:
+            assert replies == [], f"after {text!r} expected no reply, got {replies!r}"
+        return replies

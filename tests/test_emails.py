@@ -1,0 +1,352 @@
+"""Email composition (gateway.emails): threading, tokens, formats, safety. No servers."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import re
+from datetime import UTC, datetime
+from email.message import EmailMessage
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway import emails
+from gateway.emails import (
+    Attachment,
+    MediaRef,
+    ResidentEmail,
+    ResidentText,
+    compose,
+    format_national,
+    new_message_id,
+    new_token,
+    next_thread_headers,
+    reply_address,
+    thread_subject,
+)
+
+NOV = datetime(2026, 11, 22, 15, 4, tzinfo=UTC)  # 10:04 EST in Ottawa
+JULY = datetime(2026, 7, 2, 13, 30, tzinfo=UTC)  # 09:30 EDT in Montréal
+
+
+def parse(message: EmailMessage) -> EmailMessage:
+    """What the receiving side sees: the message serialised for SMTP, parsed back."""
+    parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def body_of(message: EmailMessage) -> str:
+    part = message.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content()).replace("\r\n", "\n")
+
+
+def make_email(
+    texts: tuple[ResidentText, ...] = (ResidentText(NOV, "Pothole on Bank St at Gladstone"),),
+    *,
+    token: str | None = None,
+    thread: tuple[str, ...] = (),
+    language: str = "en",
+    municipality: str = "Ottawa",
+    e164: str = "+16135550123",
+    note: str | None = None,
+    timezone: str = "America/Toronto",
+    conversation_id: int = 42,
+) -> ResidentEmail:
+    national = format_national(e164)
+    in_reply_to, references = next_thread_headers(thread)
+    return ResidentEmail(
+        conversation_id=conversation_id,
+        from_address="311 Text <sms@gateway.example.ca>",
+        to=("311@ottawa.example",),
+        cc=("agent@ottawa.example",),
+        reply_to=reply_address("reply+{token}@gateway.example.ca", token or new_token()),
+        subject=thread_subject(municipality, national, language),
+        message_id=new_message_id("gateway.example.ca"),
+        in_reply_to=in_reply_to,
+        references=references,
+        resident_e164=e164,
+        resident_national=national,
+        municipality_name=municipality,
+        language=language,
+        texts=texts,
+        note=note,
+        timezone=timezone,
+    )
+
+
+# -- tokens, ids ------------------------------------------------------------------------
+
+
+def test_tokens_are_long_lowercase_base32_and_unique() -> None:
+    tokens = {new_token() for _ in range(2000)}
+    assert len(tokens) == 2000
+    for token in tokens:
+        assert re.fullmatch(r"[a-z2-7]+", token)
+        assert len(token) * 5 >= 128  # at least 128 bits of entropy
+        assert emails.is_token(token)
+    # every base32 symbol shows up: the bits are really random, not a narrow alphabet
+    assert set("".join(tokens)) == set("abcdefghijklmnopqrstuvwxyz234567")
+
+
+def test_reply_address_carries_the_token() -> None:
+    token = new_token()
+    assert reply_address("reply+{token}@gw.example", token) == f"reply+{token}@gw.example"
+    with pytest.raises(ValueError):
+        reply_address("reply@gw.example", token)
+    with pytest.raises(ValueError):
+        reply_address("reply+{token}@gw.example", "Not A Token\r\nBcc: x@y")
+
+
+def test_message_ids_are_rfc5322_and_unique() -> None:
+    ids = {new_message_id("gateway.example.ca") for _ in range(1000)}
+    assert len(ids) == 1000
+    for message_id in ids:
+        assert re.fullmatch(r"<[a-z0-9.]+@gateway\.example\.ca>", message_id)
+    with pytest.raises(ValueError):
+        new_message_id("")
+    with pytest.raises(ValueError):
+        new_message_id("a@b")
+
+
+def test_references_chain_is_capped_to_first_and_last_twenty() -> None:
+    assert next_thread_headers([]) == (None, ())
+    assert next_thread_headers(["<a@x>"]) == ("<a@x>", ("<a@x>",))
+    ids = [f"<m{i}@x>" for i in range(50)]
+    in_reply_to, references = next_thread_headers(ids)
+    assert in_reply_to == "<m49@x>"
+    assert references == (ids[0], *ids[-20:])
+    assert len(references) == 21
+    # exactly 21 ids: nothing to trim
+    assert next_thread_headers(ids[:21])[1] == tuple(ids[:21])
+
+
+# -- numbers, subjects ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("e164", "expected"),
+    [
+        ("+16135550123", "(613) 555-0123"),
+        ("+15145550199", "(514) 555-0199"),
+        ("+12125550123", "(212) 555-0123"),  # NANP, not Canadian: still national
+        ("+33123456789", "+33 1 23 45 67 89"),  # elsewhere: international format
+        ("+442071838750", "+44 20 7183 8750"),
+        ("31100", "31100"),  # a short code stays as it is
+        ("not a number\r\n", "not a number"),
+    ],
+)
+def test_format_national(e164: str, expected: str) -> None:
+    assert format_national(e164) == expected
+
+
+def test_subject_is_stable_and_in_the_residents_language() -> None:
+    assert (
+        thread_subject("Ottawa", "(613) 555-0123", "en") == "311 text from (613) 555-0123 — Ottawa"
+    )
+    assert (
+        thread_subject("Montréal", "(514) 555-0199", "fr")
+        == "Texto 311 de (514) 555-0199 — Montréal"
+    )
+    assert thread_subject("Ottawa", "(613) 555-0123", "en", 42).endswith(" [#42]")
+    assert thread_subject("Ottawa", "(613) 555-0123", "xx") == thread_subject(
+        "Ottawa", "(613) 555-0123", "en"
+    )
+
+
+# -- the thread --------------------------------------------------------------------------
+
+
+def test_three_emails_of_a_conversation_form_one_thread() -> None:
+    token = new_token()
+    thread: list[str] = []
+    received: list[EmailMessage] = []
+    for n, text in enumerate(["Pothole on Bank St", "It is getting bigger", "Thanks!"]):
+        resident_email = make_email(
+            (ResidentText(NOV.replace(minute=n), text),), token=token, thread=tuple(thread)
+        )
+        received.append(parse(compose(resident_email)))
+        thread.append(resident_email.message_id)
+    first, second, third = received
+    assert first["Subject"] == second["Subject"] == third["Subject"]
+    assert str(first["Subject"]) == "311 text from (613) 555-0123 — Ottawa"
+    assert first["In-Reply-To"] is None and first["References"] is None
+    assert second["In-Reply-To"] == first["Message-ID"]
+    assert second["References"] == first["Message-ID"]
+    assert third["In-Reply-To"] == second["Message-ID"]
+    assert third["References"].split() == [first["Message-ID"], second["Message-ID"]]
+    assert len({m["Message-ID"] for m in received}) == 3
+    for message in received:
+        assert message["Reply-To"] == f"reply+{token}@gateway.example.ca"
+        assert message["X-SMS311-Conversation"] == "42"
+        assert message["To"] == "311@ottawa.example"
+        assert message["Cc"] == "agent@ottawa.example"
+        assert message["From"].addresses[0].addr_spec == "sms@gateway.example.ca"
+        assert message["Auto-Submitted"] is None  # a resident's text is not automatic
+    assert "Pothole on Bank St" in body_of(first)
+    assert "It is getting bigger" in body_of(second)
+
+
+def test_body_shows_the_text_first_then_a_footer_in_local_time() -> None:
+    resident_email = make_email(
+        (ResidentText(NOV, "Pothole on Bank St at Gladstone\nnear the café"),)
+    )
+    message = parse(compose(resident_email))
+    assert message.get_content_type() == "text/plain"
+    assert message.get_content_charset() == "utf-8"
+    body = body_of(message)
+    assert body.startswith("Pothole on Bank St at Gladstone\nnear the café\n")
+    text, _, footer = body.partition("\n-- \n")
+    assert "Pothole" in text and "Pothole" not in footer
+    assert footer.strip() == (
+        "From: (613) 555-0123 (Ottawa) — received 2026-11-22 10:04 EST — "
+        "reply to this email to answer by text message"
+    )
+    assert message["Date"].datetime == NOV
+    assert str(message["Date"]).endswith("-0500")
+
+
+def test_french_footer_with_summer_time() -> None:
+    resident_email = make_email(
+        (ResidentText(JULY, "Nid-de-poule rue Sherbrooke"),),
+        language="fr",
+        municipality="Montréal",
+        e164="+15145550199",
+    )
+    message = parse(compose(resident_email))
+    assert str(message["Subject"]) == "Texto 311 de (514) 555-0199 — Montréal"
+    footer = body_of(message).partition("\n-- \n")[2].strip()
+    assert footer == (
+        "De : (514) 555-0199 (Montréal) — reçu le 2026-07-02 09:30 HAE — "
+        "répondez à ce courriel pour répondre par texto"
+    )
+
+
+def test_several_held_texts_and_a_note() -> None:
+    texts = (
+        ResidentText(NOV, "Broken streetlight"),
+        ResidentText(NOV.replace(minute=9), "On Elgin St"),
+    )
+    note = "The resident's municipality could not be determined; held for the fallback mailbox"
+    resident_email = make_email(texts, note=note, timezone="America/Vancouver")
+    body = body_of(parse(compose(resident_email)))
+    assert body.index(note) < body.index("Broken streetlight") < body.index("On Elgin St")
+    assert "2 texts received 2026-11-22 07:04 to 07:09 PST" in body
+
+
+def test_media_become_typed_attachments_and_failures_are_listed() -> None:
+    jpeg = MediaRef(
+        "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1", "image/jpeg"
+    )
+    png = MediaRef(
+        "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME2", "image/png"
+    )
+    resident_email = make_email((ResidentText(NOV, "", (jpeg, png)),))
+    data = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
+    attachment = Attachment(emails.media_filename(1, "image/jpeg"), "image/jpeg", data)
+    message = parse(compose(resident_email, [attachment], failed_media=[png]))
+    assert message.get_content_type() == "multipart/mixed"
+    attachments = list(message.iter_attachments())
+    assert len(attachments) == 1
+    assert attachments[0].get_content_type() == "image/jpeg"
+    assert attachments[0].get_filename() == "media-1.jpg"
+    assert attachments[0].get_content() == data
+    body = body_of(message)
+    assert body.startswith("(no text)")
+    assert png.url in body and jpeg.url not in body
+    assert "media-1.jpg" in body
+
+
+def test_media_filenames_and_content_types() -> None:
+    assert emails.media_filename(1, "image/jpeg") == "media-1.jpg"
+    assert emails.media_filename(2, "image/PNG; charset=binary") == "media-2.png"
+    assert emails.media_filename(3, "video/3gpp") == "media-3.3gp"
+    assert emails.media_filename(4, "application/x-unknown") == "media-4.bin"
+    assert emails.media_filename("media-1-2", "image/heic") == "media-1-2.heic"
+    assert emails.media_filename("../x\r\n", "image/gif") == "x.gif"
+    assert emails.safe_content_type("image/jpeg\r\nX-Evil: 1") == "application/octet-stream"
+    assert emails.safe_content_type("nonsense") == "application/octet-stream"
+    message = compose(make_email(), [Attachment("../../etc/passwd\r\n", "bad\ntype", b"x")])
+    (attachment,) = parse(message).iter_attachments()
+    assert attachment.get_content_type() == "application/octet-stream"
+    assert attachment.get_filename() == "passwd"
+
+
+def test_round_trip_through_json() -> None:
+    resident_email = make_email(
+        (
+            ResidentText(NOV, "one", (MediaRef("https://x.example/1", "image/gif"),)),
+            ResidentText(NOV.replace(minute=7), "deux é"),
+        ),
+        thread=("<a@x>", "<b@x>"),
+        note="a note",
+    )
+    payload = json.loads(json.dumps(resident_email.to_dict()))
+    again = ResidentEmail.from_dict(payload)
+    assert again == resident_email
+    assert compose(again).as_bytes() == compose(resident_email).as_bytes()
+
+
+def test_composing_is_deterministic_for_retries() -> None:
+    resident_email = make_email()
+    assert compose(resident_email).as_bytes() == compose(resident_email).as_bytes()
+
+
+# -- header injection --------------------------------------------------------------------
+
+EVIL = "Ottawa\r\nBcc: victim@evil.example\r\n\r\nInjected body"
+
+
+def test_crlf_in_resident_values_cannot_inject_headers() -> None:
+    resident_email = make_email(municipality=EVIL, e164="+1613\r\nBcc: x@evil.example")
+    resident_email = ResidentEmail.from_dict(
+        {
+            **resident_email.to_dict(),
+            "subject": "Hi\nBcc: victim@evil.example",
+            "to": ["311@ottawa.example\r\nBcc: victim@evil.example"],
+            "message_id": "<a@x>\r\nBcc: victim@evil.example",
+            "references": ["<r@x>\nBcc: victim@evil.example"],
+            "in_reply_to": "<r@x>\u2028Bcc: victim@evil.example",
+            "reply_to": "reply@x\x85Bcc: victim@evil.example",
+        }
+    )
+    raw = compose(resident_email).as_bytes()
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n"):
+        assert not line.lower().startswith(b"bcc:"), line
+    parsed = parse(compose(resident_email))
+    assert parsed["Bcc"] is None
+    assert "\n" not in str(parsed["Subject"]) and "\r" not in str(parsed["Subject"])
+    assert body_of(parsed).startswith("Pothole on Bank St")
+
+
+header_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(municipality=header_text, number=header_text, subject=header_text, body=header_text)
+def test_any_resident_input_gives_the_same_header_set(
+    municipality: str, number: str, subject: str, body: str
+) -> None:
+    resident_email = ResidentEmail.from_dict(
+        {
+            **make_email((ResidentText(NOV, body),)).to_dict(),
+            "municipality_name": municipality,
+            "resident_national": number,
+            "subject": subject,
+            "note": subject,
+        }
+    )
+    parsed = parse(compose(resident_email))
+    assert sorted(parsed.keys()) == sorted(
+        [
+            "From", "To", "Cc", "Reply-To", "Subject", "Date", "Message-ID",
+            "X-SMS311-Conversation", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+        ]
+    )  # fmt: skip
+    assert "\n" not in str(parsed["Subject"]) and "\r" not in str(parsed["Subject"])
+    assert " ".join(body.split()) in " ".join(body_of(parsed).split())

@@ -1,0 +1,318 @@
+"""SMS providers: the real twilio client against the fake Twilio API; the sandbox."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twilio.request_validator import RequestValidator
+
+from gateway.config import SmsSettings
+from gateway.sms import (
+    MediaError,
+    SandboxProvider,
+    SmsPermanentError,
+    SmsProvider,
+    SmsTemporaryError,
+    TwilioProvider,
+    base,
+    make_provider,
+)
+from gateway.sms.sandbox import read_sent
+from tests.fake_twilio import FakeTwilio
+
+SID = "AC" + "1" * 32
+TOKEN = "tok-" + "9" * 28
+RESIDENT = "+16135550123"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeTwilio]:
+    with FakeTwilio(SID, TOKEN) as fake:
+        yield fake
+
+
+def provider(api: FakeTwilio, sender: str = "31100", **kwargs: Any) -> TwilioProvider:
+    return TwilioProvider(SID, TOKEN, sender, api.base_url, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- Twilio: sending ------------------------------------------------------------------------
+
+
+def test_send_from_a_short_code_with_a_status_callback(api: FakeTwilio) -> None:
+    twilio = provider(api)
+    sid = twilio.send(RESIDENT, "Your pothole is fixed. Merci!", "https://gw.example/sms/status")
+    assert sid.startswith("SM") and len(sid) == 34
+    (form,) = api.messages
+    assert form["To"] == RESIDENT
+    assert form["From"] == "31100"
+    assert "MessagingServiceSid" not in form
+    assert form["Body"] == "Your pothole is fixed. Merci!"
+    assert form["StatusCallback"] == "https://gw.example/sms/status"
+    assert form["_sid"] == sid
+
+
+def test_send_through_a_messaging_service(api: FakeTwilio) -> None:
+    twilio = provider(api, sender="MG" + "a" * 32)
+    twilio.send(RESIDENT, "Bonjour")
+    (form,) = api.messages
+    assert form["MessagingServiceSid"] == "MG" + "a" * 32
+    assert "From" not in form and "StatusCallback" not in form
+
+
+def test_long_unicode_body_goes_whole(api: FakeTwilio) -> None:
+    body = "Réparé — " + "x" * 1500
+    provider(api).send(RESIDENT, body)
+    assert api.messages[0]["Body"] == body
+
+
+def test_too_many_requests_is_temporary_with_retry_after(api: FakeTwilio) -> None:
+    twilio = provider(api)
+    api.fail_next(2, 429, 20429, retry_after="2")
+    for _ in range(2):
+        with pytest.raises(SmsTemporaryError) as raised:
+            twilio.send(RESIDENT, "hello")
+        assert raised.value.code == base.TOO_MANY_REQUESTS
+        assert raised.value.retry_after == 2.0
+        assert raised.value.maybe_sent is False
+    assert api.messages == []
+    twilio.send(RESIDENT, "hello")  # the burst is over
+    assert len(api.messages) == 1 and len(api.attempts) == 3
+
+
+def test_plain_http_429_without_twilio_code(api: FakeTwilio) -> None:
+    api.fail_next(1, 429, 429)
+    with pytest.raises(SmsTemporaryError) as raised:
+        provider(api).send(RESIDENT, "hello")
+    assert raised.value.code == base.HTTP_TOO_MANY_REQUESTS
+    assert raised.value.retry_after is None
+
+
+def test_opted_out_is_permanent(api: FakeTwilio) -> None:
+    api.fail_next(1, 400, 21610)
+    with pytest.raises(SmsPermanentError) as raised:
+        provider(api).send(RESIDENT, "hello")
+    assert raised.value.code == base.OPTED_OUT
+    assert raised.value.opted_out
+
+
+def test_invalid_number_is_permanent(api: FakeTwilio) -> None:
+    api.fail_next(1, 400, 21211)
+    with pytest.raises(SmsPermanentError) as raised:
+        provider(api).send("+1555", "hello")
+    assert raised.value.code == base.INVALID_TO and not raised.value.opted_out
+
+
+def test_server_error_is_temporary_and_may_have_been_sent(api: FakeTwilio) -> None:
+    api.fail_next(1, 503, 20500, "Service unavailable")
+    with pytest.raises(SmsTemporaryError) as raised:
+        provider(api).send(RESIDENT, "hello")
+    assert raised.value.maybe_sent is True
+
+
+def test_bad_credentials_are_temporary(api: FakeTwilio) -> None:
+    twilio = TwilioProvider(SID, "wrong-token", "31100", api.base_url)
+    with pytest.raises(SmsTemporaryError, match="auth_token") as raised:
+        twilio.send(RESIDENT, "hello")
+    assert raised.value.code == base.AUTHENTICATION_FAILED
+    assert api.attempts == []
+
+
+def test_unreachable_api_is_temporary_and_surely_not_sent() -> None:
+    twilio = TwilioProvider(SID, TOKEN, "31100", f"http://127.0.0.1:{free_port()}", timeout=2)
+    with pytest.raises(SmsTemporaryError) as raised:
+        twilio.send(RESIDENT, "hello")
+    assert raised.value.maybe_sent is False
+
+
+def test_read_timeout_may_have_been_sent() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        twilio = TwilioProvider(SID, TOKEN, "31100", url, timeout=0.3)
+        with pytest.raises(SmsTemporaryError) as raised:
+            twilio.send(RESIDENT, "hello")
+        assert raised.value.maybe_sent is True
+    finally:
+        thread.join(5)
+        for connection in accepted:
+            connection.close()
+        listener.close()
+
+
+def test_no_phone_numbers_or_bodies_in_logs(
+    api: FakeTwilio, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        provider(api).send(RESIDENT, "secret body text")
+    assert "6135550123" not in caplog.text
+    assert "secret body text" not in caplog.text
+    assert "+1613***0123" in caplog.text
+
+
+# -- Twilio: media ---------------------------------------------------------------------------
+
+
+def test_fetch_media_follows_the_redirect_with_auth_only_on_the_api(api: FakeTwilio) -> None:
+    picture = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 100
+    url = api.add_media("image/jpeg", picture)
+    assert provider(api).fetch_media(url) == ("image/jpeg", picture)
+    (cdn,) = api.cdn_requests
+    assert cdn.authorization is None  # the CDN never sees the credentials
+
+
+def test_fetch_media_needs_the_credentials(api: FakeTwilio) -> None:
+    url = api.add_media("image/png", b"png")
+    with pytest.raises(MediaError) as raised:
+        TwilioProvider(SID, "wrong-token", "31100", api.base_url).fetch_media(url)
+    assert raised.value.code == 401
+
+
+def test_fetch_media_size_cap(api: FakeTwilio) -> None:
+    url = api.add_media("video/mp4", b"v" * 2048)
+    with pytest.raises(MediaError, match="too large") as raised:
+        provider(api, max_media_bytes=1024).fetch_media(url)
+    assert raised.value.temporary is False
+    assert provider(api, max_media_bytes=2048).fetch_media(url)[1] == b"v" * 2048
+
+
+def test_fetch_media_missing_and_unreachable(api: FakeTwilio) -> None:
+    url = api.add_media("image/png", b"png")
+    with pytest.raises(MediaError) as missing:
+        provider(api).fetch_media(url.replace("/Media/ME", "/Media/MEx"))
+    assert missing.value.code == 404 and missing.value.temporary is False
+    with pytest.raises(MediaError) as unreachable:
+        provider(api).fetch_media(f"http://127.0.0.1:{free_port()}/m.png")
+    assert unreachable.value.temporary is True
+    with pytest.raises(MediaError):
+        provider(api).fetch_media("file:///etc/passwd")
+
+
+def test_credentials_are_not_sent_to_other_origins(api: FakeTwilio) -> None:
+    url = api.add_media("image/gif", b"GIF89a")
+    cdn_style = url.replace("127.0.0.1", "localhost")  # same server, another origin
+    with pytest.raises(MediaError) as raised:
+        provider(api).fetch_media(cdn_style)
+    assert raised.value.code == 401  # asked without credentials
+
+
+# -- the status callback of the fake (what issue 3's /sms/status will receive) -------------
+
+
+def test_fake_posts_signed_status_callbacks(api: FakeTwilio) -> None:
+    received: list[tuple[str, dict[str, str]]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+            received.append((self.headers["X-Twilio-Signature"], form))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/sms/status"
+        sid = provider(api).send(RESIDENT, "hello", url)
+        assert api.send_status(sid, "undelivered", base.UNREACHABLE_HANDSET) == 204
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    ((signature, form),) = received
+    assert RequestValidator(TOKEN).validate(url, form, signature)
+    assert form["MessageSid"] == sid and form["MessageStatus"] == "undelivered"
+    assert form["ErrorCode"] == "30003"
+
+
+# -- the sandbox -----------------------------------------------------------------------------
+
+
+def test_sandbox_records_texts_as_json_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sandbox = SandboxProvider(tmp_path / "var")
+    with caplog.at_level(logging.DEBUG):
+        first = sandbox.send(RESIDENT, "Réparé!", "https://gw.example/sms/status")
+        second = sandbox.send(RESIDENT, "Second")
+    assert first != second and first.startswith("SM") and len(first) == 34
+    lines = (tmp_path / "var" / "sms.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["sid"] for line in lines] == [first, second]
+    records = read_sent(tmp_path / "var")
+    assert records[0]["to"] == RESIDENT and records[0]["body"] == "Réparé!"
+    assert records[0]["status_callback"] == "https://gw.example/sms/status"
+    assert records[0]["at"].endswith("+00:00")
+    assert "6135550123" not in caplog.text and "Réparé" not in caplog.text
+    assert read_sent(tmp_path / "nothing") == []
+
+
+def test_sandbox_fetches_local_files_and_public_urls(tmp_path: Path, api: FakeTwilio) -> None:
+    picture = tmp_path / "my pothole.jpg"
+    picture.write_bytes(b"\xff\xd8jpeg")
+    sandbox = SandboxProvider(tmp_path, max_media_bytes=100)
+    assert sandbox.fetch_media(picture.as_uri()) == ("image/jpeg", b"\xff\xd8jpeg")
+    with pytest.raises(MediaError):
+        sandbox.fetch_media((tmp_path / "missing.png").as_uri())
+    big = tmp_path / "big.png"
+    big.write_bytes(b"x" * 101)
+    with pytest.raises(MediaError, match="too large"):
+        sandbox.fetch_media(big.as_uri())
+    # http(s): fetched without credentials (the fake's CDN URL is public)
+    url = api.add_media("image/png", b"png")
+    media_sid = url.rsplit("/", 1)[1]
+    public = f"http://localhost:{api.port}/cdn/{media_sid}"
+    assert sandbox.fetch_media(public) == ("image/png", b"png")
+    with pytest.raises(MediaError) as raised:
+        sandbox.fetch_media(url)  # the authenticated API URL: refused without credentials
+    assert raised.value.code == 401
+
+
+# -- the factory -----------------------------------------------------------------------------
+
+
+def test_make_provider(tmp_path: Path, api: FakeTwilio) -> None:
+    sandbox = make_provider(SmsSettings(provider="sandbox"), tmp_path)
+    assert isinstance(sandbox, SandboxProvider) and sandbox.name == "sandbox"
+    sandbox.send(RESIDENT, "hi")
+    assert (tmp_path / "sms.jsonl").exists()
+    twilio = make_provider(
+        SmsSettings(
+            provider="twilio",
+            account_sid=SID,
+            auth_token=TOKEN,
+            sender="+16135550000",
+            api_base_url=api.base_url + "/",
+        ),
+        tmp_path,
+    )
+    assert isinstance(twilio, TwilioProvider) and twilio.name == "twilio"
+    assert isinstance(twilio, SmsProvider) and isinstance(sandbox, SmsProvider)
+    twilio.send(RESIDENT, "hi")
+    assert api.messages[0]["From"] == "+16135550000"
+    assert TOKEN not in repr(twilio)
+    with pytest.raises(ValueError, match="provider"):
+        make_provider(SmsSettings(provider="carrier-pigeon"), tmp_path)
+    with pytest.raises(ValueError, match="sender"):
+        make_provider(SmsSettings(provider="twilio", account_sid=SID, auth_token=TOKEN), tmp_path)

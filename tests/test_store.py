@@ -1,0 +1,640 @@
+"""The store, on both backends: SQLite in tmp_path and a real PostgreSQL server.
+
+PostgreSQL: GATEWAY_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test)
+names the server and the role; the database in it is ignored. The session creates a
+throwaway database (through the server's "postgres" database, dropped after) and every
+test gets its own empty schema in it, first on the connection's search_path.
+If the server cannot be reached the PostgreSQL tests fail (they never skip).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from psycopg import sql
+
+from gateway.store import (
+    DuplicateWebhook,
+    Resident,
+    SchemaOutOfDate,
+    SqlStore,
+    StoreUnavailable,
+    open_store,
+)
+from gateway.store.schema import conversations, messages, metadata
+from gateway.store.sql import alembic_config, head_revision, normalize_url
+
+PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PHONE = "+16135550123"
+OTHER = "+15145550199"
+T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=60)
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+def _pg_connect(dbname: str) -> psycopg.Connection[Any]:
+    url = sa.make_url(PG_URL)
+    args = url.translate_connect_args(username="user", database="dbname")
+    args["dbname"] = dbname
+    try:
+        return psycopg.connect(**args, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        problem = " ".join(str(exc).split())
+    pytest.fail(
+        f"PostgreSQL is not reachable at {url.render_as_string(hide_password=True)} "
+        f"({problem}). Start a server or set GATEWAY_TEST_POSTGRES_URL to one "
+        "(the role must be allowed to CREATE DATABASE).",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A throwaway database for this test session, created through "postgres", dropped after."""
+    name = f"sms311_test_{secrets.token_hex(6)}"
+    with _pg_connect("postgres") as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        with _pg_connect("postgres") as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> Iterator[str]:
+    """A fresh, empty schema for one test, the first on the URL's search_path (dropped after).
+
+    (A schema rather than a database per test: CREATE DATABASE costs ~0.2 s.)
+    """
+    schema = f"t_{secrets.token_hex(6)}"
+    with _pg_connect(pg_database) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    url = sa.make_url(PG_URL).set(
+        database=pg_database, query={"options": f"-csearch_path={schema}"}
+    )
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with _pg_connect(pg_database) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state/gateway.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def empty_store(db_url: str) -> Iterator[SqlStore]:
+    store = open_store(db_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def store(empty_store: SqlStore) -> SqlStore:
+    empty_store.upgrade()
+    return empty_store
+
+
+def _rows(store: SqlStore, stmt: sa.Select[Any]) -> list[sa.RowMapping]:
+    with store.engine.connect() as conn:
+        return list(conn.execute(stmt).mappings())
+
+
+def _in_threads(n: int, fn: Callable[[int], Any]) -> list[Any]:
+    with ThreadPoolExecutor(n) as pool:
+        return [f.result(timeout=30) for f in [pool.submit(fn, i) for i in range(n)]]
+
+
+# --- schema and migrations ------------------------------------------------------------------
+
+
+def test_upgrade_from_empty(empty_store: SqlStore) -> None:
+    assert empty_store.current_revision() is None
+    with pytest.raises(SchemaOutOfDate, match=r"run `sms311 db upgrade`") as err:
+        empty_store.check_schema()
+    assert err.value.current is None
+    assert err.value.head == head_revision()
+
+    empty_store.upgrade()
+    assert empty_store.current_revision() == head_revision()
+    empty_store.check_schema()
+    empty_store.upgrade()  # idempotent
+    empty_store.check_schema()
+    tables = set(sa.inspect(empty_store.engine).get_table_names())
+    assert {"residents", "conversations", "messages", "webhook_log", "outbox"} <= tables
+
+
+def test_check_schema_on_old_database(store: SqlStore) -> None:
+    with store.engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "base")
+    assert store.current_revision() is None
+    assert "outbox" not in sa.inspect(store.engine).get_table_names()
+    with pytest.raises(SchemaOutOfDate, match=r"database schema is at .*, this version needs"):
+        store.check_schema()
+    store.upgrade()
+    store.check_schema()
+
+
+def test_check_schema_on_unknown_revision(store: SqlStore) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = 'f00dfeed'"))
+    with pytest.raises(SchemaOutOfDate, match="does not know") as err:
+        store.check_schema()
+    assert err.value.current == "f00dfeed"
+
+
+def test_migrations_match_schema_module(store: SqlStore) -> None:
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, metadata) == []
+
+
+def test_sqlite_connection_settings(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/g.db")
+    try:
+        store.upgrade()  # (switches foreign keys off while it migrates, then on again)
+        with store.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+
+            def pragma(name: str) -> Any:
+                return raw.execute(f"PRAGMA {name}").fetchone()[0]
+
+            assert pragma("journal_mode") == "wal"
+            assert pragma("foreign_keys") == 1
+            assert pragma("synchronous") == 1  # NORMAL
+            assert pragma("busy_timeout") == 5000
+    finally:
+        store.close()
+
+
+def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert normalize_url("postgres://u@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("postgresql+psycopg://u@h/db").drivername == "postgresql+psycopg"
+    for bad in ("sqlite://", "sqlite:///:memory:", "mysql://u@h/db", "nonsense"):
+        with pytest.raises(ValueError):
+            open_store(bad)
+
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///var/lib/gateway.db")  # relative: made absolute, folder created
+    try:
+        store.upgrade()
+        assert (tmp_path / "var" / "lib" / "gateway.db").is_file()
+        assert store.engine.url.database == str(tmp_path / "var" / "lib" / "gateway.db")
+    finally:
+        store.close()
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def test_unreachable_postgres_is_unavailable() -> None:
+    store = open_store("postgresql://postgres@127.0.0.1:1/nothing")
+    try:
+        with pytest.raises(StoreUnavailable, match="database unavailable"):
+            store.ping()
+        with pytest.raises(StoreUnavailable), store.transaction():
+            pass
+    finally:
+        store.close()
+
+
+def test_locked_sqlite_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    store = open_store(f"sqlite:///{path}", busy_timeout=0.1)
+    try:
+        store.upgrade()
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            start = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="locked"), store.transaction() as tx:
+                tx.enqueue("sms", {})
+            assert time.monotonic() - start < 2
+            store.ping()  # WAL: readers are not blocked by the writer
+            assert store.outbox_stats()["depth"] == 0
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        with store.transaction() as tx:
+            tx.enqueue("sms", {})
+        assert store.outbox_stats()["depth"] == 1
+    finally:
+        store.close()
+
+
+# --- transactions ---------------------------------------------------------------------------
+
+
+def test_rollback_on_exception_leaves_nothing(store: SqlStore) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), store.transaction() as tx:
+        tx.save_resident(Resident(PHONE, "ottawa", "fr"))
+        tx.hold_message(PHONE, "nid de poule", [], "SM1", T0)
+        conv = tx.create_conversation(PHONE, "ottawa", "tok1", "Subject")
+        tx.add_message(PHONE, conv.id, "in", "x", [], "SM2", T0)
+        tx.enqueue("email", {"x": 1})
+        tx.record_webhook("SM1", "<Response/>")
+        raise Boom
+
+    with store.transaction() as tx:
+        assert tx.get_resident(PHONE) is None
+        assert tx.take_held(PHONE) == []
+        assert tx.open_conversation(PHONE, "ottawa") is None
+        assert tx.webhook_response("SM1") is None
+    assert store.list_outbox() == []
+    assert _rows(store, sa.select(messages)) == []
+
+
+def test_tx_cannot_be_used_after_its_block(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        pass
+    with pytest.raises(RuntimeError, match="ended"):
+        tx.get_resident(PHONE)
+
+
+def test_read_then_write_transactions_do_not_deadlock(store: SqlStore) -> None:
+    """Two transactions that read a resident, wait, then write: serialised, neither fails.
+
+    SQLite: BEGIN IMMEDIATE (a deferred BEGIN would fail one with "database is locked");
+    PostgreSQL: get_resident's per-number lock (else one update would be lost).
+    """
+    with store.transaction() as tx:
+        tx.save_resident(Resident(PHONE, dialogue={"count": 0}))
+    start = threading.Barrier(2)
+
+    def bump(_: int) -> None:
+        start.wait()
+        with store.transaction() as tx:
+            resident = tx.get_resident(PHONE)
+            assert resident is not None
+            time.sleep(0.1)
+            count = resident.dialogue["count"] + 1
+            tx.save_resident(Resident(PHONE, dialogue={"count": count}))
+
+    _in_threads(2, bump)
+    with store.transaction() as tx:
+        resident = tx.get_resident(PHONE)
+    assert resident is not None and resident.dialogue == {"count": 2}  # no lost update
+
+
+# --- residents ------------------------------------------------------------------------------
+
+
+def test_resident_round_trip(store: SqlStore) -> None:
+    dialogue = {"step": "ask_city", "attempts": 2, "held": [1, 2], "nom": "Montréal", "x": None}
+    with store.transaction() as tx:
+        assert tx.get_resident(PHONE) is None
+        tx.save_resident(Resident(PHONE, None, "fr", False, dialogue))
+    with store.transaction() as tx:
+        first = tx.get_resident(PHONE)
+    assert first is not None
+    assert (first.phone, first.municipality_id, first.language, first.opted_out) == (
+        PHONE,
+        None,
+        "fr",
+        False,
+    )
+    assert first.dialogue == dialogue
+    assert first.created_at is not None and first.created_at.tzinfo == UTC
+
+    with store.transaction() as tx:
+        tx.save_resident(Resident(PHONE, "montreal", "fr", True, {}))
+    with store.transaction() as tx:
+        second = tx.get_resident(PHONE)
+        assert tx.get_resident(OTHER) is None
+    assert second is not None
+    assert (second.municipality_id, second.opted_out, second.dialogue) == ("montreal", True, {})
+    assert second.created_at == first.created_at
+    assert second.updated_at is not None and first.updated_at is not None
+    assert second.updated_at >= first.updated_at
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+def test_hold_and_take_held_oldest_first(store: SqlStore) -> None:
+    photo = {"url": "https://api.example/Media/ME1", "content_type": "image/jpeg"}
+    with store.transaction() as tx:
+        late = tx.hold_message(PHONE, "third", [], "SM3", T0 + timedelta(minutes=2))
+        early = tx.hold_message(PHONE, "first", [photo], "SM1", T0)
+        middle = tx.hold_message(PHONE, "second", [], None, T0 + timedelta(minutes=1))
+        tx.hold_message(OTHER, "someone else", [], "SM9", T0)
+    with store.transaction() as tx:
+        held = tx.take_held(PHONE)
+    assert [m.id for m in held] == [early, middle, late]
+    assert [m.body for m in held] == ["first", "second", "third"]
+    assert held[0].media == (photo,)
+    assert held[0].provider_sid == "SM1" and held[1].provider_sid is None
+    assert all(m.direction == "in" and not m.held and m.conversation_id is None for m in held)
+    assert held[0].received_at == T0
+
+    with store.transaction() as tx:
+        assert tx.take_held(PHONE) == []
+        assert [m.body for m in tx.take_held(OTHER)] == ["someone else"]
+
+
+def test_take_held_concurrently_hands_each_text_out_once(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        for i in range(20):
+            tx.hold_message(PHONE, f"text {i}", [], f"SM{i}", T0 + timedelta(seconds=i))
+    start = threading.Barrier(3)
+
+    def take(_: int) -> list[int]:
+        start.wait()
+        with store.transaction() as tx:
+            return [m.id for m in tx.take_held(PHONE)]
+
+    results = _in_threads(3, take)
+    taken = [i for ids in results for i in ids]
+    assert len(taken) == 20 and len(set(taken)) == 20
+
+
+def test_messages_join_a_conversation(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        a = tx.hold_message(PHONE, "a", [], "SMa", T0)
+        b = tx.hold_message(PHONE, "b", [], "SMb", T0 + timedelta(seconds=5))
+    with store.transaction() as tx:
+        conv = tx.create_conversation(PHONE, "ottawa", "tok-a", "Texto 613-555-0123")
+        held = tx.take_held(PHONE)
+        tx.attach_messages([m.id for m in held], conv.id)
+        later = datetime.now(UTC) + timedelta(hours=1)
+        out = tx.add_message(PHONE, conv.id, "out", "Merci", [], "SMout", later)
+        with pytest.raises(KeyError):
+            tx.attach_messages([a], 424242)
+    with pytest.raises(KeyError), store.transaction() as tx:  # foreign keys are enforced
+        tx.add_message(PHONE, 424242, "in", "x", [], None, T0)
+    with store.transaction() as tx, pytest.raises(ValueError, match="direction"):
+        tx.add_message(PHONE, conv.id, "sideways", "x", [], None, T0)  # type: ignore[arg-type]
+    rows = _rows(store, sa.select(messages).order_by(messages.c.id))
+    assert [(r["id"], r["conversation_id"], r["direction"], r["held"]) for r in rows] == [
+        (a, conv.id, "in", False),
+        (b, conv.id, "in", False),
+        (out, conv.id, "out", False),
+    ]
+    with store.transaction() as tx:
+        again = tx.open_conversation(PHONE, "ottawa")
+    assert again is not None and again.last_activity_at == later
+
+
+def test_duplicate_provider_sid_on_a_message(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        tx.hold_message(PHONE, "hello", [], "SMsame", T0)
+    with pytest.raises(DuplicateWebhook) as err, store.transaction() as tx:
+        tx.enqueue("email", {})
+        tx.add_message(PHONE, None, "in", "hello", [], "SMsame", T0)
+    assert err.value.sid == "SMsame"
+    assert store.list_outbox() == []
+
+
+# --- conversations --------------------------------------------------------------------------
+
+
+def test_conversations(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        assert tx.open_conversation(PHONE, "ottawa") is None
+        conv = tx.create_conversation(PHONE, "ottawa", "tok-1", "311 text from 613-555-0123")
+        lost = tx.create_conversation(PHONE, None, "tok-2", "311 text (municipality unknown)")
+    assert conv.status == "open" and conv.thread_message_ids == () and conv.agent_address is None
+    assert conv.created_at.tzinfo == UTC and conv.last_activity_at == conv.created_at
+
+    with store.transaction() as tx:
+        tx.record_thread_email(conv.id, "<1@gw.example>")
+        tx.record_thread_email(conv.id, "<2@gw.example>")
+        tx.record_thread_email(conv.id, "<2@gw.example>")  # already in the chain
+        with pytest.raises(KeyError):
+            tx.record_thread_email(999999, "<x@gw.example>")
+    with store.transaction() as tx:
+        found = tx.open_conversation(PHONE, "ottawa")
+        assert tx.open_conversation(PHONE, "gatineau") is None
+        assert tx.open_conversation(OTHER, "ottawa") is None
+        unknown = tx.open_conversation(PHONE, None)
+    assert found is not None and found.id == conv.id and found.token == "tok-1"
+    assert found.thread_message_ids == ("<1@gw.example>", "<2@gw.example>")
+    assert found.subject == "311 text from 613-555-0123"
+    assert unknown is not None and unknown.id == lost.id
+
+    # the most recently active open conversation wins; closed ones are never returned
+    with store.transaction() as tx:
+        newer = tx.create_conversation(PHONE, "ottawa", "tok-3", "s")
+        tx.add_message(PHONE, newer.id, "in", "x", [], None, datetime.now(UTC) + timedelta(1))
+        assert tx.open_conversation(PHONE, "ottawa") == tx.open_conversation(PHONE, "ottawa")
+        current = tx.open_conversation(PHONE, "ottawa")
+    assert current is not None and current.id == newer.id
+    with store.engine.begin() as conn:
+        conn.execute(conversations.update().values(status="closed"))
+    with store.transaction() as tx:
+        assert tx.open_conversation(PHONE, "ottawa") is None
+
+
+# --- webhook dedupe -------------------------------------------------------------------------
+
+
+def test_webhook_dedupe(store: SqlStore) -> None:
+    answer = "<Response><Message>Which city?</Message></Response>"
+    with store.transaction() as tx:
+        assert tx.webhook_response("SM1") is None
+        tx.record_webhook("SM1", answer)
+    with pytest.raises(DuplicateWebhook) as err, store.transaction() as tx:
+        tx.enqueue("email", {"would": "be sent twice"})
+        tx.record_webhook("SM1", "<Response/>")
+    assert err.value.sid == "SM1"
+    with store.transaction() as tx:
+        assert tx.webhook_response("SM1") == answer
+    assert store.list_outbox() == []
+
+
+def test_concurrent_duplicate_webhook(store: SqlStore) -> None:
+    """Two transactions race on one MessageSid: the second gets DuplicateWebhook."""
+    recorded = threading.Event()
+
+    def first() -> None:
+        with store.transaction() as tx:
+            tx.record_webhook("SMrace", "<Response>first</Response>")
+            tx.enqueue("sms", {"n": 1})
+            recorded.set()
+            time.sleep(0.3)
+
+    def second() -> BaseException | None:
+        assert recorded.wait(5)
+        try:
+            with store.transaction() as tx:  # SQLite: waits in BEGIN IMMEDIATE
+                tx.enqueue("sms", {"n": 2})
+                tx.record_webhook("SMrace", "<Response>second</Response>")  # PG: waits here
+        except DuplicateWebhook as exc:
+            return exc
+        return None
+
+    with ThreadPoolExecutor(2) as pool:
+        f1, f2 = pool.submit(first), pool.submit(second)
+        f1.result(timeout=10)
+        assert isinstance(f2.result(timeout=10), DuplicateWebhook)
+    with store.transaction() as tx:
+        assert tx.webhook_response("SMrace") == "<Response>first</Response>"
+    assert [item.payload for item in store.list_outbox()] == [{"n": 1}]
+
+
+# --- outbox ---------------------------------------------------------------------------------
+
+
+def test_outbox_lifecycle(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        email = tx.enqueue("email", {"to": ["311@ottawa.example"], "subject": "Nid-de-poule"}, T0)
+        later = tx.enqueue("sms", {"to": PHONE, "body": "hi"}, T0 + timedelta(minutes=5))
+
+    claimed = store.claim_due(["email", "sms"], 10, T0, LEASE, "w1")
+    assert [item.id for item in claimed] == [email]
+    item = claimed[0]
+    assert item.kind == "email" and item.status == "pending" and item.attempts == 0
+    assert item.payload == {"to": ["311@ottawa.example"], "subject": "Nid-de-poule"}
+    assert item.claimed_by == "w1" and item.claimed_until == T0 + LEASE
+    assert item.next_attempt_at == T0
+
+    # the lease holds against other workers, then expires (the worker died)
+    assert store.claim_due(["email"], 10, T0 + timedelta(seconds=30), LEASE, "w2") == []
+    expired = T0 + LEASE + timedelta(seconds=1)
+    reclaimed = store.claim_due(["email"], 10, expired, LEASE, "w2")
+    assert [(i.id, i.claimed_by) for i in reclaimed] == [(email, "w2")]
+
+    store.mark_retry(email, "SMTP 451 try again", expired + timedelta(minutes=1))
+    (row,) = store.list_outbox("pending")[:1]
+    assert (row.id, row.attempts, row.last_error) == (email, 1, "SMTP 451 try again")
+    assert row.claimed_by is None and row.claimed_until is None
+    assert row.next_attempt_at == expired + timedelta(minutes=1)
+    assert store.claim_due(["email"], 10, expired, LEASE, "w2") == []  # not due yet
+    again = store.claim_due(["email"], 10, expired + timedelta(minutes=1), LEASE, "w2")
+    assert [i.id for i in again] == [email]
+
+    store.mark_parked(email, "SMTP 550 no such mailbox")
+    (parked,) = store.list_outbox("parked")
+    assert (parked.id, parked.status, parked.attempts) == (email, "parked", 2)
+    assert parked.last_error == "SMTP 550 no such mailbox" and parked.claimed_by is None
+    assert store.claim_due(["email"], 10, expired + timedelta(hours=9), LEASE, "w3") == []
+
+    stats = store.outbox_stats(now=datetime.now(UTC) + timedelta(minutes=10))
+    assert stats["depth"] == 1 and stats["parked"] == 1
+    assert stats["oldest_age_seconds"] >= 600  # ages count from created_at (the clock)
+
+    assert store.requeue(email, now=T0 + timedelta(hours=1)) is True
+    assert store.requeue(email) is False  # no longer parked
+    assert store.requeue(later) is False  # never parked
+    (back,) = [i for i in store.list_outbox("pending") if i.id == email]
+    assert back.attempts == 0 and back.next_attempt_at == T0 + timedelta(hours=1)
+
+    sms = store.claim_due(["sms"], 10, T0 + timedelta(minutes=5), LEASE, "w1")
+    assert [i.id for i in sms] == [later]
+    store.mark_sent(later)
+    assert [i.id for i in store.list_outbox("sent")] == [later]
+    store.mark_retry(later, "stale worker", T0)  # a sent item stays sent
+    assert store.list_outbox("sent")[0].attempts == 0
+    assert [i.id for i in store.list_outbox()] == [email, later]
+    assert store.outbox_stats()["depth"] == 1
+
+
+def test_outbox_stats_empty_and_ages(store: SqlStore) -> None:
+    assert store.outbox_stats() == {"depth": 0, "oldest_age_seconds": 0.0, "parked": 0}
+    with store.transaction() as tx:
+        tx.enqueue("sms", {})
+    stats = store.outbox_stats(now=datetime.now(UTC) + timedelta(seconds=90))
+    assert stats["depth"] == 1 and 89 < stats["oldest_age_seconds"] < 120
+
+
+def test_claim_due_kinds_limit_and_order(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        ids = [tx.enqueue("email", {"i": i}, T0 - timedelta(seconds=i)) for i in range(5)]
+        sms = tx.enqueue("sms", {}, T0 - timedelta(hours=1))
+    first = store.claim_due(["email"], 2, T0, LEASE, "w")
+    assert [i.id for i in first] == [ids[4], ids[3]]  # oldest due first
+    rest = store.claim_due(["email"], 10, T0, LEASE, "w")
+    assert [i.id for i in rest] == [ids[2], ids[1], ids[0]]
+    assert store.claim_due(["sms"], 0, T0, LEASE, "w") == []
+    assert store.claim_due([], 5, T0, LEASE, "w") == []
+    assert [i.id for i in store.claim_due(["sms", "email"], 5, T0, LEASE, "w")] == [sms]
+    with pytest.raises(ValueError):
+        store.claim_due(["fax"], 5, T0, LEASE, "w")  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        store.list_outbox("lost")  # type: ignore[arg-type]
+    with pytest.raises(ValueError), store.transaction() as tx:
+        tx.enqueue("fax", {})  # type: ignore[arg-type]
+
+
+def test_concurrent_claimers_never_share_an_item(store: SqlStore) -> None:
+    total = 120
+    with store.transaction() as tx:
+        for i in range(total):
+            tx.enqueue("sms" if i % 2 else "email", {"i": i}, T0)
+    start = threading.Barrier(4)
+
+    def worker(n: int) -> list[int]:
+        start.wait()
+        got: list[int] = []
+        while batch := store.claim_due(["email", "sms"], 7, T0, LEASE, f"worker-{n}"):
+            got.extend(item.id for item in batch)
+        return got
+
+    results = _in_threads(4, worker)
+    claimed = [i for ids in results for i in ids]
+    assert len(claimed) == total
+    assert len(set(claimed)) == total
+    owners = {item.id: item.claimed_by for item in store.list_outbox("pending")}
+    for n, ids in enumerate(results):
+        assert all(owners[i] == f"worker-{n}" for i in ids)
+
+
+# --- datetimes ------------------------------------------------------------------------------
+
+
+def test_aware_datetimes_round_trip_as_utc(store: SqlStore) -> None:
+    eastern = timezone(timedelta(hours=-5))
+    local = datetime(2025, 1, 15, 20, 30, 15, 123456, tzinfo=eastern)  # = 01:30:15Z next day
+    tokyo = datetime(2025, 1, 16, 10, 0, tzinfo=timezone(timedelta(hours=9)))  # = 01:00Z
+    with store.transaction() as tx:
+        tx.hold_message(PHONE, "x", [], None, local)
+        outbox_id = tx.enqueue("sms", {}, tokyo)
+    with store.transaction() as tx:
+        (held,) = tx.take_held(PHONE)
+    assert held.received_at == local
+    assert held.received_at.utcoffset() == timedelta(0)
+    assert held.received_at == datetime(2025, 1, 16, 1, 30, 15, 123456, tzinfo=UTC)
+
+    # comparisons in SQL use the instant, whatever the zone of the value compared with
+    before = datetime(2025, 1, 15, 19, 59, tzinfo=eastern)  # 00:59Z
+    assert store.claim_due(["sms"], 1, before, LEASE, "w") == []
+    (item,) = store.claim_due(["sms"], 1, tokyo.astimezone(eastern), LEASE, "w")
+    assert item.id == outbox_id and item.next_attempt_at == tokyo
+    assert item.next_attempt_at.tzinfo == UTC and item.created_at.tzinfo == UTC
+
+    naive = datetime(2025, 1, 1, 12, 0)
+    with pytest.raises(ValueError, match="naive"), store.transaction() as tx:
+        tx.hold_message(PHONE, "x", [], None, naive)
+    with pytest.raises(ValueError, match="naive"), store.transaction() as tx:
+        tx.enqueue("sms", {}, naive)
+    with pytest.raises(ValueError, match="naive"):
+        store.claim_due(["sms"], 1, naive, LEASE, "w")
