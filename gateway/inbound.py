@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import parseaddr
 
-from gateway import dialogue, emails, keywords
+from gateway import dialogue, emails, keywords, prompts
 from gateway.config import Settings
 from gateway.logs import mask_phone
 from gateway.municipalities import Directory, Municipality
@@ -123,11 +123,14 @@ class InboundService:
         state = dialogue.DialogueState.from_dict(resident.dialogue)
         if state.municipality_id is None and resident.municipality_id is not None:
             state = replace(state, municipality_id=resident.municipality_id)
+        # A keyword (HELP/AIDE…) may have changed the kept language since the last turn.
+        state = replace(state, language=prompts.as_language(resident.language, state.language))
         inbound = dialogue.Inbound(
             text=text.body,
             from_city=text.from_city,
             from_state=text.from_state,
             has_media=bool(text.media),
+            opted_out=resident.opted_out,  # no questions to a number that said STOP
         )
         state, actions = dialogue.step(state, inbound, directory)
         replies: list[str] = []
@@ -179,14 +182,13 @@ class InboundService:
 
     # -- emails ---------------------------------------------------------------------
 
-    def _collect(
-        self, tx: Tx, text: InboundText, include_current: bool, conversation_id: int
-    ) -> list[StoredMessage]:
+    def _collect(self, tx: Tx, text: InboundText, include_current: bool) -> list[StoredMessage]:
+        """The held texts (oldest first), and this one if it is part of the delivery."""
         messages = tx.take_held(text.phone)
         if include_current:
             message_id = tx.add_message(
                 text.phone,
-                conversation_id,
+                None,
                 "in",
                 text.body,
                 _media_dicts(text.media),
@@ -197,7 +199,7 @@ class InboundService:
                 StoredMessage(
                     id=message_id,
                     phone=text.phone,
-                    conversation_id=conversation_id,
+                    conversation_id=None,
                     direction="in",
                     body=text.body,
                     media=tuple(_media_dicts(text.media)),
@@ -227,10 +229,10 @@ class InboundService:
         language: str,
         include_current: bool,
     ) -> int:
-        conversation = self._conversation(tx, text.phone, municipality, language)
-        messages = self._collect(tx, text, include_current, conversation.id)
+        messages = self._collect(tx, text, include_current)
         if not messages:
             return 0
+        conversation = self._conversation(tx, text.phone, municipality, language)
         tx.attach_messages([m.id for m in messages], conversation.id)
         self._enqueue_email(
             tx,
@@ -254,10 +256,10 @@ class InboundService:
                 mask_phone(text.phone),
             )
             return 0
-        conversation = self._conversation(tx, text.phone, None, language)
-        messages = self._collect(tx, text, include_current=False, conversation_id=conversation.id)
+        messages = self._collect(tx, text, include_current=False)
         if not messages:
             return 0
+        conversation = self._conversation(tx, text.phone, None, language)
         tx.attach_messages([m.id for m in messages], conversation.id)
         self._enqueue_email(
             tx,

@@ -162,9 +162,9 @@ def parse_postal_code(text: str) -> str | None:
 PROVINCES: dict[str, tuple[str, ...]] = {
     # code: English name, French name, other spellings and abbreviations (EN/FR)
     "AB": ("Alberta", "Alta", "Alb"),
-    "BC": ("British Columbia", "Colombie-Britannique", "B.C.", "C.-B.", "CB"),
+    "BC": ("British Columbia", "Colombie-Britannique", "B.C.", "C.-B."),
     "MB": ("Manitoba", "Man"),
-    "NB": ("New Brunswick", "Nouveau-Brunswick", "N.-B."),
+    "NB": ("New Brunswick", "Nouveau-Brunswick", "N.B.", "N.-B."),
     "NL": (
         "Newfoundland and Labrador",
         "Terre-Neuve-et-Labrador",
@@ -174,18 +174,19 @@ PROVINCES: dict[str, tuple[str, ...]] = {
         "Labrador",
         "Nfld",
         "NF",
+        "N.L.",
         "T.-N.-L.",
-        "TNL",
     ),
-    "NS": ("Nova Scotia", "Nouvelle-Écosse", "N.-É."),
-    "NT": ("Northwest Territories", "Territoires du Nord-Ouest", "NWT", "T.N.-O.", "TNO"),
-    "NU": ("Nunavut",),
+    "NS": ("Nova Scotia", "Nouvelle-Écosse", "N.S.", "N.-É."),
+    "NT": ("Northwest Territories", "Territoires du Nord-Ouest", "N.W.T.", "T.N.-O."),
+    "NU": ("Nunavut", "Nvt"),
     "ON": ("Ontario", "Ont"),
-    "PE": ("Prince Edward Island", "Île-du-Prince-Édouard", "PEI", "P.E.I.", "Î.-P.-É.", "IPE"),
-    "QC": ("Quebec", "Québec", "Que", "Qué", "PQ"),
+    "PE": ("Prince Edward Island", "Île-du-Prince-Édouard", "P.E.I.", "Î.-P.-É."),
+    "QC": ("Quebec", "Québec", "Que", "PQ"),
     "SK": ("Saskatchewan", "Sask"),
-    "YT": ("Yukon", "Yukon Territory", "YK"),
+    "YT": ("Yukon", "Yukon Territory", "Y.T.", "YK"),
 }
+"""Province codes and their spellings; an abbreviation with dots is also read without them."""
 
 
 def _province_phrases() -> dict[tuple[str, ...], str]:
@@ -193,6 +194,8 @@ def _province_phrases() -> dict[tuple[str, ...], str]:
     for code, names in PROVINCES.items():
         for spelling in (code, *names):
             phrases[tuple(normalize(spelling).split())] = code
+            if "." in spelling:  # "P.E.I." is also written "PEI"
+                phrases[(normalize(re.sub(r"[.\-\s]", "", spelling)),)] = code
     return phrases
 
 

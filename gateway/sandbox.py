@@ -39,6 +39,7 @@ def sandbox_settings_text(map_path: Path, token: str, web_port: int = 8311) -> s
         f"""\
         # sms311 sandbox settings, written by `sms311 sandbox run`. Safe to edit or delete.
         database: sqlite:///gateway.db
+        state_dir: .
         municipality_map: {map_path}
         public_url: http://127.0.0.1:{web_port}
         web: {{listen: "127.0.0.1:{web_port}"}}
@@ -67,7 +68,7 @@ def ensure_sandbox(directory: Path, map_path: Path) -> Path:
 
 async def serve_sandbox(settings: Settings, printer: Callable[[str], None] = print) -> None:
     """Run the sandbox mail server and the whole gateway until SIGTERM/SIGINT."""
-    base = settings.config_path.parent
+    base = settings.state_dir
     mail_dir = base / "mail"
     store = open_store(settings.database)
     store.upgrade()
@@ -154,7 +155,7 @@ def send_text(
 ) -> tuple[int, list[str]]:
     """Post one signed inbound text to the running gateway: (HTTP status, replies)."""
     media_urls = []
-    media_dir = settings.config_path.parent / "media"
+    media_dir = settings.state_dir / "media"
     for path in media:
         media_dir.mkdir(parents=True, exist_ok=True)
         name = f"{uuid.uuid4().hex}{path.suffix}"

@@ -41,9 +41,6 @@ class DirectoryHolder:
         return directory
 
 
-def state_dir(settings: Settings) -> Path:
-    """Where the sandbox provider keeps its files: beside the settings file."""
-    return settings.config_path.parent
 
 
 @dataclass
@@ -65,7 +62,7 @@ class Gateway:
             settings=settings,
             store=store,
             directory=DirectoryHolder(settings.municipality_map),
-            provider=make_provider(settings.sms, state_dir(settings)),
+            provider=make_provider(settings.sms, settings.state_dir),
         )
 
     @cached_property

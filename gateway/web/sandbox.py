@@ -13,4 +13,4 @@ blueprint = Blueprint("sandbox", __name__)
 @blueprint.get("/sandbox/media/<name>")
 def media(name: str) -> Response:
     gateway: Gateway = current_app.extensions["sms311"]
-    return send_from_directory(gateway.settings.config_path.parent / "media", name)
+    return send_from_directory(gateway.settings.state_dir / "media", name)
