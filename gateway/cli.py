@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gateway.config import ConfigError, Settings, check_config, config_path_from, load_settings
 from gateway.logs import setup_logging
+from gateway.store import SchemaOutOfDate, StoreUnavailable
 
 SANDBOX_DIR = Path("var/sandbox")  # where `make run` keeps the sandbox (relative to the repo)
 
@@ -109,7 +110,7 @@ def cmd_sandbox_run(args: argparse.Namespace) -> int:
     from gateway.sandbox import run_sandbox
 
     setup_logging("INFO")
-    return run_sandbox(args.dir, args.map)
+    return run_sandbox(args.dir, args.map, args.port, args.smtp_port)
 
 
 def cmd_sandbox_text(args: argparse.Namespace) -> int:
@@ -179,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_run = sandbox_commands.add_parser("run", help="start the sandbox gateway")
     sandbox_run.add_argument("--dir", type=Path, default=SANDBOX_DIR)
     sandbox_run.add_argument("--map", type=Path, default=Path("municipality_map.yaml"))
+    sandbox_run.add_argument("--port", type=int, default=8311, help="web port (first run only)")
+    sandbox_run.add_argument("--smtp-port", type=int, default=8025,
+                             help="sandbox mail server port (first run only)")
     sandbox_run.set_defaults(func=cmd_sandbox_run)
     text = sandbox_commands.add_parser("text", help="text the sandbox gateway as a resident")
     text.add_argument("number", help="the resident's number, e.g. 613-555-0123")
@@ -197,4 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except (SchemaOutOfDate, StoreUnavailable) as exc:
+        print(f"sms311: {exc}", file=sys.stderr)
+        return 1
     return result

@@ -33,7 +33,9 @@ SANDBOX_SENDER = "31100"
 MEDIA_PATH = "/sandbox/media/"
 
 
-def sandbox_settings_text(map_path: Path, token: str, web_port: int = 8311) -> str:
+def sandbox_settings_text(
+    map_path: Path, token: str, web_port: int = 8311, smtp_port: int = SANDBOX_SMTP_PORT
+) -> str:
     """The sandbox's settings file."""
     return textwrap.dedent(
         f"""\
@@ -50,19 +52,24 @@ def sandbox_settings_text(map_path: Path, token: str, web_port: int = 8311) -> s
         email:
           from_address: "311 Text <sms@gateway.example>"
           reply_address: "reply+{{token}}@gateway.example"
-          smtp: {{host: 127.0.0.1, port: {SANDBOX_SMTP_PORT}, security: none}}
+          smtp: {{host: 127.0.0.1, port: {smtp_port}, security: none}}
         fallback_mailbox: 311-unrouted@gateway.example
         """
     )
 
 
-def ensure_sandbox(directory: Path, map_path: Path) -> Path:
-    """Create the sandbox folder and its settings file if missing; the settings path."""
+def ensure_sandbox(
+    directory: Path, map_path: Path, web_port: int = 8311, smtp_port: int = SANDBOX_SMTP_PORT
+) -> Path:
+    """Create the sandbox folder and its settings file if missing; the settings path.
+
+    The ports only matter the first time: afterwards the settings file is the truth."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "sms311.yaml"
     if not config.exists():
         token = secrets.token_hex(16)
-        config.write_text(sandbox_settings_text(map_path.resolve(), token), encoding="utf-8")
+        text = sandbox_settings_text(map_path.resolve(), token, web_port, smtp_port)
+        config.write_text(text, encoding="utf-8")
     return config
 
 
@@ -103,8 +110,10 @@ async def serve_sandbox(settings: Settings, printer: Callable[[str], None] = pri
         gateway.close()
 
 
-def run_sandbox(directory: Path, map_path: Path) -> int:
-    config = ensure_sandbox(directory, map_path)
+def run_sandbox(
+    directory: Path, map_path: Path, web_port: int = 8311, smtp_port: int = SANDBOX_SMTP_PORT
+) -> int:
+    config = ensure_sandbox(directory, map_path, web_port, smtp_port)
     settings = load_settings(config)
     asyncio.run(serve_sandbox(settings))
     return 0

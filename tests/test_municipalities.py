@@ -25,9 +25,7 @@ from gateway.municipalities import (
 )
 from tests.paths import REPO_ROOT, shared_file
 
-CENSUS_CSV = shared_file(
-    "municipalities", "ocd_division_ids_ca", "derived_csd_with_province.csv"
-)
+CENSUS_CSV = shared_file("municipalities", "ocd_division_ids_ca", "derived_csd_with_province.csv")
 EVIDENCE_JSON = shared_file("municipalities", "canada_311_evidence.json")
 HAND_MAP = REPO_ROOT / "municipality_map.yaml"
 
@@ -317,7 +315,9 @@ def test_hand_map_postal_prefixes_never_overlap(hand: Directory) -> None:
     claimed = [(p, m.id) for m in hand.municipalities for p in m.postal_prefixes]
     for prefix, owner in claimed:
         assert re.fullmatch(r"[A-Z][0-9][A-Z]?", prefix), prefix
-        overlapping = {o for p, o in claimed if o != owner and (p.startswith(prefix) or prefix.startswith(p))}
+        overlapping = {
+            o for p, o in claimed if o != owner and (p.startswith(prefix) or prefix.startswith(p))
+        }
         assert not overlapping, (prefix, owner, overlapping)
 
 
@@ -326,7 +326,9 @@ def test_hand_map_entries(hand: Directory) -> None:
         assert m.mailbox == f"311@{m.id}.example"
         assert m.agents == (f"@{m.id}.example",)
         assert m.postal_prefixes and m.aliases, m.id
-        expected = ("fr", "en") if m.province == "QC" else ("en", "fr") if m.id == "ottawa" else ("en",)
+        expected = (
+            ("fr", "en") if m.province == "QC" else ("en", "fr") if m.id == "ottawa" else ("en",)
+        )
         assert m.languages == expected, m.id
 
 
@@ -415,7 +417,9 @@ def test_postal_prefix_longest_wins_and_shared_is_ambiguous() -> None:
         ("", "ON", None),
     ],
 )
-def test_suggest_on_hand_map(hand: Directory, city: str | None, state: str | None, id: str | None) -> None:
+def test_suggest_on_hand_map(
+    hand: Directory, city: str | None, state: str | None, id: str | None
+) -> None:
     suggestion = hand.suggest(city, state)
     assert (suggestion.id if suggestion else None) == id
 
@@ -455,7 +459,9 @@ def test_census_name_with_its_province_is_decided(census: Directory) -> None:
             if len(inside) == 1:
                 ok = isinstance(result, Match) and result.municipality.province == province
             else:
-                ok = isinstance(result, Ambiguous) and {m.province for m in result.candidates} == {province}
+                ok = isinstance(result, Ambiguous) and {m.province for m in result.candidates} == {
+                    province
+                }
             if not ok:
                 wrong[f"{name}, {province}"] = describe(result)
     assert wrong == {}
@@ -550,7 +556,15 @@ def test_census_ambiguous(census: Directory, text: str, provinces: set[str]) -> 
 
 @pytest.mark.parametrize(
     "text",
-    ["hello", "pothole on main st", "the streetlight is out", "nid de poule", "merci", "yes", "K1A 0B1"],
+    [
+        "hello",
+        "pothole on main st",
+        "the streetlight is out",
+        "nid de poule",
+        "merci",
+        "yes",
+        "K1A 0B1",
+    ],
 )
 def test_census_no_match(census: Directory, text: str) -> None:
     assert isinstance(census.match(text), NoMatch), describe(census.match(text))

@@ -1,0 +1,81 @@
+"""`make run`'s sandbox as a new user meets it: `sms311 sandbox run`, then
+`sms311 sandbox text` as a resident; the emails land as .eml files per mailbox."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from gateway.mail.sandbox import mailbox_messages
+from tests.gateway_fixtures import REPO, free_port
+
+
+def sms311(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=60, check=False, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def test_play_resident_in_the_sandbox(tmp_path: Path) -> None:
+    web_port, smtp_port = free_port(), free_port()
+    sandbox = tmp_path / "sandbox"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "sandbox", "run", "--dir", str(sandbox),
+         "--map", str(REPO / "municipality_map.yaml"), "--port", str(web_port),
+         "--smtp-port", str(smtp_port)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    config = str(sandbox / "sms311.yaml")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{web_port}/healthz", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "sandbox did not start"
+            assert process.poll() is None, process.communicate()[0]
+            time.sleep(0.1)
+
+        first = sms311("--config", config, "sandbox", "text", "613-555-0123",
+                       "There is a pothole on Bank St", cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        assert "<< " in first.stdout and "city" in first.stdout.lower()
+        answer = sms311("--config", config, "sandbox", "text", "613-555-0123", "otawa",
+                        cwd=tmp_path)
+        assert "Ottawa" in answer.stdout
+        picture = tmp_path / "photo.jpg"
+        picture.write_bytes(b"\xff\xd8\xff\xe0fake-jpeg")
+        third = sms311("--config", config, "sandbox", "text", "613-555-0123",
+                       "It is getting bigger", "--media", str(picture), cwd=tmp_path)
+        assert "no reply" in third.stdout
+
+        deadline = time.monotonic() + 15
+        while len(mailbox_messages(sandbox / "mail", "311@ottawa.example")) < 2:
+            assert time.monotonic() < deadline, "emails did not land in the sandbox mailbox"
+            time.sleep(0.1)
+        files = sorted(mailbox_messages(sandbox / "mail", "311@ottawa.example"))
+        messages = [email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
+                    for f in files]
+        bodies = [m.get_body(("plain",)).get_content() for m in messages]  # type: ignore[union-attr]
+        assert "There is a pothole on Bank St" in bodies[0]
+        assert "It is getting bigger" in bodies[1]
+        [attachment] = list(messages[1].iter_attachments())  # type: ignore[attr-defined]
+        assert attachment.get_content() == b"\xff\xd8\xff\xe0fake-jpeg"
+        assert messages[1]["In-Reply-To"] == messages[0]["Message-ID"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=15)
+    assert process.returncode == 0, output
+    assert "sandbox text" in output  # it told the user what to try
