@@ -7,7 +7,8 @@ How a text is matched, in order (the first step that finds something wins):
 
 1. A postal code ("K1A 0B1", "k1a0b1", a bare FSA "K1A") is looked up by the longest
    prefix among the municipalities' `postal_prefixes`; a prefix shared by several
-   municipalities gives `Ambiguous`.
+   municipalities gives `Ambiguous`. An unknown postal code falls through to the names
+   ("Victoria BC V8W 1P6" still finds Victoria).
 2. Exact lookup of the normalized text (see `normalize`), then of the text without its
    lead-in ("I live in", "city of", "j'habite à", "ville de", …) and trailing filler
    ("please", "merci", "Canada", …), then of the name before a trailing province
@@ -140,6 +141,7 @@ _FSA = r"[ABCEGHJKLMNPRSTVXY][0-9][ABCEGHJKLMNPRSTVWXYZ]"
 _LDU = r"[0-9][ABCEGHJKLMNPRSTVWXYZ][0-9]"
 _POSTAL_WHOLE = re.compile(rf"({_FSA})(?:[\s-]*{_LDU})?")
 _POSTAL_INSIDE = re.compile(rf"(?<![A-Z0-9])({_FSA})[\s-]?{_LDU}(?![A-Z0-9])")
+_POSTAL_ANYWHERE = re.compile(rf"(?<![A-Z0-9]){_FSA}(?:[\s-]*{_LDU})?(?![A-Z0-9])", re.IGNORECASE)
 
 
 def parse_postal_code(text: str) -> str | None:
@@ -342,7 +344,7 @@ def _unique(municipalities: Iterable[Municipality]) -> tuple[Municipality, ...]:
     return tuple(seen.values())
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _Fuzzy:
     key: str
     ratio: float
@@ -352,8 +354,9 @@ class _Fuzzy:
 class Directory:
     """The municipalities a gateway serves, indexed for `match` and `suggest`.
 
-    Built once from the map (a few thousand entries take tens of milliseconds); every
-    lookup is then a dict access or a rapidfuzz scan of the keys of similar length.
+    Built once from the map (about 0.1 s for the 5,162 census subdivisions); every lookup
+    is then a few dict accesses, plus a rapidfuzz scan of the keys of similar length
+    when nothing matches exactly.
     Duplicate ids are a `ValueError`.
     """
 
@@ -414,7 +417,10 @@ class Directory:
         query = _read_query(text)
         fsa = parse_postal_code(text) or (parse_postal_code(query.core) if query.core else None)
         if fsa is not None:
-            return self._match_postal(fsa)
+            postal = self._match_postal(fsa)
+            if not isinstance(postal, NoMatch):
+                return postal
+            query = _read_query(_POSTAL_ANYWHERE.sub(" ", text))
         if not query.full:
             return NoMatch()
         for key in dict.fromkeys((query.full, query.core)):

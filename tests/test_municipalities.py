@@ -528,6 +528,9 @@ def test_census_unique_names_match_their_subdivision(census: Directory) -> None:
         ("Rivière-du-Loup", "Rivière-du-Loup", "QC"),
         ("riviere du loup", "Rivière-du-Loup", "QC"),
         ("Kitchner", "Kitchener", "ON"),
+        ("Victoria BC V8W 1P6", "Victoria", "BC"),  # no postal prefixes in the census
+        ("Labrador City", "Labrador City", "NL"),  # ends with a province name
+        ("Happy Valley-Goose Bay, Labrador", "Happy Valley-Goose Bay", "NL"),
     ],
 )
 def test_census_match(census: Directory, text: str, name: str, province: str) -> None:
