@@ -1,20 +1,28 @@
-"""Where the tests find the shared test data (../shared/data next to the repository).
+"""Where the tests find the shared test data.
 
-Import `SHARED_DATA` (a `Path`). The folder is required: a missing folder fails loudly at
-import, it never skips tests.
+Import `SHARED_DATA` (a `Path`): `$GATEWAY_TEST_DATA` when set, else `../shared/data` next
+to the repository, else `/work/shared/data` (where this workplace keeps it, for clones made
+elsewhere). The folder is required: a missing folder fails loudly at import, it never skips
+tests.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CANDIDATES = [
+    Path(p) for p in [os.environ.get("GATEWAY_TEST_DATA", "")] if p
+] + [REPO_ROOT.parent / "shared" / "data", Path("/work/shared/data")]
+
+SHARED_DATA = next((c for c in CANDIDATES if c.is_dir()), CANDIDATES[0])
 
 if not SHARED_DATA.is_dir():
     raise RuntimeError(
-        f"shared test data not found at {SHARED_DATA}: the tests need the ../shared/data "
-        "folder next to the repository (see its README)"
+        "shared test data not found (looked in "
+        + ", ".join(str(c) for c in CANDIDATES)
+        + "): set GATEWAY_TEST_DATA or put ../shared/data next to the repository"
     )
 
 
