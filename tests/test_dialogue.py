@@ -5,10 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import re
-from pathlib import Path
 
 import pytest
-from conversation import Conversation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +23,8 @@ from gateway.dialogue import (
 )
 from gateway.directory_build import load_census_directory
 from gateway.municipalities import Directory, Municipality
+from tests.conversation import Conversation
+from tests.paths import shared_file
 
 
 def town(id: str, name: str, province: str, **kw: object) -> Municipality:
@@ -542,10 +542,7 @@ def test_step_never_fails_and_keeps_its_promises(
 
 # -- the whole census directory -------------------------------------------------------------------
 
-CENSUS_CSV = (
-    Path(__file__).resolve().parents[2]
-    / "shared/data/municipalities/ocd_division_ids_ca/derived_csd_with_province.csv"
-)
+CENSUS_CSV = shared_file("municipalities", "ocd_division_ids_ca", "derived_csd_with_province.csv")
 
 
 @pytest.fixture(scope="module")
