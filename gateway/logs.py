@@ -22,3 +22,7 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Libraries that chat at INFO: aiosmtpd logs every SMTP command (addresses included),
+    # alembic every migration step. Their warnings still show.
+    for noisy in ("mail.log", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
