@@ -159,6 +159,13 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True)
+class ConversationSettings:
+    """When a conversation (one email thread) ends."""
+
+    idle_close_hours: float = 72.0  # no message either way for this long: the next text starts a new thread
+
+
+@dataclass(frozen=True)
 class Settings:
     config_path: Path  # the settings file; relative paths are resolved against its folder
     database: str
@@ -171,6 +178,7 @@ class Settings:
     log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR | CRITICAL
     state_dir: Path = Path("var")  # sandbox SMS/mail files; absolute once loaded
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    conversations: ConversationSettings = field(default_factory=ConversationSettings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -581,6 +589,9 @@ SCHEMA = _Section(
                 "max_backoff_seconds": _Leaf("number", check=_check_positive),
             }
         ),
+        "conversations": _Section(
+            {"idle_close_hours": _Leaf("number", check=_check_positive)}
+        ),
     }
 )
 
@@ -879,6 +890,7 @@ def _build(values: Mapping[str, Any], sections: set[str], folder: Path, path: Pa
         log_level=values.get("log_level", "INFO"),
         state_dir=_resolve(folder, values.get("state_dir", _FILE_DEFAULTS["state_dir"])),
         outbox=OutboxSettings(**_section_kwargs(values, "outbox")),
+        conversations=ConversationSettings(**_section_kwargs(values, "conversations")),
     )
 
 

@@ -11,6 +11,11 @@ One conversation is one email thread:
 `ResidentEmail` is what the outbox stores (`to_dict` / `from_dict`, JSON-safe);
 `compose` turns it into an `email.message.EmailMessage` ready for SMTP.
 
+`AgentNotice` / `compose_notice`: a short automatic email, in the conversation's
+thread, telling the agent what became of a reply (shortened, not sent because the
+resident opted out, not delivered, not sent). Outbox payloads say which is which in
+`payload["type"]`: "resident" or "notice" (`from_payload`).
+
 Header injection is impossible: every value that goes into a header is reduced to one
 line (CR, LF and other control characters become spaces) before it is set.
 """
@@ -27,13 +32,14 @@ from datetime import UTC, datetime, tzinfo
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
 DEFAULT_TIMEZONE = "America/Toronto"
 CONVERSATION_HEADER = "X-SMS311-Conversation"
+NOTICE_HEADER = "X-SMS311-Notice"
 REFERENCES_KEEP_LAST = 20  # References = the first id + the last 20 (RFC 5322 allows trimming)
 TOKEN_BYTES = 20  # 160 bits: exactly 32 base32 characters, no padding
 
@@ -306,8 +312,10 @@ class ResidentEmail:
         return self.to + self.cc
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (lists, strings, ints, None; datetimes as ISO 8601)."""
+        """A JSON-safe dict (lists, strings, ints, None; datetimes as ISO 8601), with
+        "type": "resident" (the outbox tells resident emails from notices by it)."""
         return {
+            "type": "resident",
             "conversation_id": self.conversation_id,
             "from_address": self.from_address,
             "to": list(self.to),
@@ -329,7 +337,8 @@ class ResidentEmail:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResidentEmail:
-        """The inverse of `to_dict`. Raises KeyError/ValueError on a malformed payload."""
+        """The inverse of `to_dict` ("type" and unknown keys are ignored).
+        Raises KeyError/ValueError on a malformed payload."""
         date = data.get("date")
         in_reply_to = data.get("in_reply_to")
         note = data.get("note")
@@ -505,4 +514,288 @@ def compose(
         message.add_attachment(
             attachment.data, maintype=maintype, subtype=subtype, filename=filename
         )
+    return message
+
+
+# -- notices to the agent ------------------------------------------------------------------
+
+NoticeKind = Literal["shortened", "opted_out", "delivery_failed", "not_sent"]
+NOTICE_KINDS: tuple[NoticeKind, ...] = ("shortened", "opted_out", "delivery_failed", "not_sent")
+NOTICE_EXCERPT_CHARS = 200
+
+_RE_PREFIX = re.compile(r"^\s*re\s*:", re.IGNORECASE)
+
+# Provider error codes (Twilio) as the agent should read them: (English, French).
+ERROR_TEXTS: Mapping[int, tuple[str, str]] = {
+    21211: ("not a valid phone number", "numéro de téléphone invalide"),
+    21408: ("texting to this region is not enabled", "l'envoi vers cette région n'est pas activé"),
+    21610: (
+        "the resident has opted out (texted STOP)",
+        "la personne s'est désabonnée (elle a texté ARRET ou STOP)",
+    ),
+    21612: ("this number cannot get our texts", "ce numéro ne peut pas recevoir nos textos"),
+    21614: ("not a mobile number", "pas un numéro de cellulaire"),
+    21617: ("the text is too long", "le texte est trop long"),
+    30001: ("too many texts queued at once", "trop de textos en attente à la fois"),
+    30002: ("the texting account is suspended", "le compte d'envoi de textos est suspendu"),
+    30003: ("the phone is unreachable (off or out of coverage)",
+            "le téléphone est injoignable (éteint ou hors de portée)"),
+    30004: ("the number blocks our texts", "le numéro bloque nos textos"),
+    30005: ("unknown number (it does not exist or is out of service)",
+            "numéro inconnu (il n'existe pas ou n'est plus en service)"),
+    30006: ("a landline, or a carrier that cannot receive texts",
+            "ligne fixe, ou opérateur qui ne peut pas recevoir de textos"),
+    30007: ("filtered by the carrier as spam", "filtré par l'opérateur comme pourriel"),
+    30008: ("unknown error at the carrier", "erreur inconnue chez l'opérateur"),
+}  # fmt: skip
+
+_STATUS_FR = {"undelivered": "non livré", "failed": "échec", "not_sent": "non envoyé"}
+
+
+def error_text(code: int | None, language: str = "en") -> str | None:
+    """What a provider error code means, in "en" or "fr"; None for an unknown code."""
+    texts = ERROR_TEXTS.get(code) if code is not None else None
+    if texts is None:
+        return None
+    return texts[1] if language == "fr" else texts[0]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentNotice:
+    """A notice to the agent about one of their replies (an outbox payload).
+
+    `subject` is the conversation's thread subject ("Re: " is added when composing,
+    never twice). `details` is JSON-safe and depends on `kind`:
+
+    - "shortened": sent_chars, original_chars — the reply was too long and cut;
+    - "opted_out": — the resident texted STOP, the reply was not sent;
+    - "delivery_failed": status ("undelivered" | "failed"), error_code (int | None),
+      optionally error_message (the provider's text);
+    - "not_sent": reason (English text), optionally error_code;
+
+    and for every kind reply_excerpt: the start of the reply concerned (quoted, at most
+    `NOTICE_EXCERPT_CHARS` characters). `date` (the Date header) is fixed when the
+    notice is made, so a retried notice is the same email.
+    """
+
+    conversation_id: int
+    from_address: str
+    to: tuple[str, ...]
+    reply_to: str
+    subject: str
+    message_id: str
+    kind: str
+    cc: tuple[str, ...] = ()
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    language: str = "en"
+    details: dict[str, Any] = field(default_factory=dict)
+    date: datetime = field(default_factory=_utcnow)
+    timezone: str = DEFAULT_TIMEZONE
+
+    def __post_init__(self) -> None:
+        if self.kind not in NOTICE_KINDS:
+            raise ValueError(
+                f"unknown notice kind {self.kind!r} (one of {', '.join(NOTICE_KINDS)})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict with "type": "notice"."""
+        return {
+            "type": "notice",
+            "conversation_id": self.conversation_id,
+            "from_address": self.from_address,
+            "to": list(self.to),
+            "cc": list(self.cc),
+            "reply_to": self.reply_to,
+            "subject": self.subject,
+            "message_id": self.message_id,
+            "in_reply_to": self.in_reply_to,
+            "references": list(self.references),
+            "language": self.language,
+            "kind": self.kind,
+            "details": dict(self.details),
+            "date": self.date.isoformat(),
+            "timezone": self.timezone,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AgentNotice:
+        """The inverse of `to_dict`. Raises KeyError/ValueError on a malformed payload."""
+        in_reply_to = data.get("in_reply_to")
+        date = data.get("date")
+        return cls(
+            conversation_id=int(data["conversation_id"]),
+            from_address=str(data["from_address"]),
+            to=tuple(str(a) for a in data["to"]),
+            cc=tuple(str(a) for a in data.get("cc", ())),
+            reply_to=str(data["reply_to"]),
+            subject=str(data["subject"]),
+            message_id=str(data["message_id"]),
+            in_reply_to=str(in_reply_to) if in_reply_to is not None else None,
+            references=tuple(str(r) for r in data.get("references", ())),
+            language=str(data.get("language") or "en"),
+            kind=str(data["kind"]),
+            details=dict(data.get("details") or {}),
+            date=datetime.fromisoformat(str(date)) if date is not None else _utcnow(),
+            timezone=str(data.get("timezone") or DEFAULT_TIMEZONE),
+        )
+
+
+def from_payload(data: Mapping[str, Any]) -> ResidentEmail | AgentNotice:
+    """The email an "email" outbox payload describes: an `AgentNotice` when
+    data["type"] is "notice", else a `ResidentEmail` (payloads from before the
+    "type" key are resident emails)."""
+    if data.get("type") == "notice":
+        return AgentNotice.from_dict(data)
+    return ResidentEmail.from_dict(data)
+
+
+def reply_subject(subject: str) -> str:
+    """ "Re: " + `subject`, on one line, unless it already starts with "Re:"."""
+    subject = one_line(subject)
+    return subject if _RE_PREFIX.match(subject) else f"Re: {subject}"
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_part(code: int | None, language: str, fallback: str) -> str:
+    """ "error 30003: unreachable …" (or only what is known)."""
+    described = error_text(code, language) or one_line(fallback)
+    word = "erreur" if language == "fr" else "error"
+    colon = " :" if language == "fr" else ":"
+    if code is not None and described:
+        return f"{word} {code}{colon} {described}"
+    if code is not None:
+        return f"{word} {code}"
+    return described
+
+
+def _notice_lines(notice: AgentNotice, language: str) -> str:
+    """The one-paragraph explanation in `language` ("en" or "fr")."""
+    details = notice.details
+    fr = language == "fr"
+    if notice.kind == "shortened":
+        sent = _int(details.get("sent_chars"))
+        original = _int(details.get("original_chars"))
+        counts = ""
+        if sent is not None and original is not None:
+            counts = (
+                f" : la personne en a reçu les {sent} premiers caractères sur {original}"
+                if fr
+                else f": the resident received the first {sent} of its {original} characters"
+            )
+        if fr:
+            return (
+                f"Votre réponse était trop longue pour des textos{counts}. "
+                "Pour envoyer la suite, répondez à ce courriel avec le reste."
+            )
+        return (
+            f"Your reply was too long for text messages{counts}. "
+            "To send the rest, reply to this email with it."
+        )
+    if notice.kind == "opted_out":
+        if fr:
+            return (
+                "Votre réponse n'a PAS été envoyée par texto : la personne s'est désabonnée "
+                "(elle a texté ARRET ou STOP). Rien ne peut lui être envoyé avant qu'elle "
+                "texte START."
+            )
+        return (
+            "Your reply was NOT texted: the resident has opted out of text messages "
+            "(they texted STOP). Nothing can be sent to them until they text START."
+        )
+    if notice.kind == "delivery_failed":
+        code = _int(details.get("error_code"))
+        status = one_line(str(details.get("status") or ""))
+        error = _error_part(code, language, str(details.get("error_message") or ""))
+        shown_status = _STATUS_FR.get(status, status) if fr else status
+        inside = ", ".join(p for p in (shown_status, error) if p)
+        why = f" ({inside})" if inside else ""
+        if fr:
+            return (
+                f"Votre réponse n'a pas pu être livrée au téléphone de la personne{why}. "
+                "Joignez-la autrement au besoin."
+            )
+        return (
+            f"Your reply could not be delivered to the resident's phone{why}. "
+            "You may need to reach them another way."
+        )
+    # not_sent
+    code = _int(details.get("error_code"))
+    reason = str(details.get("reason") or "")
+    if fr:
+        reason = str(details.get("reason_fr") or "") or error_text(code, "fr") or reason
+        why = f" : {one_line(reason)}" if reason.strip() else ""
+        return f"Votre réponse n'a pas été envoyée par texto{why}."
+    reason = reason or error_text(code, "en") or ""
+    why = f": {one_line(reason)}" if reason.strip() else ""
+    return f"Your reply was not texted{why}."
+
+
+def _excerpt(text: str) -> str:
+    """The start of the reply, quoted with "> " (at most NOTICE_EXCERPT_CHARS)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    if len(text) >= NOTICE_EXCERPT_CHARS:
+        cut = text[:NOTICE_EXCERPT_CHARS]
+        space = cut.rfind(" ")
+        text = (cut[:space] if space > NOTICE_EXCERPT_CHARS // 2 else cut).rstrip() + "…"
+    lines = [line.rstrip() for line in text.split("\n")]
+    return "\n".join(f"> {line}" if line else ">" for line in lines)
+
+
+def _notice_body(notice: AgentNotice) -> str:
+    first, second = ("fr", "en") if notice.language == "fr" else ("en", "fr")
+    parts = [_notice_lines(notice, first) + "\n" + _notice_lines(notice, second)]
+    excerpt = str(notice.details.get("reply_excerpt") or "")
+    if excerpt.strip():
+        label = "Votre réponse / Your reply:" if first == "fr" else "Your reply / Votre réponse :"
+        parts.append(label + "\n" + _excerpt(excerpt))
+    names = (
+        "Avis automatique de la passerelle texto 311",
+        "Automatic notice from the 311 text gateway",
+    )
+    footer = " / ".join(names if first == "fr" else names[::-1])
+    return "\n\n".join(parts) + "\n\n-- \n" + footer + "\n"
+
+
+def compose_notice(notice: AgentNotice) -> EmailMessage:
+    """The notice email, in the conversation's thread (policy `email.policy.SMTP`).
+
+    Headers: From (the gateway), To/Cc (the agent), Reply-To (the conversation's reply
+    address, so answering it texts the resident as usual), Subject "Re: <thread>",
+    Date, Message-ID, In-Reply-To, References, X-SMS311-Conversation, and — so that
+    no auto-responder answers it — Auto-Submitted: auto-generated (RFC 3834) and
+    X-Auto-Response-Suppress: All (Exchange/Outlook); X-SMS311-Notice: <kind>.
+    The body is text/plain: the explanation in the notice's language, then the other
+    (English and French), then the start of the reply concerned, quoted.
+    """
+    message = EmailMessage(policy=SMTP)
+    message["From"] = one_line(notice.from_address)
+    message["To"] = _addresses(notice.to)
+    if notice.cc:
+        message["Cc"] = _addresses(notice.cc)
+    message["Reply-To"] = one_line(notice.reply_to)
+    message["Subject"] = reply_subject(notice.subject)
+    message["Date"] = format_datetime(_aware(notice.date).astimezone(_zone(notice.timezone)))
+    message["Message-ID"] = _bare(notice.message_id)
+    if notice.in_reply_to:
+        message["In-Reply-To"] = _bare(notice.in_reply_to)
+    references = [r for r in (_bare(x) for x in notice.references) if r]
+    if references:
+        message["References"] = " ".join(references)
+    message["Auto-Submitted"] = "auto-generated"
+    message["X-Auto-Response-Suppress"] = "All"
+    message[CONVERSATION_HEADER] = _bare(str(notice.conversation_id))
+    message[NOTICE_HEADER] = notice.kind
+    message.set_content(_notice_body(notice), cte="quoted-printable")
     return message

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
-from email.utils import parseaddr
+from datetime import datetime, timedelta
 
 from gateway import dialogue, emails, keywords, prompts
 from gateway.config import Settings
 from gateway.logs import mask_phone
 from gateway.municipalities import Directory, Municipality
+from gateway.notices import sender_domain
 from gateway.store import Conversation, DuplicateWebhook, Resident, Store, StoredMessage, Tx
 
 log = logging.getLogger(__name__)
@@ -210,16 +210,28 @@ class InboundService:
         return messages
 
     def _conversation(
-        self, tx: Tx, phone: str, municipality: Municipality | None, language: str
+        self,
+        tx: Tx,
+        phone: str,
+        municipality: Municipality | None,
+        language: str,
+        now: datetime,
     ) -> Conversation:
+        """The resident's open conversation with this municipality, or a new one (a new
+        email thread) when there is none or it went idle for `idle_close_hours`."""
         municipality_id = municipality.id if municipality else None
-        conversation = tx.open_conversation(phone, municipality_id)
+        idle = timedelta(hours=self._settings.conversations.idle_close_hours)
+        conversation = tx.open_conversation(phone, municipality_id, idle_before=now - idle)
         if conversation is not None:
+            tx.touch_conversation(conversation.id, now)
             return conversation
         national = emails.format_national(phone, self._settings.sms.default_region)
         name = municipality.name if municipality else _UNKNOWN[language]
-        subject = emails.thread_subject(name, national, language)
-        return tx.create_conversation(phone, municipality_id, emails.new_token(), subject)
+        token = emails.new_token()
+        # The short reference makes each conversation's subject distinct, so mail clients
+        # that thread by subject do not merge a new conversation into a closed one.
+        subject = emails.thread_subject(name, national, language, reference=token[:6])
+        return tx.create_conversation(phone, municipality_id, token, subject)
 
     def _deliver(
         self,
@@ -232,13 +244,19 @@ class InboundService:
         messages = self._collect(tx, text, include_current)
         if not messages:
             return 0
-        conversation = self._conversation(tx, text.phone, municipality, language)
+        conversation = self._conversation(
+            tx, text.phone, municipality, language, text.received_at
+        )
         tx.attach_messages([m.id for m in messages], conversation.id)
+        # Sticky: once an agent has answered, the resident's texts go to that agent, with
+        # the city's mailbox in copy, until the conversation closes.
+        agent = conversation.agent_address
         self._enqueue_email(
             tx,
             conversation,
             messages,
-            to=(municipality.mailbox,),
+            to=(agent,) if agent else (municipality.mailbox,),
+            cc=(municipality.mailbox,) if agent else (),
             municipality_name=municipality.name,
             timezone=PROVINCE_TIMEZONES.get(municipality.province, "America/Toronto"),
             language=language,
@@ -259,13 +277,14 @@ class InboundService:
         messages = self._collect(tx, text, include_current=False)
         if not messages:
             return 0
-        conversation = self._conversation(tx, text.phone, None, language)
+        conversation = self._conversation(tx, text.phone, None, language, text.received_at)
         tx.attach_messages([m.id for m in messages], conversation.id)
         self._enqueue_email(
             tx,
             conversation,
             messages,
-            to=(mailbox,),
+            to=(conversation.agent_address or mailbox,),
+            cc=(mailbox,) if conversation.agent_address else (),
             municipality_name=_UNKNOWN[language],
             timezone="America/Toronto",
             language=language,
@@ -280,19 +299,20 @@ class InboundService:
         messages: Sequence[StoredMessage],
         *,
         to: tuple[str, ...],
+        cc: tuple[str, ...] = (),
         municipality_name: str,
         timezone: str,
         language: str,
         note: str | None,
     ) -> None:
         settings = self._settings.email
-        message_id = emails.new_message_id(_domain(settings.from_address))
+        message_id = emails.new_message_id(sender_domain(settings.from_address))
         in_reply_to, references = emails.next_thread_headers(conversation.thread_message_ids)
         email = emails.ResidentEmail(
             conversation_id=conversation.id,
             from_address=settings.from_address,
             to=to,
-            cc=(),
+            cc=cc,
             reply_to=emails.reply_address(settings.reply_address, conversation.token),
             subject=conversation.subject,
             message_id=message_id,
@@ -323,10 +343,6 @@ _FALLBACK_NOTE = (
     "these texts were held and are sent to the fallback mailbox. / "
     "La municipalité du résident n'a pas pu être déterminée."
 )
-
-
-def _domain(address: str) -> str:
-    return parseaddr(address)[1].rpartition("@")[2] or "sms311.invalid"
 
 
 _SEPARATOR = "\x1e"  # record separator: cannot appear in a TwiML-bound reply

@@ -38,6 +38,21 @@ class Metrics:
         self.outbox_oldest_seconds = Gauge(
             "sms311_outbox_oldest_seconds", "Age of the oldest waiting outbox row", registry=r
         )
+        self.texts_out = Counter(
+            "sms311_texts_out", "SMS handed to the provider", ["outcome"], registry=r
+        )
+        self.replies_read = Counter(
+            "sms311_replies_read", "Reply emails read, by disposition", ["outcome"], registry=r
+        )
+        self.delivery_status = Counter(
+            "sms311_delivery_status", "Status callbacks received", ["status"], registry=r
+        )
+        self.reply_to_sms_seconds = Histogram(
+            "sms311_reply_to_sms_seconds",
+            "From an agent's reply being read to its SMS being accepted by the provider",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
         self.text_to_email_seconds = Histogram(
             "sms311_text_to_email_seconds",
             "From a text's arrival to its email being accepted by the mail server",

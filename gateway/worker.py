@@ -1,4 +1,4 @@
-"""The asyncio half: the outbox dispatcher (and, later, the mail listeners).
+"""The asyncio half: the outbox dispatcher and the mail listeners.
 
 The dispatcher claims due outbox rows (a lease, so a crashed worker's rows come
 back), sends them, and marks each sent, retried (capped exponential backoff with
@@ -9,18 +9,27 @@ lists and requeues parked rows. Nothing is ever dropped.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
-from gateway import emails
+from gateway import emails, segments
+from gateway.logs import mask_phone
 from gateway.mail.smtp import PermanentSmtpError, TemporarySmtpError, send_email
+from gateway.notices import enqueue_notice, reply_address_pattern
+from gateway.pacing import SegmentPacer
 from gateway.services import Gateway
-from gateway.sms import MediaError
-from gateway.store import OutboxItem, StoreUnavailable
+from gateway.sms import MediaError, SmsPermanentError, SmsTemporaryError
+from gateway.store import OutboxItem, OutboxKind, StoreUnavailable
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +44,13 @@ def backoff_seconds(attempts: int, base: float, cap: float, rand: Callable[[], f
 
 
 class Dispatcher:
-    """Sends what the outbox holds."""
+    """Sends what the outbox holds: one loop for emails, one for SMS (paced).
+
+    Emails are sent one after the other. SMS are sent concurrently (up to
+    `sms_concurrency` requests in flight, so a slow provider API does not cap the
+    rate) but never two at once to the same number, so a resident gets the parts and
+    replies in order; every send first waits for the segment pacer.
+    """
 
     def __init__(
         self,
@@ -43,58 +58,89 @@ class Dispatcher:
         *,
         poll_interval: float = 0.25,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        pacer: SegmentPacer | None = None,
+        sms_concurrency: int = 16,
     ) -> None:
         self._gateway = gateway
         self._poll_interval = poll_interval
         self._now = now
-        self._wake = asyncio.Event()
+        self._wake = {"email": asyncio.Event(), "sms": asyncio.Event()}
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._random = random.Random()
+        self._pacer = pacer or SegmentPacer(gateway.settings.sms.max_per_second)
+        self._sms_threads = ThreadPoolExecutor(sms_concurrency, thread_name_prefix="sms")
+        self._sms_slots = asyncio.Semaphore(sms_concurrency)
 
     def wake(self) -> None:
         """Look at the outbox now rather than at the next poll."""
-        self._wake.set()
+        for event in self._wake.values():
+            event.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Dispatch until `stop` is set; the row in flight is finished first."""
+        """Dispatch emails and SMS until `stop` is set; what is in flight is finished first."""
         log.info("dispatcher started as %s", self._worker_id)
-        while not stop.is_set():
-            try:
-                sent = await self.dispatch_once()
-            except StoreUnavailable as exc:
-                log.error("dispatcher: store unavailable: %s", exc)
-                sent = 0
-                await _sleep_or(stop, 2.0)
-            if sent:
-                continue
-            self._wake.clear()
-            await _sleep_or(stop, self._poll_interval, self._wake)
+        try:
+            await asyncio.gather(self._loop("email", stop), self._loop("sms", stop))
+        finally:
+            self._sms_threads.shutdown(wait=False, cancel_futures=True)
         log.info("dispatcher stopped")
 
-    async def dispatch_once(self) -> int:
-        """Claim and handle one batch of due rows; the number handled."""
-        store = self._gateway.store
-        items = await asyncio.to_thread(
-            store.claim_due, ["email"], BATCH, self._now(), LEASE, self._worker_id
-        )
-        for item in items:
-            await self._deliver(item)
-        return len(items)
+    async def _loop(self, kind: OutboxKind, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                handled = await self.dispatch_once(kind)
+            except StoreUnavailable as exc:
+                log.error("dispatcher (%s): store unavailable: %s", kind, exc)
+                handled = 0
+                await _sleep_or(stop, 2.0)
+            if handled:
+                continue
+            self._wake[kind].clear()
+            await _sleep_or(stop, self._poll_interval, self._wake[kind])
 
-    async def _deliver(self, item: OutboxItem) -> None:
-        try:
-            if item.kind == "email":
-                await self._send_email(item)
+    async def dispatch_once(self, kind: OutboxKind | None = None) -> int:
+        """Claim and handle one batch of due rows (of `kind`, or of both); the number handled."""
+        kinds: list[OutboxKind] = [kind] if kind else ["email", "sms"]
+        handled = 0
+        for each in kinds:
+            items = await asyncio.to_thread(
+                self._gateway.store.claim_due, [each], BATCH, self._now(), LEASE,
+                self._worker_id,
+            )
+            if each == "email":
+                for item in items:
+                    await self._deliver(item, self._send_email)
             else:
-                raise PermanentSmtpError(f"unknown outbox kind {item.kind!r}")
+                await self._send_sms_batch(items)
+            handled += len(items)
+        return handled
+
+    async def _deliver(
+        self, item: OutboxItem, send: Callable[[OutboxItem], Awaitable[None]]
+    ) -> None:
+        try:
+            await send(item)
+        except SmsTemporaryError as exc:
+            await self._retry(item, str(exc), exc.retry_after)
         except (TemporarySmtpError, OSError, TimeoutError) as exc:
             await self._retry(item, str(exc))
+        except SmsPermanentError as exc:
+            await self._sms_failed_for_good(item, exc)
         except (PermanentSmtpError, ValueError, KeyError, TypeError) as exc:
             await self._park(item, f"{type(exc).__name__}: {exc}")
         else:
             await asyncio.to_thread(self._gateway.store.mark_sent, item.id)
 
+    # -- email ------------------------------------------------------------------------------
+
     async def _send_email(self, item: OutboxItem) -> None:
+        if item.payload.get("type") == "notice":
+            notice = emails.AgentNotice.from_dict(item.payload)
+            await send_email(emails.compose_notice(notice), self._gateway.settings.email.smtp)
+            self._gateway.metrics.emails_sent.inc()
+            log.info("notice sent: %s conversation=%s outbox=%s", notice.kind,
+                     notice.conversation_id, item.id)
+            return
         email = emails.ResidentEmail.from_dict(item.payload)
         attachments: list[emails.Attachment] = []
         failed: list[emails.MediaRef] = []
@@ -128,7 +174,89 @@ class Dispatcher:
             data=data,
         )
 
-    async def _retry(self, item: OutboxItem, error: str) -> None:
+    # -- SMS --------------------------------------------------------------------------------
+
+    async def _send_sms_batch(self, items: Sequence[OutboxItem]) -> None:
+        by_number: dict[str, list[OutboxItem]] = {}
+        for item in items:
+            by_number.setdefault(str(item.payload.get("to", "")), []).append(item)
+
+        async def in_order(queue: list[OutboxItem]) -> None:
+            async with self._sms_slots:
+                for item in queue:
+                    await self._deliver(item, self._send_sms)
+
+        await asyncio.gather(*(in_order(queue) for queue in by_number.values()))
+
+    async def _provider(self, call: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._sms_threads, functools.partial(call, *args))
+
+    async def _send_sms(self, item: OutboxItem) -> None:
+        payload = item.payload
+        to, body = str(payload["to"]), str(payload["body"])
+        provider = self._gateway.provider
+        sid: str | None = None
+        if item.attempts > 0:
+            # An earlier attempt may have reached the provider (a timeout after sending):
+            # look before sending again, so a resident never gets a reply twice.
+            since = item.created_at - timedelta(minutes=1)
+            sid = await self._provider(provider.find_sent, to, body, since)
+            if sid:
+                log.info("outbox %s: already sent as %s, not sending again", item.id, sid[:12])
+        if sid is None:
+            await self._pacer.acquire(segments.count_segments(body))
+            sid = await self._provider(provider.send, to, body, self._status_callback())
+        self._gateway.metrics.texts_out.labels("sent").inc()
+        queued_at = payload.get("queued_at")
+        if queued_at:
+            age = (self._now() - datetime.fromisoformat(str(queued_at))).total_seconds()
+            self._gateway.metrics.reply_to_sms_seconds.observe(max(0.0, age))
+        await asyncio.to_thread(self._record_sent, payload, sid)
+        log.info("sms sent: to=%s outbox=%s part=%s/%s", mask_phone(to), item.id,
+                 payload.get("part", 1), payload.get("parts", 1))
+
+    def _status_callback(self) -> str:
+        return self._gateway.settings.public_url.rstrip("/") + "/sms/status"
+
+    def _record_sent(self, payload: dict[str, Any], sid: str) -> None:
+        message_id = payload.get("message_id")
+        if message_id is None:
+            return
+        with self._gateway.store.transaction() as tx:
+            first = int(payload.get("part", 1)) == 1  # status callbacks follow the first part
+            tx.set_message_status(int(message_id), "sent", None, sid if first else None)
+
+    async def _sms_failed_for_good(self, item: OutboxItem, exc: SmsPermanentError) -> None:
+        """The provider refused for good: tell the agent, mark the resident if opted out."""
+        self._gateway.metrics.texts_out.labels("refused").inc()
+        await asyncio.to_thread(self._report_refusal, item.payload, exc)
+        await self._park(item, f"refused by the provider ({exc.code}): {exc}; agent told")
+
+    def _report_refusal(self, payload: dict[str, Any], exc: SmsPermanentError) -> None:
+        settings = self._gateway.settings
+        with self._gateway.store.transaction() as tx:
+            conversation = tx.get_conversation(int(payload["conversation_id"]))
+            if conversation is None:
+                return
+            resident = tx.get_resident(conversation.phone)
+            if exc.opted_out and resident is not None:
+                tx.save_resident(replace(resident, opted_out=True))
+            if payload.get("message_id") is not None:
+                tx.set_message_status(int(payload["message_id"]), "failed", exc.code)
+            agent = str(payload.get("agent") or conversation.agent_address or "")
+            if not agent:
+                return
+            kind = "opted_out" if exc.opted_out else "delivery_failed"
+            details: dict[str, Any] = {"reply_excerpt": str(payload.get("body", ""))[:200]}
+            if not exc.opted_out:
+                details |= {"status": "failed", "error_code": exc.code}
+            enqueue_notice(tx, settings, conversation, agent, kind, details,
+                           language=resident.language if resident else "en")
+
+    # -- retries ----------------------------------------------------------------------------
+
+    async def _retry(self, item: OutboxItem, error: str, at_least: float | None = None) -> None:
         outbox = self._gateway.settings.outbox
         attempts = item.attempts + 1
         if attempts >= outbox.max_attempts:
@@ -138,6 +266,7 @@ class Dispatcher:
             item.attempts, outbox.base_backoff_seconds, outbox.max_backoff_seconds,
             self._random.random,
         )
+        delay = max(delay, at_least or 0.0)
         log.warning(
             "outbox %s (%s) failed, attempt %d, retry in %.1fs: %s",
             item.id, item.kind, attempts, delay, error,
@@ -169,6 +298,27 @@ async def _sleep_or(stop: asyncio.Event, seconds: float, *others: asyncio.Event)
 async def run_worker(
     gateway: Gateway, stop: asyncio.Event, dispatcher: Dispatcher | None = None
 ) -> None:
-    """The worker: the dispatcher (and the listeners, when configured) until `stop`."""
+    """The worker until `stop`: the dispatcher, the IMAP listener (when `email.imap` is
+    set) and the SMTP/LMTP reply ingress (when `email.ingress` is set)."""
+    from gateway.mail.imap import ImapListener
+    from gateway.mail.ingress import ReplyIngress
+    from gateway.reply_service import ReplyService
+
     dispatcher = dispatcher or Dispatcher(gateway)
-    await dispatcher.run(stop)
+    sink = ReplyService(gateway, on_queued=dispatcher.wake)
+    email = gateway.settings.email
+    tasks = [dispatcher.run(stop)]
+    if email.imap is not None:
+        tasks.append(ImapListener(email.imap, sink, gateway.store).run(stop))
+    ingress = None
+    if email.ingress is not None:
+        pattern = reply_address_pattern(email.reply_address)
+        ingress = ReplyIngress(
+            email.ingress.listen, sink, accept=lambda address: bool(pattern.match(address))
+        )
+        await ingress.start()
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        if ingress is not None:
+            await ingress.stop()

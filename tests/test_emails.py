@@ -350,3 +350,224 @@ def test_any_resident_input_gives_the_same_header_set(
     )  # fmt: skip
     assert "\n" not in str(parsed["Subject"]) and "\r" not in str(parsed["Subject"])
     assert " ".join(body.split()) in " ".join(body_of(parsed).split())
+
+
+# -- notices to the agent ------------------------------------------------------------------
+
+AGENT = "jane.doe@ottawa.example"
+REPLY = "We will fill the pothole on Bank St by Friday. Thank you for letting us know!"
+
+
+def make_notice(
+    kind: str = "opted_out",
+    details: dict[str, object] | None = None,
+    *,
+    language: str = "en",
+    subject: str | None = None,
+    thread: tuple[str, ...] = ("<first@gateway.example.ca>", "<second@gateway.example.ca>"),
+) -> emails.AgentNotice:
+    in_reply_to, references = next_thread_headers(thread)
+    return emails.AgentNotice(
+        conversation_id=42,
+        from_address="311 Text <sms@gateway.example.ca>",
+        to=(AGENT,),
+        reply_to=reply_address("reply+{token}@gateway.example.ca", new_token()),
+        subject=subject or thread_subject("Ottawa", "(613) 555-0123", "en"),
+        message_id=new_message_id("gateway.example.ca"),
+        in_reply_to=in_reply_to,
+        references=references,
+        language=language,
+        kind=kind,
+        details={"reply_excerpt": REPLY, **(details or {})},
+        date=NOV,
+    )
+
+
+def notice_text(notice: emails.AgentNotice) -> tuple[EmailMessage, str]:
+    parsed = parse(emails.compose_notice(notice))
+    return parsed, " ".join(body_of(parsed).split())
+
+
+@pytest.mark.parametrize(
+    ("kind", "details", "english", "french"),
+    [
+        (
+            "shortened",
+            {"sent_chars": 7995, "original_chars": 23000},
+            "too long for text messages: the resident received the first 7995 of its 23000",
+            "trop longue pour des textos : la personne en a reçu les 7995 premiers caractères sur 23000",
+        ),
+        (
+            "opted_out",
+            {},
+            "NOT texted: the resident has opted out of text messages (they texted STOP)",
+            "la personne s'est désabonnée (elle a texté ARRET ou STOP)",
+        ),
+        (
+            "delivery_failed",
+            {"status": "undelivered", "error_code": 30003},
+            "could not be delivered to the resident's phone (undelivered, error 30003: the phone is unreachable",
+            "n'a pas pu être livrée au téléphone de la personne (non livré, erreur 30003 : le téléphone est injoignable",
+        ),
+        (
+            "not_sent",
+            {"reason": "the number is not a mobile number", "error_code": 21614},
+            "Your reply was not texted: the number is not a mobile number.",
+            "Votre réponse n'a pas été envoyée par texto : pas un numéro de cellulaire.",
+        ),
+    ],
+)
+def test_each_notice_kind(kind: str, details: dict[str, object], english: str, french: str) -> None:
+    notice = make_notice(kind, details)
+    parsed, text = notice_text(notice)
+    assert parsed["X-SMS311-Notice"] == kind
+    assert parsed["Auto-Submitted"] == "auto-generated"
+    assert parsed["X-Auto-Response-Suppress"] == "All"
+    assert parsed["X-SMS311-Conversation"] == "42"
+    assert parsed["From"] == "311 Text <sms@gateway.example.ca>"
+    assert parsed["To"] == AGENT and parsed["Cc"] is None
+    assert parsed["Reply-To"] == notice.reply_to
+    # in the thread
+    assert parsed["Subject"] == "Re: 311 text from (613) 555-0123 — Ottawa"
+    assert parsed["Message-ID"] == notice.message_id
+    assert parsed["In-Reply-To"] == "<second@gateway.example.ca>"
+    assert parsed["References"] == "<first@gateway.example.ca> <second@gateway.example.ca>"
+    assert parsed["Date"] == "Sun, 22 Nov 2026 10:04:00 -0500"
+    assert english in text
+    assert french in text
+    assert text.index(english) < text.index(french)  # English first for an English notice
+    assert f"> {REPLY}" in body_of(parsed)
+    assert len(body_of(parsed)) < 1200  # short
+
+
+def test_french_notice_puts_french_first() -> None:
+    _, text = notice_text(make_notice("opted_out", language="fr"))
+    assert text.index("Votre réponse n'a PAS été envoyée") < text.index("Your reply was NOT texted")
+    assert "Votre réponse / Your reply:" in text
+
+
+def test_re_is_never_doubled() -> None:
+    for subject in ("RE: Pothole", "Re: Pothole", "re : Pothole", " Re:Pothole"):
+        parsed, _ = notice_text(make_notice(subject=subject))
+        assert str(parsed["Subject"]).lower().count("re") == 1, subject
+    assert emails.reply_subject("Pothole") == "Re: Pothole"
+    assert emails.reply_subject("Réparation") == "Re: Réparation"  # "Ré…" is not "Re:"
+
+
+def test_first_notice_of_a_thread_and_cc() -> None:
+    notice = make_notice(thread=())
+    notice = emails.AgentNotice.from_dict({**notice.to_dict(), "cc": ["311@ottawa.example"]})
+    parsed, _ = notice_text(notice)
+    assert parsed["In-Reply-To"] is None and parsed["References"] is None
+    assert parsed["Cc"] == "311@ottawa.example"
+
+
+def test_delivery_failed_with_unknown_or_missing_codes() -> None:
+    _, text = notice_text(
+        make_notice(
+            "delivery_failed",
+            {"status": "failed", "error_code": 39999, "error_message": "Carrier says no"},
+        )
+    )
+    assert "(failed, error 39999: Carrier says no)" in text
+    assert "(échec, erreur 39999 : Carrier says no)" in text
+    _, text = notice_text(make_notice("delivery_failed", {"status": "undelivered"}))
+    assert "phone (undelivered)." in text
+    _, text = notice_text(make_notice("delivery_failed", {"error_code": "30007"}))
+    assert "(error 30007: filtered by the carrier as spam)" in text
+    _, text = notice_text(make_notice("delivery_failed", {"error_code": 21610}))
+    assert "opted out (texted STOP)" in text
+
+
+def test_not_sent_without_a_reason() -> None:
+    _, text = notice_text(make_notice("not_sent", {}))
+    assert "Your reply was not texted." in text
+    assert "Votre réponse n'a pas été envoyée par texto." in text
+
+
+def test_excerpt_is_the_start_of_the_reply_quoted() -> None:
+    long_reply = "Line one of the answer.\r\n\r\n" + "word " * 100
+    parsed, _ = notice_text(make_notice(details={"reply_excerpt": long_reply}))
+    body = body_of(parsed)
+    assert "> Line one of the answer.\n>\n> word word" in body
+    quoted = "".join(line[2:] for line in body.splitlines() if line.startswith("> "))
+    assert quoted.endswith("word…") and len(quoted) <= 200
+    _, text = notice_text(make_notice(details={"reply_excerpt": ""}))
+    assert "Your reply /" not in text
+
+
+def test_notice_round_trip_and_retry_is_the_same_email() -> None:
+    notice = make_notice("shortened", {"sent_chars": 10, "original_chars": 20})
+    payload = json.loads(json.dumps(notice.to_dict()))
+    assert payload["type"] == "notice"
+    again = emails.AgentNotice.from_dict(payload)
+    assert again == notice
+    assert emails.from_payload(payload) == notice
+    assert emails.compose_notice(again).as_bytes() == emails.compose_notice(notice).as_bytes()
+
+
+def test_notice_date_is_fixed_when_made() -> None:
+    notice = emails.AgentNotice.from_dict(
+        {k: v for k, v in make_notice().to_dict().items() if k != "date"}
+    )
+    assert notice.date.tzinfo is not None
+    assert abs((datetime.now(UTC) - notice.date).total_seconds()) < 60
+    again = emails.AgentNotice.from_dict(json.loads(json.dumps(notice.to_dict())))
+    assert emails.compose_notice(again).as_bytes() == emails.compose_notice(notice).as_bytes()
+
+
+def test_unknown_notice_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown notice kind"):
+        make_notice("postcard")
+    with pytest.raises(ValueError):
+        emails.AgentNotice.from_dict({**make_notice().to_dict(), "kind": "postcard"})
+
+
+def test_resident_payloads_are_typed_and_old_ones_still_read() -> None:
+    resident_email = make_email()
+    payload = json.loads(json.dumps(resident_email.to_dict()))
+    assert payload["type"] == "resident"
+    assert ResidentEmail.from_dict(payload) == resident_email
+    assert emails.from_payload(payload) == resident_email
+    del payload["type"]  # a payload queued before issue 3
+    assert emails.from_payload(payload) == resident_email
+
+
+def test_crlf_in_notice_values_cannot_inject_headers() -> None:
+    notice = emails.AgentNotice.from_dict(
+        {
+            **make_notice("not_sent").to_dict(),
+            "subject": "Hi\r\nBcc: victim@evil.example",
+            "to": ["jane@ottawa.example\r\nBcc: victim@evil.example"],
+            "reply_to": "reply@x\nBcc: victim@evil.example",
+            "in_reply_to": "<r@x>\u2028Bcc: victim@evil.example",
+            "details": {"reason": "bad\r\nBcc: victim@evil.example", "reply_excerpt": "x"},
+        }
+    )
+    raw = emails.compose_notice(notice).as_bytes()
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n"):
+        assert not line.lower().startswith(b"bcc:"), line
+    assert parse(emails.compose_notice(notice))["Bcc"] is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    kind=st.sampled_from(emails.NOTICE_KINDS),
+    language=st.sampled_from(["en", "fr", "es"]),
+    excerpt=header_text,
+    reason=header_text,
+    code=st.one_of(st.none(), st.integers(-5, 99999), st.text(max_size=6)),
+)
+def test_any_notice_composes(
+    kind: str, language: str, excerpt: str, reason: str, code: object
+) -> None:
+    notice = make_notice(
+        kind,
+        {"reply_excerpt": excerpt, "reason": reason, "error_code": code, "status": reason,
+         "sent_chars": code, "original_chars": code},
+        language=language,
+    )  # fmt: skip
+    parsed, text = notice_text(notice)
+    assert parsed["X-SMS311-Notice"] == kind and parsed["Auto-Submitted"] == "auto-generated"
+    assert text

@@ -8,6 +8,8 @@ import socket
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from gateway.sms import (
     make_provider,
 )
 from gateway.sms.sandbox import read_sent
+from gateway.sms.twilio import same_body
 from tests.fake_twilio import FakeTwilio
 
 SID = "AC" + "1" * 32
@@ -316,3 +319,246 @@ def test_make_provider(tmp_path: Path, api: FakeTwilio) -> None:
         make_provider(SmsSettings(provider="carrier-pigeon"), tmp_path)
     with pytest.raises(ValueError, match="sender"):
         make_provider(SmsSettings(provider="twilio", account_sid=SID, auth_token=TOKEN), tmp_path)
+
+
+# -- errors: what each code means -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "reason"),
+    [
+        (400, 21610, "opted_out"),
+        (400, 21211, "invalid_number"),
+        (400, 21614, "invalid_number"),
+        (400, 21612, "unreachable"),
+        (400, 21212, "sender"),
+        (400, 21617, "too_long"),
+        (400, 21999, "rejected"),
+    ],
+)
+def test_permanent_errors_say_why(api: FakeTwilio, status: int, code: int, reason: str) -> None:
+    api.fail_next(1, status, code)
+    with pytest.raises(SmsPermanentError) as raised:
+        provider(api).send(RESIDENT, "hello")
+    assert raised.value.code == code
+    assert raised.value.reason == reason
+    assert raised.value.opted_out is (code == 21610)
+    assert raised.value.invalid_number is (reason == "invalid_number")
+
+
+def test_delivery_codes_classified() -> None:
+    assert base.permanent_reason(30007) == "filtered"
+    assert base.permanent_reason(30004) == "filtered"
+    assert base.permanent_reason(30005) == "invalid_number"
+    assert base.permanent_reason(30006) == "unreachable"
+    assert base.permanent_reason(None) == "rejected"
+
+
+def test_the_fake_refuses_bodies_over_1600_characters(api: FakeTwilio) -> None:
+    with pytest.raises(SmsPermanentError) as raised:
+        provider(api).send(RESIDENT, "x" * 1601)
+    assert raised.value.code == base.BODY_TOO_LONG and raised.value.reason == "too_long"
+
+
+def test_server_error_with_retry_after(api: FakeTwilio) -> None:
+    api.fail_next(1, 503, 20503, "Service unavailable", retry_after="7")
+    with pytest.raises(SmsTemporaryError) as raised:
+        provider(api).send(RESIDENT, "hello")
+    assert raised.value.maybe_sent is True and raised.value.retry_after == 7.0
+
+
+def test_retry_after_as_an_http_date(api: FakeTwilio) -> None:
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    api.fail_next(1, 429, 20429, retry_after=later)
+    with pytest.raises(SmsTemporaryError) as raised:
+        provider(api).send(RESIDENT, "hello")
+    assert raised.value.retry_after is not None and 20 <= raised.value.retry_after <= 30
+    assert raised.value.maybe_sent is False
+
+
+# -- accepted, then no answer: maybe sent; find_sent tells ---------------------------------
+
+
+def test_accepted_then_timeout_is_maybe_sent_and_found(api: FakeTwilio) -> None:
+    twilio = provider(api, timeout=0.4)
+    since = datetime.now(UTC)
+    api.hang_next(1, "timeout")
+    with pytest.raises(SmsTemporaryError) as raised:
+        twilio.send(RESIDENT, "Your bin will be collected Tuesday.")
+    assert raised.value.maybe_sent is True
+    (form,) = api.messages  # it WAS sent
+    api.release_hangs()
+    assert twilio.find_sent(RESIDENT, "Your bin will be collected Tuesday.", since) == form["_sid"]
+    # the retry logic: found, so not sent again
+    assert len(api.messages) == 1
+
+
+def test_accepted_then_connection_dropped_is_maybe_sent(api: FakeTwilio) -> None:
+    twilio = provider(api)
+    since = datetime.now(UTC)
+    api.hang_next(1, "close")
+    with pytest.raises(SmsTemporaryError) as raised:
+        twilio.send(RESIDENT, "On our way.")
+    assert raised.value.maybe_sent is True
+    assert twilio.find_sent(RESIDENT, "On our way.", since) == api.messages[0]["_sid"]
+    assert twilio.send(RESIDENT, "Next one") != ""  # the fake answers again afterwards
+
+
+def test_find_sent_sends_the_twilio_filters(api: FakeTwilio) -> None:
+    twilio = provider(api)
+    since = datetime(2026, 11, 22, 10, 4, 5, 123456, tzinfo=timezone(timedelta(hours=-5)))
+    assert twilio.find_sent(RESIDENT, "nothing was sent", since) is None
+    first, second = api.list_requests
+    # what the twilio client sends for to= and date_sent_after= (UTC, to the second,
+    # less the allowed clock skew)
+    assert first == {"To": RESIDENT, "DateSent>": "2026-11-22T15:04:00Z", "PageSize": "50"}
+    assert second == {"To": RESIDENT, "PageSize": "50"}  # the queued ones have no DateSent
+
+
+def test_find_sent_matches_only_the_same_text_to_the_same_number_from_us(
+    api: FakeTwilio,
+) -> None:
+    since = datetime.now(UTC)
+    ours = provider(api)
+    sid = ours.send(RESIDENT, "Crew dispatched — thanks!")
+    ours.send("+16135550199", "Crew dispatched — thanks!")
+    provider(api, sender="+16135550000").send(RESIDENT, "Other sender")
+    assert ours.find_sent(RESIDENT, "Crew dispatched — thanks!", since) == sid
+    assert ours.find_sent(RESIDENT, "Crew dispatched - thanks!", since) == sid  # smart encoding
+    assert ours.find_sent(RESIDENT, "Crew dispatched", since) is None
+    assert ours.find_sent("+16135550100", "Crew dispatched — thanks!", since) is None
+    assert ours.find_sent(RESIDENT, "Other sender", since) is None
+    assert provider(api, sender="+16135550000").find_sent(RESIDENT, "Other sender", since)
+    # a message from before `since` (beyond the clock skew) is another message
+    assert (
+        ours.find_sent(RESIDENT, "Crew dispatched — thanks!", since + timedelta(minutes=5)) is None
+    )
+    # naive means UTC
+    assert ours.find_sent(RESIDENT, "Crew dispatched — thanks!", since.replace(tzinfo=None)) == sid
+
+
+def test_find_sent_through_a_messaging_service(api: FakeTwilio) -> None:
+    since = datetime.now(UTC)
+    service = provider(api, sender="MG" + "b" * 32)
+    sid = service.send(RESIDENT, "Bonjour")
+    assert service.find_sent(RESIDENT, "Bonjour", since) == sid
+    assert provider(api, sender="MG" + "c" * 32).find_sent(RESIDENT, "Bonjour", since) is None
+
+
+def test_find_sent_finds_a_message_still_queued() -> None:
+    with FakeTwilio(SID, TOKEN, queue_only=True) as api:
+        since = datetime.now(UTC)
+        twilio = provider(api)
+        sid = twilio.send(RESIDENT, "Queued at Twilio")
+        assert twilio.find_sent(RESIDENT, "Queued at Twilio", since) == sid
+        assert len(api.list_requests) == 2  # the DateSent query could not see it
+
+
+def test_find_sent_when_the_api_cannot_be_asked(api: FakeTwilio) -> None:
+    since = datetime.now(UTC)
+    with pytest.raises(SmsTemporaryError) as raised:
+        TwilioProvider(SID, "wrong", "31100", api.base_url).find_sent(RESIDENT, "x", since)
+    assert raised.value.code == 401
+    unreachable = TwilioProvider(SID, TOKEN, "31100", f"http://127.0.0.1:{free_port()}", timeout=2)
+    with pytest.raises(SmsTemporaryError):
+        unreachable.find_sent(RESIDENT, "x", since)
+
+
+def test_same_body() -> None:
+    assert same_body("Sent from your Twilio trial account - Hello", "Hello")
+    assert same_body("L'équipe passe demain", "L’équipe passe demain")
+    assert same_body("Cafe\u0301", "Café")
+    assert not same_body("Hello", "Hello!")
+
+
+# -- the fake's list, pages and pacing observer ----------------------------------------------
+
+
+def test_the_fake_lists_in_twilio_pages(api: FakeTwilio) -> None:
+    twilio = provider(api)
+    sids = [twilio.send(RESIDENT, f"text {i}") for i in range(5)]
+    twilio.send("+16135550199", "someone else")
+    listed = twilio.client.messages.list(to=RESIDENT, page_size=2)
+    assert [m.sid for m in listed] == sids[::-1]  # newest first, across three pages
+    assert [r.get("Page") for r in api.list_requests] == [None, "1", "2"]
+    first = listed[0]
+    assert first.to == RESIDENT and first.from_ == "31100" and first.direction == "outbound-api"
+    assert first.body == "text 4" and first.num_segments == "1"
+    assert first.date_sent is not None and first.date_created is not None
+    limited = twilio.client.messages.list(to=RESIDENT, limit=3)
+    assert len(limited) == 3
+
+
+def test_the_fake_filters_by_date_sent(api: FakeTwilio) -> None:
+    twilio = provider(api)
+    twilio.send(RESIDENT, "today")
+    today = datetime.now(UTC)
+    tomorrow = today + timedelta(days=1)
+    assert len(twilio.client.messages.list(date_sent_after=today - timedelta(hours=1))) == 1
+    assert twilio.client.messages.list(date_sent_after=tomorrow) == []
+    assert len(twilio.client.messages.list(date_sent_before=tomorrow)) == 1
+    assert twilio.client.messages.list(date_sent_before=today - timedelta(hours=1)) == []
+    assert len(twilio.client.messages.list(date_sent=today.strftime("%Y-%m-%d"))) == 1
+    assert twilio.client.messages.list(date_sent=tomorrow.strftime("%Y-%m-%d")) == []
+    assert twilio.client.messages.list(from_="+16135550000") == []
+
+
+def test_the_fake_records_arrivals_and_can_refuse_bursts() -> None:
+    with FakeTwilio(SID, TOKEN, reject_above=3) as api:
+        twilio = provider(api)
+        twilio.send(RESIDENT, "one")
+        twilio.send(RESIDENT, "x" * 200)  # two segments
+        with pytest.raises(SmsTemporaryError) as raised:
+            twilio.send(RESIDENT, "too many")
+        assert raised.value.code == base.TOO_MANY_REQUESTS and raised.value.retry_after == 1.0
+        assert [n for _, n in api.arrivals] == [1, 2]
+        assert api.max_in_window() == 3
+        times = [t for t, _ in api.arrivals]
+        assert times == sorted(times)
+
+
+def test_status_callback_marks_a_queued_message_sent() -> None:
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        with FakeTwilio(SID, TOKEN, queue_only=True) as api:
+            twilio = provider(api)
+            url = f"http://127.0.0.1:{server.server_address[1]}/sms/status"
+            sid = twilio.send(RESIDENT, "hello", url)
+            long_ago = datetime(2000, 1, 1, tzinfo=UTC)
+            assert twilio.client.messages.list(date_sent_after=long_ago) == []
+            assert api.send_status(sid, "delivered") == 204
+            [listed] = twilio.client.messages.list(date_sent_after=long_ago)
+            assert listed.sid == sid and listed.status == "delivered"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+# -- the sandbox: find_sent ------------------------------------------------------------------
+
+
+def test_sandbox_find_sent(tmp_path: Path) -> None:
+    sandbox = SandboxProvider(tmp_path)
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    assert sandbox.find_sent(RESIDENT, "hi", since) is None
+    first = sandbox.send(RESIDENT, "hi")
+    second = sandbox.send(RESIDENT, "hi")
+    sandbox.send("+16135550199", "other")
+    assert sandbox.find_sent(RESIDENT, "hi", since) == second  # the most recent
+    assert first != second
+    assert sandbox.find_sent(RESIDENT, "hi", since.replace(tzinfo=None)) == second
+    assert sandbox.find_sent(RESIDENT, "hello", since) is None
+    assert sandbox.find_sent("+16135550199", "hi", since) is None
+    assert sandbox.find_sent(RESIDENT, "hi", datetime.now(UTC) + timedelta(minutes=1)) is None

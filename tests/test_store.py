@@ -29,6 +29,7 @@ from alembic.runtime.migration import MigrationContext
 from psycopg import sql
 
 from gateway.store import (
+    DuplicateEmail,
     DuplicateWebhook,
     Resident,
     SchemaOutOfDate,
@@ -36,7 +37,15 @@ from gateway.store import (
     StoreUnavailable,
     open_store,
 )
-from gateway.store.schema import conversations, messages, metadata
+from gateway.store.schema import (
+    JSONText,
+    UTCDateTime,
+    conversations,
+    email_messages,
+    messages,
+    metadata,
+    processed_emails,
+)
 from gateway.store.sql import alembic_config, head_revision, normalize_url
 
 PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -146,6 +155,7 @@ def test_upgrade_from_empty(empty_store: SqlStore) -> None:
     empty_store.check_schema()
     tables = set(sa.inspect(empty_store.engine).get_table_names())
     assert {"residents", "conversations", "messages", "webhook_log", "outbox"} <= tables
+    assert {"email_messages", "processed_emails", "imap_checkpoints"} <= tables
 
 
 def test_check_schema_on_old_database(store: SqlStore) -> None:
@@ -638,3 +648,477 @@ def test_aware_datetimes_round_trip_as_utc(store: SqlStore) -> None:
         tx.enqueue("sms", {}, naive)
     with pytest.raises(ValueError, match="naive"):
         store.claim_due(["sms"], 1, naive, LEASE, "w")
+
+
+# --- migration 0002 (replies) on a database with data ---------------------------------------
+
+# The tables as revision 0001 made them (the schema module describes the newest revision).
+_V1_RESIDENTS = sa.table(
+    "residents",
+    sa.column("phone"),
+    sa.column("municipality_id"),
+    sa.column("language"),
+    sa.column("opted_out", sa.Boolean()),
+    sa.column("dialogue", JSONText()),
+    sa.column("created_at", UTCDateTime()),
+    sa.column("updated_at", UTCDateTime()),
+)
+_V1_CONVERSATIONS = sa.table(
+    "conversations",
+    sa.column("id"),
+    sa.column("token"),
+    sa.column("phone"),
+    sa.column("municipality_id"),
+    sa.column("subject"),
+    sa.column("status"),
+    sa.column("thread_message_ids", JSONText()),
+    sa.column("agent_address"),
+    sa.column("created_at", UTCDateTime()),
+    sa.column("last_activity_at", UTCDateTime()),
+)
+_V1_MESSAGES = sa.table(
+    "messages",
+    sa.column("id"),
+    sa.column("phone"),
+    sa.column("conversation_id"),
+    sa.column("direction"),
+    sa.column("body"),
+    sa.column("media", JSONText()),
+    sa.column("provider_sid"),
+    sa.column("held", sa.Boolean()),
+    sa.column("received_at", UTCDateTime()),
+)
+_V1_WEBHOOK_LOG = sa.table(
+    "webhook_log", sa.column("sid"), sa.column("response"), sa.column("created_at", UTCDateTime())
+)
+_V1_OUTBOX = sa.table(
+    "outbox",
+    sa.column("id"),
+    sa.column("kind"),
+    sa.column("payload", JSONText()),
+    sa.column("status"),
+    sa.column("attempts"),
+    sa.column("next_attempt_at", UTCDateTime()),
+    sa.column("created_at", UTCDateTime()),
+    sa.column("updated_at", UTCDateTime()),
+)
+
+
+def _fill_revision_0001(conn: sa.Connection) -> dict[str, int]:
+    """Rows as issue 2 wrote them; returns the ids."""
+    conn.execute(
+        _V1_RESIDENTS.insert().values(
+            phone=PHONE,
+            municipality_id="ottawa",
+            language="fr",
+            opted_out=False,
+            dialogue={"step": "done", "nom": "Montréal"},
+            created_at=T0,
+            updated_at=T0,
+        )
+    )
+
+    def conversation(token: str, status: str, chain: list[str], at: datetime) -> int:
+        stmt = _V1_CONVERSATIONS.insert().values(
+            token=token,
+            phone=PHONE,
+            municipality_id="ottawa",
+            subject=f"Texto {token}",
+            status=status,
+            thread_message_ids=chain,
+            agent_address=None,
+            created_at=at,
+            last_activity_at=at + timedelta(minutes=5),
+        )
+        return int(conn.execute(stmt.returning(_V1_CONVERSATIONS.c.id)).scalar_one())
+
+    old = conversation("tok-old", "closed", ["<old1@gw.example>"], T0)
+    live = conversation(
+        "tok-live",
+        "open",
+        ["<a@gw.example>", "<b@gw.example>", "<a@gw.example>"],
+        T0 + timedelta(hours=1),
+    )
+    photo = {"url": "https://api.example/Media/ME1", "content_type": "image/jpeg"}
+
+    def message(conversation_id: int | None, sid: str | None, held: bool, at: datetime) -> int:
+        stmt = _V1_MESSAGES.insert().values(
+            phone=PHONE,
+            conversation_id=conversation_id,
+            direction="in",
+            body=f"text {sid}",
+            media=[photo],
+            provider_sid=sid,
+            held=held,
+            received_at=at,
+        )
+        return int(conn.execute(stmt.returning(_V1_MESSAGES.c.id)).scalar_one())
+
+    ids = {
+        "old": old,
+        "live": live,
+        "m_old": message(old, "SMold", False, T0),
+        "m_live": message(live, "SMlive", False, T0 + timedelta(hours=1)),
+        "m_held": message(None, None, True, T0 + timedelta(hours=2)),
+    }
+    conn.execute(
+        _V1_WEBHOOK_LOG.insert().values(sid="SMlive", response="<Response/>", created_at=T0)
+    )
+    conn.execute(
+        _V1_OUTBOX.insert().values(
+            kind="email",
+            payload={"type": "resident", "n": 1},
+            status="pending",
+            attempts=2,
+            next_attempt_at=T0,
+            created_at=T0,
+            updated_at=T0,
+        )
+    )
+    return ids
+
+
+def test_migration_0002_keeps_and_backfills_data(empty_store: SqlStore) -> None:
+    store = empty_store
+    with store.engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+    assert store.current_revision() == "0001"
+    with store.engine.begin() as conn:
+        ids = _fill_revision_0001(conn)
+
+    store.upgrade()
+    assert store.current_revision() == head_revision()
+    store.check_schema()
+
+    with store.transaction() as tx:
+        resident = tx.get_resident(PHONE)
+        old = tx.get_conversation(ids["old"])
+        live = tx.get_conversation(ids["live"])
+        assert tx.webhook_response("SMlive") == "<Response/>"
+        by_email = tx.conversation_by_email(["<b@gw.example>"])
+        by_old_email = tx.conversation_by_email(["<old1@gw.example>"])
+        found = tx.message_by_provider_sid("SMlive")
+        old_messages = tx.messages_of(ids["old"])
+        held = tx.take_held(PHONE)
+    assert resident is not None and resident.dialogue == {"step": "done", "nom": "Montréal"}
+    assert old is not None and old.status == "closed" and old.closed_at is None
+    assert live is not None and live.status == "open" and live.closed_at is None
+    assert live.thread_message_ids == ("<a@gw.example>", "<b@gw.example>", "<a@gw.example>")
+    assert live.last_activity_at == T0 + timedelta(hours=1, minutes=5)
+    assert by_email == live and by_old_email == old
+    assert found is not None and found.id == ids["m_live"] and found.conversation_id == live.id
+    assert (found.status, found.error_code, found.agent_address) == (None, None, None)
+    assert found.media == ({"url": "https://api.example/Media/ME1", "content_type": "image/jpeg"},)
+    assert [m.id for m in old_messages] == [ids["m_old"]]
+    assert [m.id for m in held] == [ids["m_held"]]
+    (item,) = store.list_outbox()
+    assert item.payload == {"type": "resident", "n": 1} and item.attempts == 2
+
+    # backfill: each thread email once, "out", at its conversation's created_at
+    rows = _rows(store, sa.select(email_messages).order_by(email_messages.c.message_id))
+    assert [
+        (r["message_id"], r["conversation_id"], r["direction"], r["created_at"]) for r in rows
+    ] == [
+        ("<a@gw.example>", live.id, "out", live.created_at),
+        ("<b@gw.example>", live.id, "out", live.created_at),
+        ("<old1@gw.example>", old.id, "out", old.created_at),
+    ]
+    # messages.updated_at: the received_at of the rows that existed
+    stamps = _rows(store, sa.select(messages.c.id, messages.c.received_at, messages.c.updated_at))
+    assert stamps and all(r["updated_at"] == r["received_at"] for r in stamps)
+
+    # the rebuilt messages table kept its constraints and its id sequence
+    with pytest.raises(DuplicateWebhook), store.transaction() as tx:
+        tx.add_message(PHONE, live.id, "in", "again", [], "SMlive", T0)
+    with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+        conn.execute(
+            messages.insert().values(
+                phone=PHONE,
+                direction="sideways",
+                body="",
+                media=[],
+                held=False,
+                received_at=T0,
+                updated_at=T0,
+            )
+        )
+    with store.transaction() as tx:
+        new = tx.add_message(PHONE, live.id, "out", "Réponse", [], None, T0, status="queued")
+        conv = tx.create_conversation(PHONE, "gatineau", "tok-new", "s")
+    assert new > max(ids["m_old"], ids["m_live"], ids["m_held"]) and conv.id > live.id
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, metadata) == []
+
+    # and back down to 0001 without losing what it had (no foreign-key action fires)
+    with store.engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0001")
+    assert store.current_revision() == "0001"
+    tables = set(sa.inspect(store.engine).get_table_names())
+    assert "email_messages" not in tables and "imap_checkpoints" not in tables
+    links = _rows(store, sa.select(_V1_MESSAGES.c.id, _V1_MESSAGES.c.conversation_id))
+    assert {r["id"]: r["conversation_id"] for r in links}[ids["m_live"]] == live.id
+    store.upgrade()
+    store.check_schema()
+
+
+# --- conversations: lookups, agent, closing --------------------------------------------------
+
+
+def test_conversation_lookups(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        one = tx.create_conversation(PHONE, "ottawa", "tok-one", "s1")
+        two = tx.create_conversation(OTHER, "gatineau", "tok-two", "s2")
+        tx.record_thread_email(one.id, "<1a@gw.example>")
+        tx.record_thread_email(one.id, "<1b@gw.example>")
+        tx.record_thread_email(two.id, "<2a@gw.example>")
+        tx.record_thread_email(two.id, "<agent-reply@city.example>", "in")
+        tx.record_thread_email(two.id, "<1a@gw.example>")  # someone else's id: first record kept
+        with pytest.raises(ValueError, match="direction"):
+            tx.record_thread_email(one.id, "<x@gw.example>", "sideways")  # type: ignore[arg-type]
+        with pytest.raises(KeyError):
+            tx.record_thread_email(424242, "<y@gw.example>")
+
+    with store.transaction() as tx:
+        assert tx.get_conversation(one.id) == tx.conversation_by_token("tok-one")
+        got_one = tx.get_conversation(one.id)
+        assert tx.get_conversation(424242) is None
+        assert tx.conversation_by_token("tok-nope") is None
+        assert tx.conversation_by_token("TOK-ONE") is None  # tokens are exact
+        got_two = tx.conversation_by_token("tok-two")
+        # the first known id in the caller's order wins
+        assert tx.conversation_by_email(["<1b@gw.example>", "<2a@gw.example>"]) == got_one
+        assert (
+            tx.conversation_by_email(("<unknown@x>", "<2a@gw.example>", "<1b@gw.example>"))
+            == got_two
+        )
+        assert tx.conversation_by_email(["<agent-reply@city.example>"]) == got_two
+        assert tx.conversation_by_email(["<1a@gw.example>"]) == got_one
+        assert tx.conversation_by_email(["<unknown@x>", "<unknown@x>"]) is None
+        assert tx.conversation_by_email([]) is None
+        with pytest.raises(TypeError):
+            tx.conversation_by_email("<1a@gw.example>")
+    assert got_one is not None and got_one.id == one.id and got_one.subject == "s1"
+    assert got_two is not None and got_two.id == two.id
+    assert got_two.thread_message_ids == (
+        "<2a@gw.example>",
+        "<agent-reply@city.example>",
+        "<1a@gw.example>",
+    )
+    rows = _rows(store, sa.select(email_messages).order_by(email_messages.c.message_id))
+    assert [(r["message_id"], r["conversation_id"], r["direction"]) for r in rows] == [
+        ("<1a@gw.example>", one.id, "out"),
+        ("<1b@gw.example>", one.id, "out"),
+        ("<2a@gw.example>", two.id, "out"),
+        ("<agent-reply@city.example>", two.id, "in"),
+    ]
+    assert all(r["created_at"].tzinfo == UTC for r in rows)
+
+
+def test_agent_touch_and_close(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        conv = tx.create_conversation(PHONE, "ottawa", "tok-1", "s")
+    start = conv.last_activity_at
+    with store.transaction() as tx:
+        tx.set_agent(conv.id, "agent@ottawa.example")
+        tx.touch_conversation(conv.id, start + timedelta(minutes=10))
+        tx.touch_conversation(conv.id, start - timedelta(days=1))  # never backwards
+        with pytest.raises(KeyError):
+            tx.set_agent(424242, "a@b.example")
+        with pytest.raises(KeyError):
+            tx.touch_conversation(424242, start)
+        with pytest.raises(KeyError):
+            tx.close_conversation(424242, start)
+        with pytest.raises(ValueError, match="naive"):
+            tx.touch_conversation(conv.id, datetime(2025, 1, 1))
+    with store.transaction() as tx:
+        got = tx.get_conversation(conv.id)
+    assert got is not None and got.agent_address == "agent@ottawa.example"
+    assert got.last_activity_at == start + timedelta(minutes=10)
+    assert got.status == "open" and got.closed_at is None
+
+    closed_at = start + timedelta(minutes=20)
+    with store.transaction() as tx:
+        tx.close_conversation(conv.id, closed_at)
+        tx.close_conversation(conv.id, closed_at + timedelta(hours=1))  # already closed
+        assert tx.open_conversation(PHONE, "ottawa") is None
+        tx.set_agent(conv.id, None)
+    with store.transaction() as tx:
+        got = tx.get_conversation(conv.id)
+        assert tx.conversation_by_token("tok-1") == got  # closed ones are still found
+    assert got is not None and got.status == "closed" and got.closed_at == closed_at
+    assert got.agent_address is None
+
+
+def test_open_conversation_closes_idle_ones(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        idle = tx.create_conversation(PHONE, "ottawa", "tok-idle", "s")
+        elsewhere = tx.create_conversation(PHONE, "gatineau", "tok-else", "s")
+    now = datetime.now(UTC)
+    with store.transaction() as tx:
+        active = tx.get_conversation(idle.id)
+        assert active is not None
+        last = active.last_activity_at
+        # not idle: returned as usual
+        assert tx.open_conversation(PHONE, "ottawa", idle_before=last) == active
+        assert (
+            tx.open_conversation(PHONE, "ottawa", idle_before=last - timedelta(hours=1)) == active
+        )
+        # idle since before the cutoff: closed, and not returned
+        assert (
+            tx.open_conversation(PHONE, "ottawa", idle_before=last + timedelta(seconds=1)) is None
+        )
+        assert tx.open_conversation(PHONE, "ottawa") is None
+        # other municipalities and numbers are left alone
+        assert tx.open_conversation(PHONE, "gatineau") == tx.get_conversation(elsewhere.id)
+        with pytest.raises(ValueError, match="naive"):
+            tx.open_conversation(PHONE, "gatineau", idle_before=datetime(2025, 1, 1))
+    with store.transaction() as tx:
+        closed = tx.get_conversation(idle.id)
+        still = tx.get_conversation(elsewhere.id)
+        fresh = tx.create_conversation(PHONE, "ottawa", "tok-fresh", "s")
+        assert tx.open_conversation(PHONE, "ottawa", idle_before=now - timedelta(hours=1)) == fresh
+    assert closed is not None and closed.status == "closed"
+    assert closed.closed_at is not None and closed.closed_at >= now
+    assert still is not None and still.status == "open"
+
+
+# --- outbound messages: status, SID, the conversation's messages ------------------------------
+
+
+def test_outbound_message_status(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        conv = tx.create_conversation(PHONE, "ottawa", "tok-1", "s")
+        inbound = tx.add_message(PHONE, conv.id, "in", "Nid-de-poule", [], "SMin", T0)
+        reply = tx.add_message(
+            PHONE,
+            conv.id,
+            "out",
+            "On s'en occupe.",
+            [],
+            None,
+            T0 + timedelta(minutes=5),
+            status="queued",
+            agent_address="agent@ottawa.example",
+        )
+        other = tx.add_message(PHONE, conv.id, "out", "x", [], "SMother", T0, status="queued")
+        assert tx.message_by_provider_sid("SMnope") is None
+        found_in = tx.message_by_provider_sid("SMin")
+    assert found_in is not None and found_in.id == inbound and found_in.status is None
+    assert found_in.agent_address is None and found_in.error_code is None
+    before = _rows(store, sa.select(messages.c.updated_at).where(messages.c.id == reply))[0]
+
+    with store.transaction() as tx:
+        tx.set_message_status(reply, "sent", provider_sid="SMreply")
+    with store.transaction() as tx:
+        sent = tx.message_by_provider_sid("SMreply")
+        tx.set_message_status(reply, "undelivered", 30003)
+    assert sent is not None and sent.id == reply and sent.direction == "out"
+    assert (sent.status, sent.error_code, sent.agent_address) == (
+        "sent",
+        None,
+        "agent@ottawa.example",
+    )
+    with store.transaction() as tx:
+        failed = tx.message_by_provider_sid("SMreply")  # the SID stays when none is given
+    assert failed is not None and (failed.status, failed.error_code) == ("undelivered", 30003)
+    after = _rows(store, sa.select(messages.c.updated_at).where(messages.c.id == reply))[0]
+    assert after["updated_at"] >= before["updated_at"]
+
+    with store.transaction() as tx:
+        with pytest.raises(KeyError):
+            tx.set_message_status(424242, "sent")
+        with pytest.raises(ValueError):
+            tx.set_message_status(reply, "")
+    with pytest.raises(DuplicateWebhook) as err, store.transaction() as tx:
+        tx.set_message_status(reply, "sent", provider_sid="SMother")  # another message's SID
+    assert err.value.sid == "SMother"
+
+    with store.transaction() as tx:
+        tx.set_message_status(reply, "delivered")  # clears the error code
+        listed = tx.messages_of(conv.id)
+        assert tx.messages_of(424242) == []
+    assert [m.id for m in listed] == [inbound, other, reply]  # by received_at, then id
+    assert [m.direction for m in listed] == ["in", "out", "out"]
+    final = listed[2]
+    assert (final.status, final.error_code, final.provider_sid) == ("delivered", None, "SMreply")
+    assert final.body == "On s'en occupe." and final.received_at == T0 + timedelta(minutes=5)
+
+
+# --- processed emails -----------------------------------------------------------------------
+
+
+def test_processed_emails(store: SqlStore) -> None:
+    key = "sha256:" + "ab" * 32
+    origin = {"kind": "imap", "mailbox": "INBOX", "uidvalidity": 4294967295, "uid": 7, "peer": None}
+    with store.transaction() as tx:
+        assert tx.processed_email(key) is None
+        tx.record_processed_email(key, "processed", "conversation 1: texted in 1 part(s)", origin)
+        tx.record_processed_email("sha256:" + "cd" * 32, "ignored", "automatic: bounce", {})
+        with pytest.raises(ValueError, match="outcome"):
+            tx.record_processed_email("k", "lost", "", {})  # type: ignore[arg-type]
+    with store.transaction() as tx:
+        assert tx.processed_email(key) == ("processed", "conversation 1: texted in 1 part(s)")
+        assert tx.processed_email("sha256:" + "cd" * 32) == ("ignored", "automatic: bounce")
+    (row,) = _rows(store, sa.select(processed_emails).where(processed_emails.c.key == key))
+    assert row["origin"] == origin and row["created_at"].tzinfo == UTC
+
+    with pytest.raises(DuplicateEmail, match="already recorded") as err, store.transaction() as tx:
+        tx.enqueue("sms", {"would": "be texted twice"})
+        tx.record_processed_email(key, "failed", "again", origin)
+    assert err.value.key == key
+    assert store.list_outbox() == []  # the transaction rolled back
+    with store.transaction() as tx:
+        assert tx.processed_email(key) == ("processed", "conversation 1: texted in 1 part(s)")
+
+
+def test_concurrent_record_processed_email_one_wins(store: SqlStore) -> None:
+    """Two transactions record the same email at once: exactly one commits, the other
+    gets DuplicateEmail (SQLite: after waiting for the write lock; PostgreSQL: after
+    waiting on the key until the winner commits) and its SMS is never queued."""
+    key = "sha256:" + "ee" * 32
+    start = threading.Barrier(2)
+
+    def handle(n: int) -> str:
+        start.wait()
+        try:
+            with store.transaction() as tx:
+                tx.enqueue("sms", {"n": n})
+                tx.record_processed_email(key, "processed", f"worker {n}", {"n": n})
+                time.sleep(0.2)  # hold the transaction open while the other one tries
+        except DuplicateEmail:
+            return "duplicate"
+        return "won"
+
+    results = _in_threads(2, handle)
+    assert sorted(results) == ["duplicate", "won"]
+    winner = results.index("won")
+    with store.transaction() as tx:
+        assert tx.processed_email(key) == ("processed", f"worker {winner}")
+    assert [item.payload for item in store.list_outbox()] == [{"n": winner}]
+
+
+# --- IMAP checkpoints -----------------------------------------------------------------------
+
+
+def test_imap_checkpoints(store: SqlStore) -> None:
+    assert store.imap_checkpoint("INBOX") is None
+    store.save_imap_checkpoint("INBOX", 1700000000, 41)
+    store.save_imap_checkpoint("INBOX/Réponses", 2**32 - 1, 2**32 - 1)  # IMAP's largest
+    assert store.imap_checkpoint("INBOX") == (1700000000, 41)
+    assert store.imap_checkpoint("INBOX/Réponses") == (2**32 - 1, 2**32 - 1)
+    assert store.imap_checkpoint("inbox") is None  # names are exact
+
+    store.save_imap_checkpoint("INBOX", 1700000000, 57)
+    assert store.imap_checkpoint("INBOX") == (1700000000, 57)
+    store.save_imap_checkpoint("INBOX", 1800000000, 0)  # UIDVALIDITY changed: start over
+    assert store.imap_checkpoint("INBOX") == (1800000000, 0)
+
+    for uidvalidity, last_uid in ((-1, 0), (1, -5), (2**63, 0)):
+        with pytest.raises(ValueError):
+            store.save_imap_checkpoint("INBOX", uidvalidity, last_uid)
+    with pytest.raises(TypeError):
+        store.save_imap_checkpoint("INBOX", True, 1)
+    with pytest.raises(ValueError):
+        store.save_imap_checkpoint("", 1, 1)
+    assert store.imap_checkpoint("INBOX") == (1800000000, 0)

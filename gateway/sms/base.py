@@ -7,12 +7,17 @@ A provider is synchronous (the twilio client is): the asyncio worker calls it th
   must fix them; the message itself is fine). `maybe_sent` is True when the request may
   have reached the provider (a read timeout, a 5xx): resending could text twice.
 - `SmsPermanentError`: this message to this number will never go (opted out, invalid
-  number, …); `code` is the provider's error code (Twilio codes below).
+  number, …); `code` is the provider's error code (Twilio codes below), `reason` a
+  short classification of it (`permanent_reason`).
+
+After a `maybe_sent` failure, `SmsProvider.find_sent` tells whether the provider has
+the message after all, so a retry never texts a resident twice.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
 
 # Twilio error codes (https://www.twilio.com/docs/api/errors)
 AUTHENTICATION_FAILED = 20003
@@ -26,6 +31,7 @@ REGION_NOT_ENABLED = 21408
 OPTED_OUT = 21610  # the recipient texted STOP to this sender
 NOT_REACHABLE_BY_SMS = 21612
 BODY_TOO_LONG = 21617  # more than 1,600 characters
+NOT_A_VALID_NUMBER = 21614  # "To" is not a valid mobile number
 MESSAGING_SERVICE_NO_SENDERS = 21703
 # delivery error codes (status callbacks: ErrorCode of an undelivered/failed message)
 QUEUE_OVERFLOW = 30001
@@ -55,6 +61,35 @@ UNDELIVERABLE_CODES = frozenset(
 )
 
 MAX_MEDIA_BYTES = 5 * 1024 * 1024
+
+PermanentReason = Literal[
+    "opted_out", "invalid_number", "unreachable", "filtered", "too_long", "sender", "rejected"
+]
+
+_REASONS: dict[int, PermanentReason] = {
+    OPTED_OUT: "opted_out",
+    INVALID_TO: "invalid_number",
+    NOT_A_MOBILE_NUMBER: "invalid_number",
+    NOT_REACHABLE_BY_SMS: "unreachable",
+    UNKNOWN_HANDSET: "invalid_number",
+    LANDLINE_OR_UNREACHABLE_CARRIER: "unreachable",
+    UNREACHABLE_HANDSET: "unreachable",
+    REGION_NOT_ENABLED: "unreachable",
+    CARRIER_VIOLATION: "filtered",
+    MESSAGE_BLOCKED: "filtered",
+    BODY_TOO_LONG: "too_long",
+    INVALID_FROM: "sender",
+    MESSAGING_SERVICE_NO_SENDERS: "sender",
+    ACCOUNT_SUSPENDED: "sender",
+}
+
+
+def permanent_reason(code: int | None) -> PermanentReason:
+    """Why a provider error code means "never": "opted_out" (21610), "invalid_number"
+    (21211, 21614, 30005), "unreachable" (21612, 21408, 30003, 30006), "filtered"
+    (30004, 30007), "too_long" (21617), "sender" (the sender is misconfigured: 21212,
+    21703, 30002), else "rejected"."""
+    return _REASONS.get(code, "rejected") if code is not None else "rejected"
 
 
 class SmsError(Exception):
@@ -87,7 +122,17 @@ class SmsPermanentError(SmsError):
 
     @property
     def opted_out(self) -> bool:
+        """The resident texted STOP to this sender (21610): nothing goes until START."""
         return self.code == OPTED_OUT
+
+    @property
+    def invalid_number(self) -> bool:
+        """The number cannot receive texts at all (21211, 21614, 30005)."""
+        return self.reason == "invalid_number"
+
+    @property
+    def reason(self) -> PermanentReason:
+        return permanent_reason(self.code)
 
 
 class MediaError(SmsError):
@@ -115,6 +160,15 @@ class SmsProvider(Protocol):
 
         `status_callback` is the URL the provider calls with delivery updates.
         Raises SmsTemporaryError or SmsPermanentError.
+        """
+        ...
+
+    def find_sent(self, to: str, body: str, since: datetime) -> str | None:
+        """The SID of a message with this `body` already sent to `to` at or after `since`
+        (timezone-aware; naive means UTC), or None if the provider surely has none.
+
+        Called before retrying a send that failed with `maybe_sent`. Raises
+        SmsTemporaryError when the provider cannot be asked (then do not resend yet).
         """
         ...
 

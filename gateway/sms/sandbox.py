@@ -1,7 +1,7 @@
 """The sandbox SMS provider: records each text it would send, sends nothing.
 
 Each `send` appends one JSON line `{"sid", "to", "body", "at", "status_callback"}` to
-`<directory>/sms.jsonl` (read it with `read_sent`). `fetch_media` reads `file://`
+`<directory>/sms.jsonl` (read it with `read_sent`); `find_sent` looks there. `fetch_media` reads `file://`
 URLs (so the sandbox texting helper can attach a local picture) and fetches http(s)
 URLs without credentials.
 """
@@ -71,6 +71,25 @@ class SandboxProvider:
                 file.write(line)
         log.info("sandbox text to %s recorded: %s (%d chars)", mask_phone(to), sid, len(body))
         return sid
+
+    def find_sent(self, to: str, body: str, since: datetime) -> str | None:
+        """The SID of the most recent text with this body recorded for `to` at or after
+        `since` (naive means UTC), or None."""
+        since = since.replace(tzinfo=UTC) if since.tzinfo is None else since
+        with self._lock:
+            records = read_sent(self.directory)
+        for record in reversed(records):
+            if record.get("to") != to or record.get("body") != body:
+                continue
+            try:
+                at = datetime.fromisoformat(str(record.get("at")))
+            except ValueError:
+                at = None
+            if at is not None and at.tzinfo is None:
+                at = at.replace(tzinfo=UTC)
+            if at is None or at >= since:
+                return str(record["sid"])
+        return None
 
     def fetch_media(self, url: str) -> tuple[str, bytes]:
         """Read a `file://` URL, or GET an http(s) URL without credentials."""

@@ -6,14 +6,20 @@ SignalWire-style compatible APIs and the tests' fake API work unchanged. Media a
 fetched with `requests` and HTTP basic auth (account SID, auth token) — the
 credentials are only sent to the API's own origin; Twilio's redirect to its CDN is
 followed without them.
+
+`find_sent` lists the messages sent to a number (GET Messages.json, which the client
+sends as `To=…&DateSent>=YYYY-MM-DDTHH:MM:SSZ&PageSize=50`) to find out whether a
+send that failed ambiguously (a timeout after the request went out, a 5xx) was in
+fact accepted.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
-from datetime import UTC, datetime
+import unicodedata
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +32,7 @@ from twilio.rest import Client
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from gateway.logs import mask_phone
+from gateway.segments import smart_quotes_to_gsm
 from gateway.sms.base import (
     AUTHENTICATION_FAILED,
     HTTP_TOO_MANY_REQUESTS,
@@ -40,6 +47,36 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_BASE_URL = "https://api.twilio.com"
 _CHUNK = 64 * 1024
+#: Messages looked at by `find_sent` (most recent first).
+FIND_SENT_LIMIT = 50
+#: How far before `since` a message may be dated and still count (clocks differ, and
+#: Twilio's dates have one-second resolution).
+CLOCK_SKEW = timedelta(seconds=5)
+#: What Twilio puts before every body sent from a trial account.
+TRIAL_PREFIX = "Sent from your Twilio trial account - "
+
+
+def same_body(sent: str, body: str) -> bool:
+    """True if `sent` (as the provider reports it) is the text `body`: compared after
+    Unicode NFC, the trial-account prefix, outer whitespace and the typographic
+    substitutions a provider's smart encoding may make."""
+
+    def norm(text: str) -> str:
+        text = unicodedata.normalize("NFC", text)
+        text = text.removeprefix(TRIAL_PREFIX)
+        return smart_quotes_to_gsm(text).strip()
+
+    return sent == body or norm(sent) == norm(body)
+
+
+def _same_number(a: str, b: str) -> bool:
+    """Phone numbers / short codes compared on their digits ("+1 613…" == "1613…")."""
+    digits_a, digits_b = "".join(filter(str.isdigit, a)), "".join(filter(str.isdigit, b))
+    return a == b or (bool(digits_a) and digits_a == digits_b)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -187,8 +224,72 @@ class TwilioProvider:
                 message, code or status, retry_after=_retry_after(self._http.last_headers())
             )
         if status >= 500 or status == 0:
-            return SmsTemporaryError(message, code or status or None, maybe_sent=True)
+            return SmsTemporaryError(
+                message,
+                code or status or None,
+                retry_after=_retry_after(self._http.last_headers()),
+                maybe_sent=True,
+            )
         return SmsPermanentError(message, code or status)
+
+    # -- was it sent after all? -----------------------------------------------------------
+
+    def find_sent(self, to: str, body: str, since: datetime) -> str | None:
+        """The SID of a message with this body sent by our sender to `to` since `since`
+        (less `CLOCK_SKEW`), or None.
+
+        Asks for the most recent `FIND_SENT_LIMIT` messages to `to` with
+        `DateSent>=` since (in UTC); a message Twilio has accepted but not handed to a
+        carrier yet has no DateSent, so when nothing matches, the most recent messages
+        to `to` are asked for again without the date filter, and those created since
+        `since` count too. Raises SmsTemporaryError if the API cannot be asked.
+        """
+        since = _utc(since) - CLOCK_SKEW
+        first = self._list(to=to, date_sent_after=since, limit=FIND_SENT_LIMIT)
+        sid = self._match(first, to, body, since)
+        if sid is None:
+            sid = self._match(self._list(to=to, limit=FIND_SENT_LIMIT), to, body, since)
+        log.info("looked for a text already sent to %s: %s", mask_phone(to), sid or "none found")
+        return sid
+
+    def _list(self, **filters: Any) -> list[Any]:
+        try:
+            return list(self.client.messages.list(**filters))
+        except TwilioException as exc:
+            status = int(getattr(exc, "status", 0) or 0)
+            response = exc.args[1] if len(exc.args) > 1 else None
+            status = status or int(getattr(response, "status_code", 0) or 0)
+            raise SmsTemporaryError(
+                f"Twilio API {status or '?'}: cannot list the messages sent: "
+                f"{getattr(exc, 'msg', None) or (exc.args[0] if exc.args else exc)}",
+                status or None,
+                retry_after=_retry_after(self._http.last_headers()),
+            ) from exc
+        except (requests.RequestException, ValueError) as exc:
+            raise SmsTemporaryError(
+                f"Twilio API unreachable while listing messages: {type(exc).__name__}"
+            ) from exc
+
+    def _ours(self, record: Any) -> bool:
+        if self.sender.startswith("MG"):
+            return str(getattr(record, "messaging_service_sid", "") or "") == self.sender
+        return _same_number(str(getattr(record, "from_", "") or ""), self.sender)
+
+    def _match(self, records: Iterable[Any], to: str, body: str, since: datetime) -> str | None:
+        for record in records:
+            if not str(getattr(record, "direction", "") or "outbound").startswith("outbound"):
+                continue
+            if not _same_number(str(getattr(record, "to", "") or ""), to):
+                continue
+            if not self._ours(record):
+                continue
+            if not same_body(str(getattr(record, "body", "") or ""), body):
+                continue
+            created = getattr(record, "date_created", None) or getattr(record, "date_sent", None)
+            if isinstance(created, datetime) and _utc(created) < since.replace(microsecond=0):
+                continue
+            return str(record.sid)
+        return None
 
     # -- media -------------------------------------------------------------------------
 

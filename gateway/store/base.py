@@ -17,7 +17,8 @@ Conventions shared by every method:
 - `Tx` methods only run inside `Store.transaction()`: all of them share that
   one database transaction, which commits when the `with` block ends and rolls
   back if it raises.
-- Outbox methods on `Store` each run in their own short transaction.
+- Outbox and IMAP-checkpoint methods on `Store` each run in their own short
+  transaction.
 """
 
 from __future__ import annotations
@@ -32,11 +33,15 @@ Direction = Literal["in", "out"]
 ConversationStatus = Literal["open", "closed"]
 OutboxKind = Literal["email", "sms"]
 OutboxStatus = Literal["pending", "sent", "parked"]
+EmailDirection = Literal["out", "in"]
+EmailOutcome = Literal["processed", "ignored", "failed"]  # = gateway.mail.types.Outcome
 
 DIRECTIONS: tuple[Direction, ...] = ("in", "out")
 CONVERSATION_STATUSES: tuple[ConversationStatus, ...] = ("open", "closed")
 OUTBOX_KINDS: tuple[OutboxKind, ...] = ("email", "sms")
 OUTBOX_STATUSES: tuple[OutboxStatus, ...] = ("pending", "sent", "parked")
+EMAIL_DIRECTIONS: tuple[EmailDirection, ...] = ("out", "in")
+EMAIL_OUTCOMES: tuple[EmailOutcome, ...] = ("processed", "ignored", "failed")
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -86,6 +91,21 @@ class DuplicateWebhook(StoreError):
         super().__init__(f"provider SID already recorded: {sid}")
 
 
+class DuplicateEmail(StoreError):
+    """An email key that is already in the processed-email log was recorded again.
+
+    Raised by `Tx.record_processed_email` when `key` is already recorded, including
+    by a concurrent transaction (the primary key decides the winner; the loser gets
+    this error, on PostgreSQL once the winner has committed). As with
+    `DuplicateWebhook`, the transaction is unusable afterwards: let the error leave
+    `Store.transaction()` and read `Tx.processed_email(key)` in a new transaction.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"email already recorded as handled: {key}")
+
+
 # --- records --------------------------------------------------------------------------------
 
 
@@ -113,6 +133,8 @@ class Conversation:
     `thread_message_ids` is the Message-ID chain of the emails sent in the
     thread, oldest first (for `In-Reply-To` / `References`). `agent_address` is
     the agent the conversation sticks to once one has answered (issue 3).
+    `closed_at` is when it was closed (None while open, and for conversations
+    closed before the schema recorded it).
     """
 
     id: int
@@ -125,13 +147,18 @@ class Conversation:
     created_at: datetime
     last_activity_at: datetime
     agent_address: str | None = None
+    closed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
 class StoredMessage:
     """One SMS/MMS, in (from the resident) or out (to the resident).
 
-    `media` items are `{"url": ..., "content_type": ...}` dicts.
+    `media` items are `{"url": ..., "content_type": ...}` dicts. For outbound
+    messages (an agent's reply), `status` is the delivery status ("queued",
+    "not_sent", then the provider's: "sent", "delivered", "undelivered",
+    "failed", ...), `error_code` the provider's error code (e.g. 21610, 30003)
+    and `agent_address` the agent who wrote it. Inbound texts leave them None.
     """
 
     id: int
@@ -143,6 +170,9 @@ class StoredMessage:
     provider_sid: str | None
     received_at: datetime
     held: bool = False
+    status: str | None = None
+    error_code: int | None = None
+    agent_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -236,13 +266,43 @@ class Tx(Protocol):
         media: Sequence[Mapping[str, str]],
         provider_sid: str | None,
         received_at: datetime,
+        *,
+        status: str | None = None,
+        agent_address: str | None = None,
     ) -> int:
         """Store a (not held) message; returns its id.
 
         If `conversation_id` is given, that conversation's `last_activity_at` is
-        moved forward to `received_at`. Raises `DuplicateWebhook` if
+        moved forward to `received_at`. `status` / `agent_address` are for
+        outbound replies (see `StoredMessage`). Raises `DuplicateWebhook` if
         `provider_sid` is already stored, `KeyError` if the conversation does not exist.
         """
+        ...
+
+    def message_by_provider_sid(self, sid: str) -> StoredMessage | None:
+        """The message with this provider SID (e.g. for a status callback), or None."""
+        ...
+
+    def set_message_status(
+        self,
+        message_id: int,
+        status: str,
+        error_code: int | None = None,
+        provider_sid: str | None = None,
+    ) -> None:
+        """Set a message's delivery `status` and `error_code` (None clears it).
+
+        `provider_sid`, if given, is stored too (the SID the provider gave the
+        message when it was sent); None leaves the stored SID alone. The store
+        does not judge status order (callbacks can arrive out of order): the
+        caller decides. Raises `KeyError` if there is no such message and
+        `DuplicateWebhook` if `provider_sid` is already on another message.
+        """
+        ...
+
+    def messages_of(self, conversation_id: int) -> list[StoredMessage]:
+        """Every message of the conversation (both directions), oldest first
+        (by `received_at`, then id). Empty if there is no such conversation."""
         ...
 
     def attach_messages(self, message_ids: Sequence[int], conversation_id: int) -> None:
@@ -253,9 +313,56 @@ class Tx(Protocol):
         """
         ...
 
-    def open_conversation(self, phone: str, municipality_id: str | None) -> Conversation | None:
+    def open_conversation(
+        self, phone: str, municipality_id: str | None, idle_before: datetime | None = None
+    ) -> Conversation | None:
         """The most recently active open conversation of `phone` with this municipality
-        (`None` matches conversations without a municipality), or None."""
+        (`None` matches conversations without a municipality), or None.
+
+        With `idle_before`, the open conversations of `phone` with this municipality
+        whose `last_activity_at` is before it are closed first (status "closed",
+        `closed_at` = the clock) and so never returned: an idle conversation's next
+        text starts a new one.
+        """
+        ...
+
+    def get_conversation(self, id: int) -> Conversation | None:
+        """The conversation with this id (open or closed), or None."""
+        ...
+
+    def conversation_by_token(self, token: str) -> Conversation | None:
+        """The conversation whose reply-address token is `token` (open or closed), or None."""
+        ...
+
+    def conversation_by_email(self, message_ids: Sequence[str]) -> Conversation | None:
+        """The conversation of the first of `message_ids` that is a recorded thread email.
+
+        `message_ids` are Message-IDs as recorded ("<id@host>"), in the caller's
+        priority order (In-Reply-To first, then References newest first). Returns
+        None if none of them is known (or the sequence is empty).
+        """
+        ...
+
+    def set_agent(self, conversation_id: int, address: str | None) -> None:
+        """Stick the conversation to this agent (None: to nobody again).
+
+        Raises `KeyError` if the conversation does not exist.
+        """
+        ...
+
+    def close_conversation(self, conversation_id: int, at: datetime) -> None:
+        """Close the conversation: status "closed", `closed_at` = `at`.
+
+        Closing a closed conversation changes nothing (it keeps its first
+        `closed_at`). Raises `KeyError` if the conversation does not exist.
+        """
+        ...
+
+    def touch_conversation(self, conversation_id: int, at: datetime) -> None:
+        """Move the conversation's `last_activity_at` forward to `at` (never back).
+
+        Raises `KeyError` if the conversation does not exist.
+        """
         ...
 
     def create_conversation(
@@ -264,10 +371,34 @@ class Tx(Protocol):
         """Start a new open conversation; `token` must be unique (the reply-address token)."""
         ...
 
-    def record_thread_email(self, conversation_id: int, message_id: str) -> None:
-        """Append an email's Message-ID to the conversation's thread chain.
+    def record_thread_email(
+        self, conversation_id: int, message_id: str, direction: EmailDirection = "out"
+    ) -> None:
+        """Record an email of the conversation's thread, for threading and routing.
 
-        Raises `KeyError` if the conversation does not exist.
+        Appends `message_id` to the conversation's thread chain (unless already
+        in it) and records it in the thread-email index that
+        `conversation_by_email` searches, with `direction` ("out": an email the
+        gateway sends, the default; "in": one it received, e.g. an agent's reply,
+        so a later reply to that one routes too). A Message-ID already recorded
+        (for any conversation) keeps its first record. Raises `KeyError` if the
+        conversation does not exist.
+        """
+        ...
+
+    def processed_email(self, key: str) -> tuple[EmailOutcome, str] | None:
+        """`(outcome, reason)` recorded for this email key, or None if never handled."""
+        ...
+
+    def record_processed_email(
+        self, key: str, outcome: EmailOutcome, reason: str, origin: Mapping[str, Any]
+    ) -> None:
+        """Remember that the email with this `key` ("sha256:<hex>" of its bytes) was
+        handled, how (`outcome`, `reason`) and where it came from (`origin`, a
+        JSON-serialisable dict such as `dataclasses.asdict(MailOrigin)`).
+
+        Raises `DuplicateEmail` if `key` is already recorded, including by a
+        concurrent transaction, and `ValueError` for an unknown outcome.
         """
         ...
 
@@ -353,6 +484,18 @@ class Store(Protocol):
 
     def outbox_stats(self, now: datetime | None = None) -> OutboxStats:
         """Outbox depth, age of the oldest pending item, parked count."""
+        ...
+
+    def imap_checkpoint(self, mailbox: str) -> tuple[int, int] | None:
+        """`(uidvalidity, last_uid)` saved for this IMAP mailbox, or None."""
+        ...
+
+    def save_imap_checkpoint(self, mailbox: str, uidvalidity: int, last_uid: int) -> None:
+        """Save (insert or replace) the mailbox's checkpoint: exactly these values.
+
+        Both must be integers in 0..2**63-1 (IMAP's are 32-bit unsigned), else
+        `ValueError`.
+        """
         ...
 
     def close(self) -> None:

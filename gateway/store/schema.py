@@ -105,6 +105,7 @@ conversations = sa.Table(
     sa.Column("agent_address", sa.String(320), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("last_activity_at", UTCDateTime(), nullable=False),
+    sa.Column("closed_at", UTCDateTime(), nullable=True),
     sa.UniqueConstraint("token"),
     sa.CheckConstraint("status IN ('open', 'closed')", name="status"),
     sa.Index(None, "phone", "status"),
@@ -127,6 +128,10 @@ messages = sa.Table(
     sa.Column("provider_sid", sa.String(64), nullable=True),
     sa.Column("held", sa.Boolean(), nullable=False),
     sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.Column("status", sa.String(32), nullable=True),  # outbound: queued, sent, delivered, ...
+    sa.Column("error_code", sa.Integer(), nullable=True),  # provider error code (e.g. 30003)
+    sa.Column("agent_address", sa.String(320), nullable=True),  # outbound: who wrote it
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("provider_sid"),
     sa.CheckConstraint("direction IN ('in', 'out')", name="direction"),
     sa.Index(None, "phone", "held"),
@@ -159,4 +164,45 @@ outbox = sa.Table(
     sa.CheckConstraint("kind IN ('email', 'sms')", name="kind"),
     sa.CheckConstraint("status IN ('pending', 'sent', 'parked')", name="status"),
     sa.Index(None, "status", "next_attempt_at"),
+)
+
+# Every email of a conversation's thread (sent by the gateway: "out"; received: "in"),
+# so that a reply routes by In-Reply-To / References.
+email_messages = sa.Table(
+    "email_messages",
+    metadata,
+    sa.Column("message_id", sa.String(998), primary_key=True),  # "<id@host>", as recorded
+    sa.Column(
+        "conversation_id",
+        BigId,
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("direction", sa.String(8), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.CheckConstraint("direction IN ('out', 'in')", name="direction"),
+    sa.Index(None, "conversation_id"),
+)
+
+# Emails read from the mailbox / ingress, keyed by the hash of their bytes: never handled twice.
+processed_emails = sa.Table(
+    "processed_emails",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),  # "sha256:<hex>"
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("origin", JSONText(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.CheckConstraint("outcome IN ('processed', 'ignored', 'failed')", name="outcome"),
+    sa.Index(None, "created_at"),
+)
+
+# Where the IMAP listener got to in each mailbox.
+imap_checkpoints = sa.Table(
+    "imap_checkpoints",
+    metadata,
+    sa.Column("mailbox", sa.String(1000), primary_key=True),
+    sa.Column("uidvalidity", sa.BigInteger(), nullable=False),
+    sa.Column("last_uid", sa.BigInteger(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
 )

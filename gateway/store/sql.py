@@ -18,7 +18,8 @@ PostgreSQL
 Errors
     Driver `OperationalError`s (locked past the timeout, disk full, server gone,
     connection refused) and pool timeouts become `StoreUnavailable`; unique-key
-    violations on a provider SID become `DuplicateWebhook`; a naive datetime or a
+    violations on a provider SID become `DuplicateWebhook`, on a processed-email key
+    `DuplicateEmail`; a naive datetime or a
     value that is not JSON-serialisable raises `ValueError` / `TypeError`.
     Statement parameters never appear in error messages (`hide_parameters`):
     they hold phone numbers and message bodies.
@@ -44,11 +45,16 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from gateway.store.base import (
     DIRECTIONS,
+    EMAIL_DIRECTIONS,
+    EMAIL_OUTCOMES,
     OUTBOX_KINDS,
     OUTBOX_STATUSES,
     Conversation,
     Direction,
+    DuplicateEmail,
     DuplicateWebhook,
+    EmailDirection,
+    EmailOutcome,
     OutboxItem,
     OutboxKind,
     OutboxStats,
@@ -56,11 +62,21 @@ from gateway.store.base import (
     Resident,
     SchemaOutOfDate,
     StoredMessage,
+    StoreError,
     StoreUnavailable,
     Tx,
 )
 from gateway.store.base import Store as _StoreProtocol
-from gateway.store.schema import conversations, messages, outbox, residents, webhook_log
+from gateway.store.schema import (
+    conversations,
+    email_messages,
+    imap_checkpoints,
+    messages,
+    outbox,
+    processed_emails,
+    residents,
+    webhook_log,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +85,7 @@ DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a SQLite writer waits for the lock
 _BEGIN_OPTION = "sms311_sqlite_begin"  # execution option: "IMMEDIATE" (default) or "DEFERRED"
 _MIGRATION_LOCK = 0x736D73333131  # pg_advisory_xact_lock key: "sms311" in ASCII
 _MAX_ERROR_CHARS = 4000  # outbox.last_error is truncated to this
+_MAX_BIGINT = 2**63 - 1
 
 
 def _utcnow() -> datetime:
@@ -81,6 +98,33 @@ def _aware(value: datetime, what: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what}: naive datetime (use an aware UTC one): {value}")
     return value.astimezone(UTC)
+
+
+def _bigint(value: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what}: expected an int, got {type(value).__name__}")
+    if not 0 <= value <= _MAX_BIGINT:
+        raise ValueError(f"{what}: out of range (0..2**63-1): {value}")
+    return value
+
+
+def _insert_or(
+    pg: bool,
+    table: sa.Table,
+    values: Mapping[str, Any],
+    key: Sequence[sa.Column[Any]],
+    update: Mapping[str, Any] | None = None,
+) -> sa.Executable:
+    """INSERT ... ON CONFLICT (key) DO UPDATE SET update (or DO NOTHING without `update`)."""
+    if pg:
+        pg_stmt = pg_dialect.insert(table).values(dict(values))
+        if update is None:
+            return pg_stmt.on_conflict_do_nothing(index_elements=list(key))
+        return pg_stmt.on_conflict_do_update(index_elements=list(key), set_=dict(update))
+    lite_stmt = sqlite_dialect.insert(table).values(dict(values))
+    if update is None:
+        return lite_stmt.on_conflict_do_nothing(index_elements=list(key))
+    return lite_stmt.on_conflict_do_update(index_elements=list(key), set_=dict(update))
 
 
 # --- URLs and engines -----------------------------------------------------------------------
@@ -273,6 +317,7 @@ def _conversation(row: sa.Row[Any]) -> Conversation:
         created_at=m["created_at"],
         last_activity_at=m["last_activity_at"],
         agent_address=m["agent_address"],
+        closed_at=m["closed_at"],
     )
 
 
@@ -288,6 +333,9 @@ def _message(row: sa.Row[Any]) -> StoredMessage:
         provider_sid=m["provider_sid"],
         received_at=m["received_at"],
         held=bool(m["held"]),
+        status=m["status"],
+        error_code=None if m["error_code"] is None else int(m["error_code"]),
+        agent_address=m["agent_address"],
     )
 
 
@@ -338,12 +386,15 @@ class SqlTx:
         except sa.exc.SQLAlchemyError as exc:
             _reraise(exc)
 
-    def _insert_unique(self, stmt: sa.Executable, sid: str | None) -> sa.CursorResult[Any]:
+    def _insert_unique(
+        self, stmt: sa.Executable, sid: str | None, duplicate: StoreError | None = None
+    ) -> sa.CursorResult[Any]:
+        """Run `stmt`; a unique violation raises `duplicate` (default: DuplicateWebhook(sid))."""
         try:
             return self._exec(stmt)
         except sa.exc.IntegrityError as exc:
             if _is_unique_violation(exc):
-                raise DuplicateWebhook(sid) from exc
+                raise (duplicate or DuplicateWebhook(sid)) from exc
             if _is_foreign_key_violation(exc):
                 raise KeyError("no such conversation") from exc
             raise
@@ -383,15 +434,7 @@ class SqlTx:
             "updated_at": now,
         }
         changes = {k: v for k, v in values.items() if k not in ("phone", "created_at")}
-        if self._pg:
-            pg_stmt = pg_dialect.insert(residents).values(values)
-            stmt: sa.Executable = pg_stmt.on_conflict_do_update(
-                index_elements=[residents.c.phone], set_=changes
-            )
-        else:
-            lite_stmt = sqlite_dialect.insert(residents).values(values)
-            stmt = lite_stmt.on_conflict_do_update(index_elements=[residents.c.phone], set_=changes)
-        self._exec(stmt)
+        self._exec(_insert_or(self._pg, residents, values, [residents.c.phone], changes))
 
     # messages
 
@@ -428,15 +471,63 @@ class SqlTx:
         media: Sequence[Mapping[str, str]],
         provider_sid: str | None,
         received_at: datetime,
+        *,
+        status: str | None = None,
+        agent_address: str | None = None,
     ) -> int:
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
         message_id = self._insert_message(
-            phone, conversation_id, direction, body, media, provider_sid, received_at, False
+            phone,
+            conversation_id,
+            direction,
+            body,
+            media,
+            provider_sid,
+            received_at,
+            False,
+            status=status,
+            agent_address=agent_address,
         )
         if conversation_id is not None:
             self._touch(conversation_id, _aware(received_at, "received_at"))
         return message_id
+
+    def message_by_provider_sid(self, sid: str) -> StoredMessage | None:
+        row = self._exec(sa.select(messages).where(messages.c.provider_sid == sid)).first()
+        return None if row is None else _message(row)
+
+    def set_message_status(
+        self,
+        message_id: int,
+        status: str,
+        error_code: int | None = None,
+        provider_sid: str | None = None,
+    ) -> None:
+        if not isinstance(status, str) or not status:
+            raise ValueError("a message status must be a non-empty string")
+        if error_code is not None and (
+            not isinstance(error_code, int) or isinstance(error_code, bool)
+        ):
+            raise TypeError(f"error_code: expected an int, got {type(error_code).__name__}")
+        values: dict[str, Any] = {
+            "status": status,
+            "error_code": error_code,
+            "updated_at": _utcnow(),
+        }
+        if provider_sid is not None:
+            values["provider_sid"] = provider_sid
+        stmt = messages.update().where(messages.c.id == message_id).values(values)
+        if self._insert_unique(stmt, provider_sid).rowcount != 1:
+            raise KeyError(f"no message {message_id}")
+
+    def messages_of(self, conversation_id: int) -> list[StoredMessage]:
+        stmt = (
+            sa.select(messages)
+            .where(messages.c.conversation_id == conversation_id)
+            .order_by(messages.c.received_at, messages.c.id)
+        )
+        return [_message(row) for row in self._exec(stmt)]
 
     def _insert_message(
         self,
@@ -448,6 +539,9 @@ class SqlTx:
         provider_sid: str | None,
         received_at: datetime,
         held: bool,
+        *,
+        status: str | None = None,
+        agent_address: str | None = None,
     ) -> int:
         stmt = (
             messages.insert()
@@ -460,6 +554,10 @@ class SqlTx:
                 provider_sid=provider_sid,
                 held=held,
                 received_at=_aware(received_at, "received_at"),
+                status=status,
+                error_code=None,
+                agent_address=agent_address,
+                updated_at=_utcnow(),
             )
             .returning(messages.c.id)
         )
@@ -499,20 +597,79 @@ class SqlTx:
 
     # conversations
 
-    def open_conversation(self, phone: str, municipality_id: str | None) -> Conversation | None:
+    def open_conversation(
+        self, phone: str, municipality_id: str | None, idle_before: datetime | None = None
+    ) -> Conversation | None:
         city = conversations.c.municipality_id
+        mine = (
+            conversations.c.phone == phone,
+            conversations.c.status == "open",
+            city.is_(None) if municipality_id is None else city == municipality_id,
+        )
+        if idle_before is not None:
+            cutoff = _aware(idle_before, "idle_before")
+            self._exec(
+                conversations.update()
+                .where(*mine, conversations.c.last_activity_at < cutoff)
+                .values(status="closed", closed_at=_utcnow())
+            )
         stmt = (
             sa.select(conversations)
-            .where(
-                conversations.c.phone == phone,
-                conversations.c.status == "open",
-                city.is_(None) if municipality_id is None else city == municipality_id,
-            )
+            .where(*mine)
             .order_by(conversations.c.last_activity_at.desc(), conversations.c.id.desc())
             .limit(1)
         )
         row = self._exec(stmt).first()
         return None if row is None else _conversation(row)
+
+    def get_conversation(self, id: int) -> Conversation | None:
+        row = self._exec(sa.select(conversations).where(conversations.c.id == id)).first()
+        return None if row is None else _conversation(row)
+
+    def conversation_by_token(self, token: str) -> Conversation | None:
+        row = self._exec(sa.select(conversations).where(conversations.c.token == token)).first()
+        return None if row is None else _conversation(row)
+
+    def conversation_by_email(self, message_ids: Sequence[str]) -> Conversation | None:
+        if isinstance(message_ids, str):  # a str is a Sequence[str] too
+            raise TypeError("message_ids: expected a sequence of Message-IDs, not one string")
+        wanted = list(dict.fromkeys(message_ids))
+        if not wanted:
+            return None
+        stmt = sa.select(email_messages.c.message_id, email_messages.c.conversation_id).where(
+            email_messages.c.message_id.in_(wanted)
+        )
+        found = {
+            str(row["message_id"]): int(row["conversation_id"])
+            for row in self._exec(stmt).mappings()
+        }
+        for message_id in wanted:
+            if message_id in found:
+                return self.get_conversation(found[message_id])
+        return None
+
+    def set_agent(self, conversation_id: int, address: str | None) -> None:
+        result = self._exec(
+            conversations.update()
+            .where(conversations.c.id == conversation_id)
+            .values(agent_address=address)
+        )
+        if result.rowcount != 1:
+            raise KeyError(f"no conversation {conversation_id}")
+
+    def close_conversation(self, conversation_id: int, at: datetime) -> None:
+        closed_at = _aware(at, "at")
+        self._require_conversation(conversation_id, lock=True)
+        self._exec(
+            conversations.update()
+            .where(conversations.c.id == conversation_id, conversations.c.status == "open")
+            .values(status="closed", closed_at=closed_at)
+        )
+
+    def touch_conversation(self, conversation_id: int, at: datetime) -> None:
+        moment = _aware(at, "at")
+        self._require_conversation(conversation_id)
+        self._touch(conversation_id, moment)
 
     def create_conversation(
         self, phone: str, municipality_id: str | None, token: str, subject: str
@@ -535,17 +692,59 @@ class SqlTx:
         )
         return _conversation(self._exec(stmt).one())
 
-    def record_thread_email(self, conversation_id: int, message_id: str) -> None:
+    def record_thread_email(
+        self, conversation_id: int, message_id: str, direction: EmailDirection = "out"
+    ) -> None:
+        if direction not in EMAIL_DIRECTIONS:
+            raise ValueError(f"direction must be one of {EMAIL_DIRECTIONS}, not {direction!r}")
+        if not isinstance(message_id, str) or not message_id:
+            raise ValueError("a Message-ID must be a non-empty string")
         row = self._require_conversation(conversation_id, lock=True)
         chain = list(row._mapping["thread_message_ids"])
-        if message_id in chain:
-            return
-        chain.append(message_id)
+        if message_id not in chain:
+            chain.append(message_id)
+            self._exec(
+                conversations.update()
+                .where(conversations.c.id == conversation_id)
+                .values(thread_message_ids=chain)
+            )
         self._exec(
-            conversations.update()
-            .where(conversations.c.id == conversation_id)
-            .values(thread_message_ids=chain)
+            _insert_or(
+                self._pg,
+                email_messages,
+                {
+                    "message_id": message_id,
+                    "conversation_id": conversation_id,
+                    "direction": direction,
+                    "created_at": _utcnow(),
+                },
+                [email_messages.c.message_id],
+            )
         )
+
+    # processed emails
+
+    def processed_email(self, key: str) -> tuple[EmailOutcome, str] | None:
+        stmt = sa.select(processed_emails.c.outcome, processed_emails.c.reason).where(
+            processed_emails.c.key == key
+        )
+        row = self._exec(stmt).mappings().first()
+        if row is None:
+            return None
+        outcome: EmailOutcome = row["outcome"]
+        return outcome, str(row["reason"])
+
+    def record_processed_email(
+        self, key: str, outcome: EmailOutcome, reason: str, origin: Mapping[str, Any]
+    ) -> None:
+        if outcome not in EMAIL_OUTCOMES:
+            raise ValueError(f"outcome must be one of {EMAIL_OUTCOMES}, not {outcome!r}")
+        if not isinstance(key, str) or not key:
+            raise ValueError("a processed-email key must be a non-empty string")
+        stmt = processed_emails.insert().values(
+            key=key, outcome=outcome, reason=reason, origin=dict(origin), created_at=_utcnow()
+        )
+        self._insert_unique(stmt, None, DuplicateEmail(key))
 
     # outbox
 
@@ -789,6 +988,30 @@ class SqlStore:
             oldest_age_seconds=age,
             parked=int(counts.get("parked", 0)),
         )
+
+    # IMAP checkpoints
+
+    def imap_checkpoint(self, mailbox: str) -> tuple[int, int] | None:
+        stmt = sa.select(imap_checkpoints.c.uidvalidity, imap_checkpoints.c.last_uid).where(
+            imap_checkpoints.c.mailbox == mailbox
+        )
+        with self._read() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return None if row is None else (int(row["uidvalidity"]), int(row["last_uid"]))
+
+    def save_imap_checkpoint(self, mailbox: str, uidvalidity: int, last_uid: int) -> None:
+        if not isinstance(mailbox, str) or not mailbox:
+            raise ValueError("an IMAP mailbox name must be a non-empty string")
+        values = {
+            "mailbox": mailbox,
+            "uidvalidity": _bigint(uidvalidity, "uidvalidity"),
+            "last_uid": _bigint(last_uid, "last_uid"),
+            "updated_at": _utcnow(),
+        }
+        changes = {k: v for k, v in values.items() if k != "mailbox"}
+        stmt = _insert_or(self._pg, imap_checkpoints, values, [imap_checkpoints.c.mailbox], changes)
+        with self._write() as conn:
+            conn.execute(stmt)
 
     def close(self) -> None:
         self.engine.dispose()

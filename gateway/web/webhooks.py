@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import phonenumbers
@@ -19,7 +20,9 @@ from twilio.twiml.messaging_response import MessagingResponse
 from gateway.emails import MediaRef
 from gateway.inbound import InboundText
 from gateway.logs import mask_phone
+from gateway.notices import enqueue_notice
 from gateway.services import Gateway
+from gateway.sms.base import OPTED_OUT
 from gateway.store import StoreUnavailable
 from gateway.web.signature import TwilioSignature
 
@@ -148,13 +151,61 @@ def inbound() -> Response:
 
 @blueprint.post("/sms/status")
 def status() -> Response:
-    """Delivery status callbacks. Issue 3 acts on failures; for now they are checked and logged."""
+    """Delivery status callbacks: the message's status is kept; a failure is reported to
+    the agent by email, in the thread (21610: the resident is marked opted out)."""
     gateway = _gateway()
     if not _signature_ok(gateway):
         return _forbidden(gateway, "signature")
-    sid = request.form.get("MessageSid", "")
-    state = request.form.get("MessageStatus", "")
-    if not sid or not state:
-        return _bad_request(gateway, "missing MessageSid or MessageStatus")
-    log.info("status callback: %s is %s", sid[:40], state[:20])
+    sid = request.form.get("MessageSid", "").strip()
+    state = request.form.get("MessageStatus", "").strip().lower()
+    if not sid or not state or len(sid) > 64 or len(state) > 32:
+        return _bad_request(gateway, "missing or garbled MessageSid or MessageStatus")
+    error_code = request.form.get("ErrorCode", "").strip()
+    try:
+        code = int(error_code) if error_code else None
+    except ValueError:
+        return _bad_request(gateway, "ErrorCode is not a number")
+    try:
+        known = record_delivery_status(gateway, sid, state, code)
+    except StoreUnavailable as exc:
+        log.error("store unavailable, answering 503 to a status callback: %s", exc)
+        return Response("Service Unavailable\n", status=503, mimetype="text/plain")
+    gateway.metrics.delivery_status.labels(state if state in _STATUSES else "other").inc()
+    log.info("status callback: %s is %s%s", sid[:12], state, "" if known else " (unknown sid)")
     return Response("", status=204)
+
+
+_STATUSES = {"queued", "accepted", "sending", "sent", "delivered", "undelivered", "failed",
+             "read", "canceled", "scheduled", "receiving", "received"}
+FAILED_STATUSES = {"undelivered", "failed"}
+
+
+def record_delivery_status(gateway: Gateway, sid: str, state: str, code: int | None) -> bool:
+    """Keep the status of our message `sid`; on a new failure, tell the agent. False when
+    the sid is not one of ours (nothing to do)."""
+    with gateway.store.transaction() as tx:
+        message = tx.message_by_provider_sid(sid)
+        if message is None or message.direction != "out":
+            return False
+        newly_failed = state in FAILED_STATUSES and message.status not in FAILED_STATUSES
+        tx.set_message_status(message.id, state, code)
+        if not newly_failed or message.conversation_id is None:
+            return True
+        conversation = tx.get_conversation(message.conversation_id)
+        if conversation is None:
+            return True
+        resident = tx.get_resident(conversation.phone)
+        opted_out = code == OPTED_OUT
+        if opted_out and resident is not None:
+            tx.save_resident(replace(resident, opted_out=True))
+        agent = message.agent_address or conversation.agent_address
+        if agent:
+            details: dict[str, object] = {"reply_excerpt": message.body[:200]}
+            if not opted_out:
+                details |= {"status": state, "error_code": code}
+            enqueue_notice(
+                tx, gateway.settings, conversation, agent,
+                "opted_out" if opted_out else "delivery_failed", dict(details),
+                language=resident.language if resident else "en",
+            )
+    return True

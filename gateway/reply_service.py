@@ -1,0 +1,201 @@
+"""An agent's email, from the mailbox (IMAP) or the SMTP/LMTP ingress, to queued SMS.
+
+`ReplyService` is the `ReplySink` both listeners call. In ONE store transaction it
+records the email as handled (keyed by the hash of its bytes, so a message seen again
+after a crash, a UIDVALIDITY change or a second delivery is never texted twice),
+routes it (reply token, else In-Reply-To/References), checks the sender is an agent
+of that municipality, keeps only the visible reply, and queues the SMS (or, when the
+resident opted out, a notice to the agent). The listener then files the email in
+Processed or Failed according to the returned `Disposition`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from email.utils import parseaddr
+
+from gateway import replies, segments
+from gateway.logs import mask_phone
+from gateway.mail.types import Disposition, MailOrigin
+from gateway.notices import enqueue_notice
+from gateway.services import Gateway
+from gateway.store import Conversation, DuplicateEmail, Tx
+
+log = logging.getLogger(__name__)
+
+EXCERPT_CHARS = 200
+
+
+def is_agent(sender: str, agents: tuple[str, ...]) -> bool:
+    """True when `sender` is one of `agents`: full addresses or "@domain" entries."""
+    sender = sender.strip().lower()
+    if "@" not in sender:
+        return False
+    domain = sender.rpartition("@")[2]
+    for agent in agents:
+        agent = agent.strip().lower()
+        if agent.startswith("@"):
+            if domain == agent[1:]:
+                return True
+        elif sender == agent:
+            return True
+    return False
+
+
+class ReplyService:
+    """Turns agents' reply emails into queued SMS; see the module docstring."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_queued: Callable[[], None] | None = None,
+    ) -> None:
+        self._gateway = gateway
+        self._now = now
+        self._on_queued = on_queued  # wakes the dispatcher: the SMS goes at once, not at a poll
+        self._own = tuple(
+            a for a in (parseaddr(gateway.settings.email.from_address)[1],) if a
+        )
+
+    async def __call__(self, raw: bytes, origin: MailOrigin) -> Disposition:
+        disposition = await asyncio.to_thread(self.handle, raw, origin)
+        if self._on_queued is not None and disposition.outcome == "processed":
+            self._on_queued()
+        return disposition
+
+    def handle(self, raw: bytes, origin: MailOrigin) -> Disposition:
+        """Decide and record, in one transaction; safe to call again with the same bytes."""
+        key = "sha256:" + hashlib.sha256(raw).hexdigest()
+        store = self._gateway.store
+        try:
+            with store.transaction() as tx:
+                seen = tx.processed_email(key)
+                if seen is not None:
+                    return Disposition(seen[0], f"already handled: {seen[1]}")
+                disposition = self._decide(tx, raw)
+                tx.record_processed_email(
+                    key, disposition.outcome, disposition.reason, asdict(origin)
+                )
+        except DuplicateEmail:
+            with store.transaction() as tx:
+                seen = tx.processed_email(key)
+            outcome, reason = seen or ("processed", "handled concurrently")
+            return Disposition(outcome, f"already handled: {reason}")
+        log.log(
+            logging.WARNING if disposition.outcome == "failed" else logging.INFO,
+            "reply email via %s: %s (%s)", origin.kind, disposition.outcome, disposition.reason,
+        )
+        self._gateway.metrics.replies_read.labels(disposition.outcome).inc()
+        return disposition
+
+    # -- the decision ---------------------------------------------------------------------
+
+    def _decide(self, tx: Tx, raw: bytes) -> Disposition:
+        settings = self._gateway.settings
+        try:
+            reply = replies.parse_reply(
+                raw, reply_address=settings.email.reply_address, own_addresses=self._own
+            )
+        except replies.MalformedEmail as exc:
+            return Disposition("failed", f"malformed email: {exc}")
+        if reply.automatic:
+            return Disposition("ignored", f"automatic message, not texted: {reply.automatic}")
+
+        conversation = self._route(tx, reply)
+        if conversation is None:
+            return Disposition("failed", "unroutable: no reply token and no known thread")
+        agents = self._agents(conversation)
+        if not is_agent(reply.sender, agents):
+            return Disposition(
+                "failed",
+                f"sender is not an agent of conversation {conversation.id} "
+                f"({conversation.municipality_id or 'fallback'})",
+            )
+        now = self._now()
+        if not reply.text and not reply.close_requested:
+            return Disposition("failed", "empty reply once quotes and signature are cut")
+
+        tx.set_agent(conversation.id, reply.sender)
+        reason = "closed by the agent"
+        if reply.text:
+            reason = self._text_back(tx, conversation, reply.sender, reply.text, now)
+        if reply.close_requested:
+            tx.close_conversation(conversation.id, now)
+            if reply.text:
+                reason += "; conversation closed"
+        else:
+            tx.touch_conversation(conversation.id, now)
+        return Disposition("processed", f"conversation {conversation.id}: {reason}")
+
+    def _route(self, tx: Tx, reply: replies.ParsedReply) -> Conversation | None:
+        for token in reply.tokens:
+            conversation = tx.conversation_by_token(token)
+            if conversation is not None:
+                return conversation
+        ids = (*reply.in_reply_to, *reversed(reply.references))
+        return tx.conversation_by_email(ids) if ids else None
+
+    def _agents(self, conversation: Conversation) -> tuple[str, ...]:
+        if conversation.municipality_id is None:
+            fallback = self._gateway.settings.fallback_mailbox
+            return (fallback, "@" + fallback.rpartition("@")[2]) if fallback else ()
+        municipality = self._gateway.directory().get(conversation.municipality_id)
+        return municipality.agents if municipality else ()
+
+    def _text_back(
+        self, tx: Tx, conversation: Conversation, agent: str, text: str, now: datetime
+    ) -> str:
+        settings = self._gateway.settings
+        resident = tx.get_resident(conversation.phone)
+        language = resident.language if resident else "en"
+        excerpt = text[:EXCERPT_CHARS]
+        if resident is not None and resident.opted_out:
+            tx.add_message(
+                conversation.phone, conversation.id, "out", text, [], None, now,
+                status="not_sent", agent_address=agent,
+            )
+            enqueue_notice(
+                tx, settings, conversation, agent, "opted_out",
+                {"reply_excerpt": excerpt}, language=language,
+            )
+            return "not texted: the resident opted out (agent told)"
+        parts, shortened = segments.split_for_sms(text)
+        message_id = tx.add_message(
+            conversation.phone, conversation.id, "out", text, [], None, now,
+            status="queued", agent_address=agent,
+        )
+        for number, part in enumerate(parts, start=1):
+            tx.enqueue(
+                "sms",
+                {
+                    "type": "reply",
+                    "to": conversation.phone,
+                    "body": part,
+                    "message_id": message_id,
+                    "conversation_id": conversation.id,
+                    "part": number,
+                    "parts": len(parts),
+                    "agent": agent,
+                    "queued_at": now.isoformat(),
+                },
+            )
+        if shortened:
+            sent = sum(len(p) for p in parts)
+            enqueue_notice(
+                tx, settings, conversation, agent, "shortened",
+                {"sent_chars": sent, "original_chars": len(text), "reply_excerpt": excerpt},
+                language=language,
+            )
+        log.info(
+            "reply queued for %s: conversation=%s parts=%d%s",
+            mask_phone(conversation.phone), conversation.id, len(parts),
+            " (shortened)" if shortened else "",
+        )
+        return f"texted in {len(parts)} part(s)" + (", shortened (agent told)" if shortened else "")

@@ -1,0 +1,335 @@
+"""An agent's reply email to SMS through the real pipeline: ReplyService over a real
+SQLite store, the dispatcher, the real twilio client against the fake Twilio API.
+(The IMAP and SMTP-ingress transports have their own tests; the end-to-end test runs
+the whole chain through Dovecot.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.emails import AgentNotice, ResidentEmail
+from gateway.inbound import InboundText
+from gateway.mail.types import MailOrigin
+from gateway.reply_service import ReplyService, is_agent
+from gateway.services import Gateway
+from gateway.store import open_store
+from gateway.web import create_app
+from gateway.worker import Dispatcher
+from tests.fake_twilio import FakeTwilio
+from tests.gateway_fixtures import Resident, settings_in
+
+PHONE = "+16135550123"
+AGENT = "jane.doe@ottawa.example"
+ORIGIN = MailOrigin(kind="imap", mailbox="INBOX", uidvalidity=1, uid=1)
+
+
+@pytest.fixture
+def api() -> Iterator[FakeTwilio]:
+    with FakeTwilio() as fake:
+        yield fake
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, api: FakeTwilio) -> Iterator[Gateway]:
+    gw = make_gateway(tmp_path, api)
+    yield gw
+    gw.close()
+
+
+def make_gateway(folder: Path, api: FakeTwilio, extra: str = "", rate: float = 100) -> Gateway:
+    sms = (
+        "sms:\n  provider: twilio\n"
+        f"  account_sid: {api.account_sid}\n  auth_token: {api.auth_token}\n"
+        f'  sender: "31100"\n  api_base_url: {api.base_url}\n  max_per_second: {rate}\n'
+    )
+    settings = settings_in(folder, sms=sms, extra=extra)
+    store = open_store(settings.database)
+    store.upgrade()
+    store.close()
+    return Gateway.from_settings(settings)
+
+
+_sids = iter(range(10_000))
+
+
+def text_in(gateway: Gateway, body: str, phone: str = PHONE,
+            at: datetime | None = None) -> None:
+    gateway.inbound.handle(InboundText(
+        sid=f"SM{next(_sids):032d}", phone=phone, to="31100", body=body,
+        received_at=at or datetime.now(UTC),
+    ))
+
+
+def emails_out(gateway: Gateway) -> list[ResidentEmail]:
+    return [ResidentEmail.from_dict(i.payload) for i in gateway.store.list_outbox(None)
+            if i.kind == "email" and i.payload.get("type", "resident") == "resident"]
+
+
+def notices(gateway: Gateway) -> list[AgentNotice]:
+    return [AgentNotice.from_dict(i.payload) for i in gateway.store.list_outbox(None)
+            if i.kind == "email" and i.payload.get("type") == "notice"]
+
+
+def sms_rows(gateway: Gateway) -> list[dict[str, Any]]:
+    return [i.payload for i in gateway.store.list_outbox(None) if i.kind == "sms"]
+
+
+def resident_in_ottawa(gateway: Gateway, phone: str = PHONE) -> ResidentEmail:
+    text_in(gateway, "Pothole on Bank St at Gladstone", phone)
+    text_in(gateway, "Ottawa", phone)
+    return emails_out(gateway)[-1]
+
+
+def agent_reply(
+    to_email: ResidentEmail,
+    body: str,
+    *,
+    sender: str = AGENT,
+    token: bool = True,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    """An agent's reply as a mail client writes it: quoted history below the answer."""
+    message = EmailMessage()
+    message["From"] = f"Jane Doe <{sender}>"
+    message["To"] = to_email.reply_to if token else "311@ottawa.example"
+    message["Subject"] = "RE: " + to_email.subject
+    message["Message-ID"] = make_msgid(domain="ottawa.example")
+    message["In-Reply-To"] = to_email.message_id
+    message["References"] = " ".join((*to_email.references, to_email.message_id))
+    for name, value in (headers or {}).items():
+        message[name] = value
+    quoted = "\n".join("> " + t.body for t in to_email.texts)
+    message.set_content(
+        f"{body}\n\nOn Sun, Nov 22, 2026 at 10:04 AM 311 Text <sms@gateway.example> wrote:\n"
+        f"{quoted}\n"
+    )
+    return bytes(message)
+
+
+def handle(gateway: Gateway, raw: bytes) -> Any:
+    return ReplyService(gateway).handle(raw, ORIGIN)
+
+
+def dispatch(gateway: Gateway) -> None:
+    dispatcher = Dispatcher(gateway)
+    while asyncio.run(dispatcher.dispatch_once()):
+        pass
+
+
+# -- routing and what is texted ---------------------------------------------------------
+
+
+def test_agent_reply_is_texted_without_the_quoted_history(
+    gateway: Gateway, api: FakeTwilio
+) -> None:
+    email = resident_in_ottawa(gateway)
+    disposition = handle(gateway, agent_reply(email, "A crew will fix it this week."))
+    assert disposition.outcome == "processed", disposition
+    dispatch(gateway)
+    [sent] = api.messages
+    assert sent["To"] == PHONE
+    assert sent["Body"] == "A crew will fix it this week."
+    assert sent["From"] == "31100"
+    assert sent["StatusCallback"] == "https://sms.example.ca/sms/status"
+
+
+def test_the_same_email_twice_is_texted_once(gateway: Gateway, api: FakeTwilio) -> None:
+    raw = agent_reply(resident_in_ottawa(gateway), "Fixed tomorrow.")
+    assert handle(gateway, raw).outcome == "processed"
+    again = handle(gateway, raw)
+    assert again.outcome == "processed" and "already handled" in again.reason
+    dispatch(gateway)
+    assert len(api.messages) == 1
+
+
+def test_routed_by_in_reply_to_when_the_token_is_gone(gateway: Gateway, api: FakeTwilio) -> None:
+    email = resident_in_ottawa(gateway)
+    assert handle(gateway, agent_reply(email, "Noted.", token=False)).outcome == "processed"
+    dispatch(gateway)
+    assert [m["Body"] for m in api.messages] == ["Noted."]
+
+
+@pytest.mark.parametrize(
+    ("label", "kwargs", "reason"),
+    [
+        ("not an agent", {"sender": "someone@gmail.example"}, "not an agent"),
+        ("agent of another city", {"sender": "bob@montreal.example"}, "not an agent"),
+    ],
+)
+def test_unauthorised_senders_are_failed_never_texted(
+    gateway: Gateway, api: FakeTwilio, label: str, kwargs: dict[str, Any], reason: str
+) -> None:
+    disposition = handle(gateway, agent_reply(resident_in_ottawa(gateway), "Hi", **kwargs))
+    assert disposition.outcome == "failed", label
+    assert reason in disposition.reason
+    assert sms_rows(gateway) == []
+
+
+def test_unroutable_email_is_failed(gateway: Gateway) -> None:
+    message = EmailMessage()
+    message["From"] = AGENT
+    message["To"] = "311@ottawa.example"
+    message["Subject"] = "hello"
+    message["In-Reply-To"] = "<unknown@nowhere.example>"
+    message.set_content("Who is this?")
+    disposition = handle(gateway, bytes(message))
+    assert disposition.outcome == "failed" and "unroutable" in disposition.reason
+    assert sms_rows(gateway) == []
+
+
+@pytest.mark.parametrize(
+    ("label", "headers"),
+    [
+        ("RFC 3834", {"Auto-Submitted": "auto-replied"}),
+        ("X-Autoreply", {"X-Autoreply": "yes"}),
+        ("Precedence", {"Precedence": "bulk"}),
+    ],
+)
+def test_auto_replies_are_ignored_never_texted(
+    gateway: Gateway, label: str, headers: dict[str, str]
+) -> None:
+    raw = agent_reply(resident_in_ottawa(gateway), "I am out of the office until Monday.",
+                      headers=headers)
+    disposition = handle(gateway, raw)
+    assert disposition.outcome == "ignored", label
+    assert sms_rows(gateway) == []
+
+
+def test_empty_reply_is_failed(gateway: Gateway) -> None:
+    disposition = handle(gateway, agent_reply(resident_in_ottawa(gateway), ""))
+    assert disposition.outcome == "failed" and "empty" in disposition.reason
+
+
+def test_is_agent_matches_addresses_and_domains() -> None:
+    agents = ("@ottawa.example", "chief@city.example")
+    assert is_agent("Jane@Ottawa.Example", agents)
+    assert is_agent("chief@city.example", agents)
+    assert not is_agent("jane@ottawa.example.evil", agents)
+    assert not is_agent("other@city.example", agents)
+    assert not is_agent("", agents)
+
+
+# -- opted out, long replies ----------------------------------------------------------------
+
+
+def test_reply_to_an_opted_out_resident_is_not_sent_and_the_agent_is_told(
+    gateway: Gateway, api: FakeTwilio
+) -> None:
+    email = resident_in_ottawa(gateway)
+    text_in(gateway, "STOP")
+    disposition = handle(gateway, agent_reply(email, "We fixed it."))
+    assert disposition.outcome == "processed" and "opted out" in disposition.reason
+    assert sms_rows(gateway) == []
+    [notice] = notices(gateway)
+    assert notice.kind == "opted_out" and notice.to == (AGENT,)
+    assert notice.in_reply_to == email.message_id  # in the thread
+    dispatch(gateway)
+    assert api.messages == []
+
+
+def test_long_reply_is_sent_whole_up_to_1600_characters(gateway: Gateway, api: FakeTwilio) -> None:
+    email = resident_in_ottawa(gateway)
+    body = ("The crew inspected the road. " * 50).strip()  # ~1,450 characters
+    assert handle(gateway, agent_reply(email, body)).outcome == "processed"
+    dispatch(gateway)
+    assert [m["Body"] for m in api.messages] == [body]
+    assert notices(gateway) == []
+
+
+def test_very_long_reply_is_split_and_if_cut_the_agent_is_told(
+    gateway: Gateway, api: FakeTwilio
+) -> None:
+    email = resident_in_ottawa(gateway)
+    body = " ".join(f"word{i}" for i in range(3000))  # ~23,000 characters
+    assert handle(gateway, agent_reply(email, body)).outcome == "processed"
+    dispatch(gateway)
+    assert 1 < len(api.messages) <= 10
+    assert all(len(m["Body"]) <= 1600 for m in api.messages)
+    assert [n.kind for n in notices(gateway)] == ["shortened"]
+
+
+# -- sticky conversations --------------------------------------------------------------------
+
+
+def test_after_an_agent_answers_the_resident_texts_go_to_that_agent(gateway: Gateway) -> None:
+    email = resident_in_ottawa(gateway)
+    handle(gateway, agent_reply(email, "Can you send a photo?"))
+    text_in(gateway, "Here is more detail")
+    latest = emails_out(gateway)[-1]
+    assert latest.to == (AGENT,)
+    assert latest.cc == ("311@ottawa.example",)
+    assert latest.subject == email.subject
+
+
+def test_close_command_ends_the_conversation(gateway: Gateway, api: FakeTwilio) -> None:
+    email = resident_in_ottawa(gateway)
+    handle(gateway, agent_reply(email, "Repaired today, thank you!\n#close"))
+    dispatch(gateway)
+    assert [m["Body"] for m in api.messages] == ["Repaired today, thank you!"]
+    text_in(gateway, "Another pothole on Elgin")
+    latest = emails_out(gateway)[-1]
+    assert latest.to == ("311@ottawa.example",)  # not sticky any more
+    assert latest.subject != email.subject  # a new thread
+    assert latest.in_reply_to is None
+
+
+def test_idle_conversation_closes_and_a_new_thread_starts(gateway: Gateway) -> None:
+    email = resident_in_ottawa(gateway)
+    later = datetime.now(UTC) + timedelta(hours=gateway.settings.conversations.idle_close_hours + 1)
+    text_in(gateway, "Still there a week later", at=later)
+    latest = emails_out(gateway)[-1]
+    assert latest.subject != email.subject and latest.in_reply_to is None
+
+
+# -- the provider side --------------------------------------------------------------------------
+
+
+def test_429_burst_is_retried_and_sent_once(gateway: Gateway, api: FakeTwilio) -> None:
+    email = resident_in_ottawa(gateway)
+    handle(gateway, agent_reply(email, "On our way."))
+    api.fail_next(3, 429, 20429)
+    hours = iter(range(1, 100))
+    dispatcher = Dispatcher(gateway, now=lambda: datetime.now(UTC) + timedelta(hours=next(hours)))
+    for _ in range(5):  # each pass is an hour later: every backoff has expired
+        asyncio.run(dispatcher.dispatch_once("sms"))
+    assert [m["Body"] for m in api.messages] == ["On our way."]
+    assert len(api.attempts) == 4
+
+
+def test_opted_out_at_the_provider_marks_the_resident_and_tells_the_agent(
+    gateway: Gateway, api: FakeTwilio
+) -> None:
+    email = resident_in_ottawa(gateway)
+    handle(gateway, agent_reply(email, "Fixed."))
+    api.fail_next(1, 400, 21610)
+    dispatch(gateway)
+    assert api.messages == []
+    assert [n.kind for n in notices(gateway)] == ["opted_out"]
+    with gateway.store.transaction() as tx:
+        resident = tx.get_resident(PHONE)
+    assert resident is not None and resident.opted_out
+
+
+def test_failed_delivery_callback_is_reported_to_the_agent(
+    gateway: Gateway, api: FakeTwilio
+) -> None:
+    email = resident_in_ottawa(gateway)
+    handle(gateway, agent_reply(email, "We will call you."))
+    dispatch(gateway)
+    [sent] = api.messages
+    client = create_app(gateway).test_client()
+    resident = Resident(client, gateway.settings)
+    form = {"MessageSid": sent["_sid"], "MessageStatus": "undelivered", "ErrorCode": "30003"}
+    assert resident.post(form, path="/sms/status").status_code == 204
+    assert resident.post(form, path="/sms/status").status_code == 204  # repeated: one notice
+    [notice] = notices(gateway)
+    assert notice.kind == "delivery_failed" and notice.details["error_code"] == 30003
+    assert notice.to == (AGENT,)
