@@ -136,6 +136,23 @@ def cmd_sandbox_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sandbox_reply(args: argparse.Namespace) -> int:
+    from gateway.sandbox import reply_as_agent
+
+    config = Path(args.config) if args.config else SANDBOX_DIR / "sms311.yaml"
+    settings = load_settings(config, os.environ)
+    try:
+        sent = reply_as_agent(settings, args.mailbox, args.text, sender=args.sender)
+    except (ValueError, OSError) as exc:
+        print(f"sms311: {exc}", file=sys.stderr)
+        return 1
+    for record in sent:
+        print(f">> to {record['to']}: {record['body']}")
+    if not sent:
+        print("(nothing texted: see the gateway's log for why)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sms311", description=__doc__)
     parser.add_argument("--config", help="settings file (default: $GATEWAY_CONFIG or "
@@ -191,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--city", help="Twilio's FromCity")
     text.add_argument("--state", help="Twilio's FromState")
     text.set_defaults(func=cmd_sandbox_text)
+    reply = sandbox_commands.add_parser(
+        "reply", help="answer the latest email in a sandbox mailbox, as the city's agent"
+    )
+    reply.add_argument("mailbox", help="e.g. 311@ottawa.example")
+    reply.add_argument("text")
+    reply.add_argument("--sender", help="the agent's address (default agent@<mailbox domain>)")
+    reply.set_defaults(func=cmd_sandbox_reply)
     return parser
 
 

@@ -162,7 +162,8 @@ class OutboxSettings:
 class ConversationSettings:
     """When a conversation (one email thread) ends."""
 
-    idle_close_hours: float = 72.0  # no message either way for this long: the next text starts a new thread
+    # No message either way for this long: the resident's next text starts a new thread.
+    idle_close_hours: float = 72.0
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,6 @@ def setup_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Libraries that chat at INFO: aiosmtpd logs every SMTP command (addresses included),
-    # alembic every migration step. Their warnings still show.
-    for noisy in ("mail.log", "alembic"):
+    # alembic every migration step, aioimaplib whole messages at DEBUG. Their warnings show.
+    for noisy in ("mail.log", "alembic", "aioimaplib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

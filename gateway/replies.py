@@ -44,7 +44,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from gateway.emails import is_token
 
+MAX_RAW_BYTES = 4_000_000  # of the raw message (beyond that: attachments, in practice)
+MAX_HEADER_BYTES = 512_000  # of the header section
 MAX_TEXT_BYTES = 1_000_000  # of the chosen text part (decoded transfer encoding)
+MAX_HTML_DEPTH = 500  # open HTML elements tracked
 MAX_PARTS = 200  # MIME parts looked at
 MAX_DEPTH = 12  # MIME nesting followed
 MAX_IDS = 100  # References kept (the first one and the last ones)
@@ -93,9 +96,12 @@ def parse_reply(
     token_re = _token_pattern(reply_address)
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise MalformedEmail("not bytes")
-    data = bytes(raw)
+    data = bytes(raw[:MAX_RAW_BYTES])
     if not data.strip():
         raise MalformedEmail("empty message")
+    head = data[: MAX_HEADER_BYTES + 4]
+    if b"\n\n" not in head and b"\n\r\n" not in head:
+        data = data[:MAX_HEADER_BYTES]  # a header section this long is not a reply's
     try:
         msg = BytesParser(policy=policy.default).parsebytes(data)
     except Exception as exc:  # the parser is lenient; anything else is not an email
@@ -655,14 +661,19 @@ class _HtmlText(HTMLParser):
                 else:
                     self._flush(blank=True)
             return
-        if not self._skip and (
-            any(ident.startswith(r) for r in _REST_IDS)
-            or any(c in cls for c in _REST_CLASSES)
-            or (
-                tag in ("div", "p", "table", "td")
-                and "border-top" in style
-                and "solid" in style
-                and "border-top:none" not in style
+        marked = bool(ident or cls or style)
+        if (
+            marked
+            and not self._skip
+            and (
+                any(ident.startswith(r) for r in _REST_IDS)
+                or any(c in cls for c in _REST_CLASSES)
+                or (
+                    tag in ("div", "p", "table", "td")
+                    and "border-top" in style
+                    and "solid" in style
+                    and "border-top:none" not in style
+                )
             )
         ):
             self._flush()
@@ -671,13 +682,12 @@ class _HtmlText(HTMLParser):
             if not self._skip:
                 self._flush(blank=True)
             return
-        if tag in _VOID:
+        if tag in _VOID or len(self._stack) >= MAX_HTML_DEPTH:
             return
-        quote = tag == "blockquote" or any(c in cls for c in _QUOTE_CLASSES)
+        quote = tag == "blockquote" or (marked and any(c in cls for c in _QUOTE_CLASSES))
         skip = tag in _SKIP or "display:none" in style or "hidden" in attr
-        signature = any(s in cls or s in ident for s in _SIGNATURE_MARKS) or (
-            attr.get("data-signatureblock", "").lower() == "true"
-        )
+        signature = marked and any(s in cls or s in ident for s in _SIGNATURE_MARKS)
+        signature = signature or attr.get("data-signatureblock", "").lower() == "true"
         element = _Open(
             tag,
             quote=quote,
@@ -798,7 +808,7 @@ def html_to_text(html: str) -> str:
     """
     parser = _HtmlText()
     try:
-        parser.feed(html[: MAX_TEXT_BYTES * 2])
+        parser.feed(html[:MAX_TEXT_BYTES])
         parser.close()
     except Exception:  # html.parser is lenient; keep what was read so far
         parser._flush()
@@ -809,6 +819,7 @@ def html_to_text(html: str) -> str:
 # visible text
 # ---------------------------------------------------------------------------------------------
 
+_CONTROL_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u200e\u200f"), None)
 
 _WROTE = (
@@ -942,7 +953,7 @@ def _attribution_at(lines: Sequence[str], i: int) -> tuple[int, str] | None:
             break
         if k > 1 and first.endswith((".", "!", "?")):
             break
-        if not _ENDS_LIKE_ATTRIBUTION.search(joined):
+        if not _ENDS_LIKE_ATTRIBUTION.search(joined[-60:]):
             continue
         found = _match_attribution(joined, lines, i + k, first_line_only=(k == 1))
         if found is not None:
@@ -1083,10 +1094,7 @@ def _tidy(text: str) -> str:
 def _normalise(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n")
     text = text.replace("\u2029", "\n\n").translate(_INVISIBLE).replace("\xa0", " ")
-    text = text.replace("\t", "    ")
-    return "".join(
-        c if c == "\n" or unicodedata.category(c) != "Cc" else " " for c in text
-    )
+    return _CONTROL_RE.sub(" ", text.replace("\t", "    "))
 
 
 def _visible(plain: str, *, quotes_certain: bool) -> tuple[str, bool]:

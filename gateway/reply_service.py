@@ -24,7 +24,7 @@ from gateway.logs import mask_phone
 from gateway.mail.types import Disposition, MailOrigin
 from gateway.notices import enqueue_notice
 from gateway.services import Gateway
-from gateway.store import Conversation, DuplicateEmail, Tx
+from gateway.store import Conversation, DuplicateEmail, StoreUnavailable, Tx
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,13 @@ class ReplyService:
                 seen = tx.processed_email(key)
             outcome, reason = seen or ("processed", "handled concurrently")
             return Disposition(outcome, f"already handled: {reason}")
+        except StoreUnavailable:
+            raise  # the listener keeps the email and tries again later
+        except Exception as exc:
+            # A bug must not block the mailbox behind one email for ever: file it in Failed
+            # (nothing was committed, so a fixed version can be handed it again).
+            log.exception("reply email via %s: internal error", origin.kind)
+            return Disposition("failed", f"internal error: {type(exc).__name__}")
         log.log(
             logging.WARNING if disposition.outcome == "failed" else logging.INFO,
             "reply email via %s: %s (%s)", origin.kind, disposition.outcome, disposition.reason,

@@ -10,21 +10,29 @@ sandbox's auth token, posts it, and prints what the gateway texted back.
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import mimetypes
 import secrets
 import shutil
+import smtplib
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Sequence
+from email.message import EmailMessage
+from email.utils import make_msgid, parseaddr
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import requests
 
 from gateway.config import Settings, load_settings
-from gateway.mail.sandbox import SandboxMailServer
+from gateway.mail.sandbox import SandboxMailServer, mailbox_messages
 from gateway.server import run_gateway, split_listen
 from gateway.services import Gateway
+from gateway.sms.sandbox import read_sent
 from gateway.store import open_store
 from gateway.web.signature import TwilioSignature
 
@@ -53,6 +61,7 @@ def sandbox_settings_text(
           from_address: "311 Text <sms@gateway.example>"
           reply_address: "reply+{{token}}@gateway.example"
           smtp: {{host: 127.0.0.1, port: {smtp_port}, security: none}}
+          ingress: {{listen: "127.0.0.1:{smtp_port + 1}"}}   # `sandbox reply` plays the agent
         fallback_mailbox: 311-unrouted@gateway.example
         """
     )
@@ -98,6 +107,8 @@ async def serve_sandbox(settings: Settings, printer: Callable[[str], None] = pri
                   .venv/bin/sms311 sandbox text 613-555-0123 "There is a pothole on Bank St"
                   .venv/bin/sms311 sandbox text 613-555-0123 "Ottawa"
                   .venv/bin/sms311 sandbox text 613-555-0123 "It is still there" --media photo.jpg
+                Play the city's agent (answers the latest email in that mailbox):
+                  .venv/bin/sms311 sandbox reply 311@ottawa.example "A crew is on the way."
                 Stop with Ctrl-C.
                 """
             )
@@ -187,3 +198,46 @@ def send_text(
         root = ElementTree.fromstring(response.content)  # noqa: S314 - our own server's TwiML
         replies = [m.text or "" for m in root.iter("Message")]
     return response.status_code, replies
+
+
+def reply_as_agent(
+    settings: Settings,
+    mailbox: str,
+    body: str,
+    *,
+    sender: str | None = None,
+    timeout: float = 10.0,
+) -> list[dict[str, Any]]:
+    """Answer the latest email in the sandbox `mailbox` as its city's agent would, through
+    the SMTP reply ingress; returns the texts the gateway then sent (from sms.jsonl)."""
+    if settings.email.ingress is None:
+        raise ValueError("this sandbox has no email.ingress: delete its sms311.yaml to renew it")
+    files = mailbox_messages(settings.state_dir / "mail", mailbox)
+    if not files:
+        raise ValueError(f"no email in the sandbox mailbox {mailbox} yet")
+    original = email.message_from_bytes(files[-1].read_bytes(), policy=email.policy.default)
+    sender = sender or "agent@" + mailbox.rpartition("@")[2]
+    reply = EmailMessage()
+    reply["From"] = sender
+    reply["To"] = str(original["Reply-To"])
+    reply["Subject"] = "Re: " + str(original["Subject"])
+    reply["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "sandbox.example")
+    reply["In-Reply-To"] = str(original["Message-ID"])
+    reply["References"] = str(original["Message-ID"])
+    plain = original.get_body(("plain",))
+    quoted = "\n".join(
+        "> " + line for line in (plain.get_content() if plain is not None else "").splitlines()
+    )
+    reply.set_content(f"{body}\n\nOn {original['Date']}, {original['From']} wrote:\n{quoted}\n")
+    before = len(read_sent(settings.state_dir))
+    host, port = split_listen(settings.email.ingress.listen)
+    recipient = parseaddr(str(original["Reply-To"]))[1]
+    with smtplib.SMTP(host, port, timeout=timeout) as client:
+        client.sendmail(sender, [recipient], bytes(reply))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sent = read_sent(settings.state_dir)[before:]
+        if sent:
+            return sent
+        time.sleep(0.1)
+    return []

@@ -121,6 +121,8 @@ class Dispatcher:
         try:
             await send(item)
         except SmsTemporaryError as exc:
+            if exc.retry_after:  # the provider asked every sender to slow down, not just this one
+                self._pacer.pause(exc.retry_after)
             await self._retry(item, str(exc), exc.retry_after)
         except (TemporarySmtpError, OSError, TimeoutError) as exc:
             await self._retry(item, str(exc))
@@ -200,8 +202,7 @@ class Dispatcher:
         if item.attempts > 0:
             # An earlier attempt may have reached the provider (a timeout after sending):
             # look before sending again, so a resident never gets a reply twice.
-            since = item.created_at - timedelta(minutes=1)
-            sid = await self._provider(provider.find_sent, to, body, since)
+            sid = await self._provider(provider.find_sent, to, body, item.created_at)
             if sid:
                 log.info("outbox %s: already sent as %s, not sending again", item.id, sid[:12])
         if sid is None:

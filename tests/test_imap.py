@@ -31,7 +31,12 @@ from gateway.store import open_store
 from tests.dovecot import Dovecot
 from tests.gateway_fixtures import free_port
 
-FAST = {"idle_timeout": 5.0, "command_timeout": 2.0, "min_backoff": 0.02, "max_backoff": 0.2}
+FAST: dict[str, Any] = {
+    "idle_timeout": 5.0,
+    "command_timeout": 2.0,
+    "min_backoff": 0.02,
+    "max_backoff": 0.2,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,6 +109,10 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         await asyncio.sleep(0.01)
+
+
+def has_calls(sink: RecordingSink, n: int) -> Callable[[], bool]:
+    return lambda: len(sink.calls) == n
 
 
 @contextlib.asynccontextmanager
@@ -254,7 +263,7 @@ def test_new_mail_is_pushed_by_idle_within_a_second(dovecot: Dovecot) -> None:
             for n in (1, 2):
                 started = time.monotonic()
                 await append(dovecot, message(n))
-                await until(lambda n=n: len(sink.calls) == n, 5, "the pushed message")
+                await until(has_calls(sink, n), 5, "the pushed message")
                 assert time.monotonic() - started < 1.5
             await until(lambda: store.checkpoints["INBOX"][1] == 2, 5, "the checkpoint")
         assert sink.ids == [1, 2]
@@ -383,7 +392,7 @@ def test_dropped_connection_reconnects_and_catches_up(
             for round_ in (1, 2):
                 await asyncio.to_thread(dovecot.drop_connections)
                 await append(dovecot, message(round_))
-                await until(lambda r=round_: len(sink.calls) == r, 5, "the message")
+                await until(has_calls(sink, round_), 5, "the message")
                 await asyncio.wait_for(listener.caught_up.wait(), 5)
         assert sink.ids == [1, 2]
         assert ids(await messages(dovecot, "Processed")) == [1, 2]

@@ -333,3 +333,32 @@ def test_failed_delivery_callback_is_reported_to_the_agent(
     [notice] = notices(gateway)
     assert notice.kind == "delivery_failed" and notice.details["error_code"] == 30003
     assert notice.to == (AGENT,)
+
+
+def test_a_send_that_may_have_happened_is_checked_not_repeated(
+    gateway: Gateway, api: FakeTwilio
+) -> None:
+    email = resident_in_ottawa(gateway)
+    handle(gateway, agent_reply(email, "We are on it."))
+    api.hang_next(1, "close")  # Twilio sends the SMS but the answer never arrives
+    hours = iter(range(0, 100))
+    dispatcher = Dispatcher(gateway, now=lambda: datetime.now(UTC) + timedelta(hours=next(hours)))
+    asyncio.run(dispatcher.dispatch_once("sms"))
+    [pending] = [i for i in gateway.store.list_outbox("pending") if i.kind == "sms"]
+    assert pending.attempts == 1
+    asyncio.run(dispatcher.dispatch_once("sms"))  # the retry looks first: it was sent
+    assert [m["Body"] for m in api.messages] == ["We are on it."]
+    assert len(api.attempts) == 1
+    assert [i for i in gateway.store.list_outbox("pending") if i.kind == "sms"] == []
+
+
+def test_pacing_is_kept_at_the_provider(tmp_path: Path, api: FakeTwilio) -> None:
+    gateway = make_gateway(tmp_path, api, rate=8)
+    for n in range(20):
+        phone = f"+1613555{n:04d}"
+        email = resident_in_ottawa(gateway, phone)
+        handle(gateway, agent_reply(email, f"Answer number {n}"))
+    dispatch(gateway)
+    assert len(api.messages) == 20
+    assert api.max_in_window() <= 8
+    gateway.close()

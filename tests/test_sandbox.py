@@ -74,6 +74,12 @@ def test_play_resident_in_the_sandbox(tmp_path: Path) -> None:
         [attachment] = list(messages[1].iter_attachments())  # type: ignore[attr-defined]
         assert attachment.get_content() == b"\xff\xd8\xff\xe0fake-jpeg"
         assert messages[1]["In-Reply-To"] == messages[0]["Message-ID"]
+
+        # Play the agent: the reply goes through the SMTP ingress and comes out as an SMS.
+        reply = sms311("--config", config, "sandbox", "reply", "311@ottawa.example",
+                       "A crew is on the way.", cwd=tmp_path)
+        assert reply.returncode == 0, reply.stderr
+        assert ">> to +16135550123: A crew is on the way." in reply.stdout
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=15)

@@ -3,6 +3,9 @@
     listener = ImapListener(settings.email.imap, sink, store)
     await listener.run(stop)          # until `stop` is set; never raises on network trouble
     await listener.check()            # for /healthz: connect, log in, NOOP, log out, or raise
+    listener.caught_up                # asyncio.Event: set while connected and caught up
+
+`store` needs only `imap_checkpoint` and `save_imap_checkpoint` (`CheckpointStore`).
 
 What `run` does, over and over until `stop` is set:
 
@@ -53,13 +56,12 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aioimaplib
 
 from gateway.config import ImapSettings
 from gateway.mail.types import Disposition, MailOrigin, ReplySink
-from gateway.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,14 @@ _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
 _FETCH_LINE = re.compile(rb"^\d+ FETCH \(", re.IGNORECASE)
 _UID_ITEM = re.compile(rb"\bUID (\d+)", re.IGNORECASE)
 _MESSAGE_DATA = re.compile(rb"^[0-9]+ ((FETCH)|(EXPUNGE))")
+
+
+class CheckpointStore(Protocol):
+    """The part of `gateway.store.Store` the listener uses (any `Store` will do)."""
+
+    def imap_checkpoint(self, mailbox: str) -> tuple[int, int] | None: ...
+
+    def save_imap_checkpoint(self, mailbox: str, uidvalidity: int, last_uid: int) -> None: ...
 
 
 class ImapError(Exception):
@@ -282,7 +292,7 @@ class ImapListener:
         self,
         settings: ImapSettings,
         sink: ReplySink,
-        store: Store,
+        store: CheckpointStore,
         *,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         command_timeout: float = 30.0,
