@@ -48,6 +48,7 @@ MAX_RAW_BYTES = 4_000_000  # of the raw message (beyond that: attachments, in pr
 MAX_HEADER_BYTES = 512_000  # of the header section
 MAX_TEXT_BYTES = 1_000_000  # of the chosen text part (decoded transfer encoding)
 MAX_HTML_DEPTH = 500  # open HTML elements tracked
+MAX_HEADER_VALUE = 16_000  # characters of one header value parsed
 MAX_PARTS = 200  # MIME parts looked at
 MAX_DEPTH = 12  # MIME nesting followed
 MAX_IDS = 100  # References kept (the first one and the last ones)
@@ -91,7 +92,8 @@ def parse_reply(
     `reply_address` is the settings template, e.g. "reply+{token}@gateway.example"; a template
     without "{token}" is a configuration error (ValueError). `own_addresses` are the gateway's
     own From addresses: mail from one of them is automatic ("loop").
-    Raises MalformedEmail only when `raw` has no header at all.
+    Raises MalformedEmail when `raw` has no header at all (and, defensively, if reading it
+    failed in a way nobody foresaw: such mail must go to Failed, not be retried forever).
     """
     token_re = _token_pattern(reply_address)
     if not isinstance(raw, bytes | bytearray | memoryview):
@@ -102,6 +104,10 @@ def parse_reply(
     head = data[: MAX_HEADER_BYTES + 4]
     if b"\n\n" not in head and b"\n\r\n" not in head:
         data = data[:MAX_HEADER_BYTES]  # a header section this long is not a reply's
+    for count, match in enumerate(_MULTIPART_RE.finditer(data)):
+        if count >= MAX_PARTS:  # the stdlib parser is quadratic in the nesting depth
+            data = data[: match.start()]
+            break
     try:
         msg = BytesParser(policy=policy.default).parsebytes(data)
     except Exception as exc:  # the parser is lenient; anything else is not an email
@@ -109,25 +115,28 @@ def parse_reply(
     if not isinstance(msg, EmailMessage) or not msg.keys():
         raise MalformedEmail("no headers")
 
-    sender = _first_address(_header_values(msg, "From"))
-    return_path = _return_path(_header_values(msg, "Return-Path"))
+    try:
+        return _read(msg, token_re, own_addresses)
+    except Exception as exc:  # a bug or a case nobody foresaw: never text it, never retry it
+        raise MalformedEmail(f"unreadable: {type(exc).__name__}: {exc}"[:200]) from exc
+
+
+def _read(msg: EmailMessage, token_re: re.Pattern[str], own: Sequence[str]) -> ParsedReply:
     body, is_html, flowed, delsp = _body(msg)
     if is_html:
         text, close = _visible(html_to_text(body), quotes_certain=True)
     else:
-        if flowed:
-            body = _unflow(body, delsp)
-        text, close = _visible(body, quotes_certain=False)
+        text, close = _visible(_unflow(body, delsp) if flowed else body, quotes_certain=False)
     message_ids = _message_ids(_header_values(msg, "Message-ID"))
     return ParsedReply(
         message_id=message_ids[0] if message_ids else None,
-        sender=sender,
-        return_path=return_path,
+        sender=_first_address(_header_values(msg, "From")),
+        return_path=_return_path(_header_values(msg, "Return-Path")),
         subject=_one_line(" ".join(_header_values(msg, "Subject"))),
         tokens=_tokens(msg, token_re),
         in_reply_to=_message_ids(_header_values(msg, "In-Reply-To")),
         references=_trim_ids(_message_ids(_header_values(msg, "References"))),
-        automatic=automatic_reason(msg, own_addresses=own_addresses),
+        automatic=automatic_reason(msg, own_addresses=own),
         text=text,
         close_requested=close,
     )
@@ -156,23 +165,29 @@ def _one_line(value: str) -> str:
 
 
 def _header_values(msg: Message, name: str) -> list[str]:
-    """Every value of header `name`, decoded (RFC 2047), as clean strings; never raises."""
+    """Every value of header `name`, decoded (RFC 2047), as clean strings (at most
+    MAX_HEADER_VALUE characters of each); never raises."""
+    wanted = name.lower()
+    out: list[str] = []
+    for key, raw in msg.raw_items():
+        if key.lower() != wanted:
+            continue
+        value = _clean(str(raw)[:MAX_HEADER_VALUE])  # raw 8-bit bytes: UTF-8, else cp1252
+        out.append(_clean(_parse_header(key, value)))
+    return out
+
+
+def _parse_header(name: str, value: str) -> str:
     try:
-        values = msg.get_all(name) or []
-        return [_clean(str(v)) for v in values]
-    except Exception:  # a header the policy cannot parse: decode the raw value ourselves
-        wanted = name.lower()
-        out = []
-        for key, raw in msg.raw_items():
-            if key.lower() != wanted:
-                continue
-            try:
-                out.append(_clean(str(make_header(decode_header(str(raw))))))
-            except Exception:
-                out.append(_clean(str(raw)))
-        return out
+        return str(policy.default.header_fetch_parse(name, value))
+    except Exception:  # a header the policy cannot parse: decode it ourselves
+        try:
+            return str(make_header(decode_header(value)))
+        except Exception:
+            return value
 
 
+_MULTIPART_RE = re.compile(rb"multipart/", re.IGNORECASE)
 _ADDR_RE = re.compile(r"[^\s<>()\[\]\",;:@]+@[A-Za-z0-9.\[\]:_-]+")
 
 
@@ -205,7 +220,7 @@ def _first_address(values: Sequence[str]) -> str:
 def _return_path(values: Sequence[str]) -> str | None:
     if not values:
         return None
-    value = values[-1].strip()
+    value = values[0].strip()  # the one the final delivery added
     if value.replace(" ", "") in ("<>", ""):
         return ""
     addrs = _addresses([value])
@@ -240,10 +255,11 @@ def _trim_ids(ids: tuple[str, ...]) -> tuple[str, ...]:
 def _token_pattern(template: str) -> re.Pattern[str]:
     if template.count("{token}") != 1:
         raise ValueError(f"reply address template needs exactly one {{token}}: {template!r}")
-    before, after = template.strip().split("{token}")
-    return re.compile(
-        re.escape(before) + r"([a-z2-7]{26,})" + re.escape(after), re.IGNORECASE
-    )
+    address = template.strip()
+    if "<" in address and ">" in address:  # "Name <reply+{token}@host>"
+        address = address[address.rindex("<") + 1 : address.rindex(">")]
+    before, after = address.split("{token}")
+    return re.compile(re.escape(before) + r"([a-z2-7]{26,})" + re.escape(after), re.IGNORECASE)
 
 
 def _tokens(msg: Message, token_re: re.Pattern[str]) -> tuple[str, ...]:
@@ -269,6 +285,16 @@ _REPORT_KINDS = {
     "global-disposition-notification": "read-receipt",
     "feedback-report": "feedback-report",
 }
+_AUTOREPLY_HEADERS = (
+    "X-Autoreply",
+    "X-Autorespond",
+    "X-Autoresponder",
+    "X-Auto-Reply",
+    "X-Autogenerated",
+    "X-Mail-Autoreply",
+    "X-Autoreply-From",
+    "X-Is-Autoreply",
+)
 _PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply", "auto-reply"})
 _DAEMONS = frozenset(
     {"mailer-daemon", "postmaster", "post_master", "post-master", "mail-daemon", "mailerdaemon",
@@ -335,7 +361,7 @@ def automatic_reason(msg: Message, *, own_addresses: Sequence[str] = ()) -> str 
     X-Auto-Response-Suppress is deliberately not used: Outlook and Exchange put it on ordinary
     mail too (it asks others not to auto-reply; it does not say this mail is one).
     """
-    keys = {k.lower() for k in msg.keys()}
+    keys = {k.lower() for k in msg}
     own = {a.lower() for a in _addresses(own_addresses)}
     sender = _first_address(_header_values(msg, "From"))
     if any(k.startswith(OWN_HEADER_PREFIX) for k in keys):
@@ -355,7 +381,7 @@ def automatic_reason(msg: Message, *, own_addresses: Sequence[str] = ()) -> str 
     auto_submitted = " ".join(_header_values(msg, "Auto-Submitted")).strip().lower()
     if auto_submitted and not auto_submitted.startswith("no"):
         return f"auto-reply: Auto-Submitted {auto_submitted.split(';')[0].strip()}"[:80]
-    for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-Auto-Reply"):
+    for name in _AUTOREPLY_HEADERS:
         if name.lower() in keys:
             value = " ".join(_header_values(msg, name)).strip().lower()
             if value not in ("no", "false", "0"):
@@ -461,14 +487,19 @@ def _decode_bytes(data: bytes, declared: str | None, *, truncated: bool = False)
     else:
         candidates = ["utf-8", "cp1252"]
     for name in candidates:
-        try:
-            if truncated:
-                decoder = codecs.getincrementaldecoder(name)("strict")
-                return str(decoder.decode(data, final=False))
-            return data.decode(name)
-        except Exception:  # unknown or non-text codec, or bytes it cannot decode
-            continue
+        text = _try_decode(data, name, truncated=truncated)
+        if text is not None:
+            return text
     return data.decode("latin-1")
+
+
+def _try_decode(data: bytes, charset: str, *, truncated: bool) -> str | None:
+    try:
+        if truncated:  # a cut multi-byte sequence at the end is dropped, not an error
+            return str(codecs.getincrementaldecoder(charset)("strict").decode(data, final=False))
+        return data.decode(charset)
+    except Exception:  # unknown or non-text codec, or bytes it cannot decode
+        return None
 
 
 def _payload_bytes(part: Message) -> bytes:
@@ -497,23 +528,19 @@ def _is_attachment(part: Message) -> bool:
 def _body(msg: Message) -> tuple[str, bool, bool, bool]:
     """(text, is_html, format=flowed, delsp) of the part to read: the first inline text/plain
     part with some text, else the first inline text/html part, else ""."""
-    plain: Message | None = None
     html: Message | None = None
     for part in _parts(msg, into_attached=False):
         ctype = _content_type(part)
         if ctype not in ("text/plain", "text/html") or _is_attachment(part):
             continue
-        if ctype == "text/plain" and plain is None:
-            plain = part
-            if _part_text(part).strip():
-                break
-            plain = None
-        elif ctype == "text/html" and html is None:
+        if ctype == "text/plain":
+            text = _part_text(part)
+            if text.strip():
+                flowed = (_param(part, "format") or "").lower() == "flowed"
+                delsp = (_param(part, "delsp") or "").lower() == "yes"
+                return text, False, flowed, delsp
+        elif html is None:
             html = part
-    if plain is not None:
-        flowed = (_param(plain, "format") or "").lower() == "flowed"
-        delsp = (_param(plain, "delsp") or "").lower() == "yes"
-        return _part_text(plain), False, flowed, delsp
     if html is not None:
         return _part_text(html), True, False, False
     return "", False, False, False
@@ -595,10 +622,7 @@ class _Open:
     quote: bool = False
     skip: bool = False
     pre: bool = False
-    paragraph: bool = False  # a <p> that is followed by a blank line
-    outlook_paragraph: bool = False  # Outlook's one-line <p class=MsoNormal>
-    lines_at_start: int = 0
-    saw_nbsp: bool = False
+    paragraph: bool = False  # a <p> that is followed by a blank line (not Outlook's MsoNormal)
 
 
 class _HtmlText(HTMLParser):
@@ -635,17 +659,13 @@ class _HtmlText(HTMLParser):
                 self._anchor_text.append(text)
 
     def _flush(self, *, blank: bool = False) -> None:
+        """End the current line (if any); then add a blank line if `blank`."""
         if self._line:
-            text = "".join(self._line).replace("\xa0", " ").rstrip()
-            depth = self._line_depth
+            text = "".join(self._line).replace("\xa0", " ")
             self._line = []
-            if text or depth:
-                self.lines.append(("> " * depth) + text if depth else text)
-            elif not text:
-                self.lines.append("")
+            self.lines.append(("> " * self._line_depth + text).rstrip())
         if blank:
-            depth = self._depth()
-            self.lines.append(">" * depth if depth else "")
+            self.lines.append(("> " * self._depth()).rstrip())
 
     # -- parser callbacks --------------------------------------------------------------
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -694,12 +714,9 @@ class _HtmlText(HTMLParser):
             skip=skip,
             pre=tag == "pre",
             paragraph=tag == "p" and "msonormal" not in cls,
-            outlook_paragraph=tag == "p" and "msonormal" in cls,
-            lines_at_start=len(self.lines),
         )
         if tag in _BLOCKS or quote or signature:
             self._flush()
-            element.lines_at_start = len(self.lines)
         self._stack.append(element)
         self._quote += quote
         self._skip += skip
@@ -732,15 +749,8 @@ class _HtmlText(HTMLParser):
                 self._flush()
             if element.tag == "a":
                 self._end_anchor()
-            if not self._skip:
-                if element.paragraph:
-                    self._flush(blank=True)
-                elif (
-                    element.outlook_paragraph
-                    and element.saw_nbsp
-                    and len(self.lines) == element.lines_at_start
-                ):
-                    self._flush(blank=True)  # Outlook's empty paragraph: a blank line
+            if element.paragraph and not self._skip:
+                self._flush(blank=True)
             self._quote -= element.quote
             self._skip -= element.skip
             self._pre -= element.pre
@@ -757,7 +767,8 @@ class _HtmlText(HTMLParser):
         if self._skip or not href.lower().startswith(("http://", "https://")):
             return
         href = _unwrap_safelink(href)
-        if text.strip() and href.rstrip("/") not in text:
+        bare = re.sub(r"^https?://(?:www\.)?", "", href, flags=re.IGNORECASE).rstrip("/")
+        if text.strip() and bare.lower() not in text.lower():
             self._write(f" ({href})")
 
     def handle_data(self, data: str) -> None:
@@ -770,8 +781,6 @@ class _HtmlText(HTMLParser):
                 if piece:
                     self._write(piece)
             return
-        if "\xa0" in data and not data.replace("\xa0", " ").strip() and self._stack:
-            self._stack[-1].saw_nbsp = True
         text = re.sub(r"[ \t\r\n\f\v]+", " ", data)
         if text:
             self._write(text)
@@ -859,7 +868,10 @@ _FORWARD_RE = re.compile(
     re.IGNORECASE,
 )
 _FROM_NAMES = r"from|de|von|fra|från|van|da|od|от"
-_DATE_NAMES = r"sent|date|envoy[ée]|gesendet|datum|sendt|skickat|verzonden|enviado|inviato|дата|отправлено"
+_DATE_NAMES = (
+    r"sent|date|envoy[ée]|gesendet|datum|sendt|skickat|verzonden|enviado|inviato|дата|"
+    r"отправлено"
+)
 _OTHER_NAMES = (
     r"to|cc|bcc|subject|reply-to|à|a|objet|an|betreff|kopie|til|emne|till|ämne|aan|"
     r"onderwerp|para|asunto|oggetto|assunto|кому|тема|копия|importance|priority|priorité"
@@ -869,24 +881,42 @@ _HEADER_RE = re.compile(
     r"(?!//)",
     re.IGNORECASE,
 )
+_FROM_RE = re.compile(_FROM_NAMES, re.IGNORECASE)
+_DATE_RE = re.compile(_DATE_NAMES, re.IGNORECASE)
+_SUBJECT_RE = re.compile(
+    r"subject|objet|betreff|emne|ämne|onderwerp|asunto|oggetto|assunto|тема", re.IGNORECASE
+)
+_DATED_TIME_RE = re.compile(
+    r"(?:19|20)\d\d\b.{0,40}\b\d{1,2}:\d{2}|\d{1,2}:\d{2}.{0,40}\b(?:19|20)\d\d\b"
+)
 _HEADER_START_RE = re.compile(
     rf"^\s*[*_]{{0,2}}\s*(?:{_FROM_NAMES}|{_DATE_NAMES})\s*[*_]{{0,2}}\s*:(?!//)", re.IGNORECASE
 )
+_DEVICES = (
+    r"(?:outlook|gmail|yahoo|aol|mail|samsung|galaxy|blackberry|iphone|ipad|android|proton|"
+    r"mobile|phone|smartphone|tablet|verizon|bell|rogers|telus|huawei|pixel|motorola|nokia|"
+    r"xiaomi|windows|bluemail|spark|edison|airmail|superhuman|newton|zoho|hotmail)\b"
+)
+# Device and app signatures ("Sent from my iPhone", "Envoyé de mon iPhone", "Get Outlook for
+# iOS", …): the whole line, short, no sentence after it.
 _MOBILE_SIGNATURE_RE = re.compile(
     r"^\s*(?:"
-    r"sent (?:from|with|via|using) (?:my |the |a )?[\w.'’&-]+(?: [\w.'’&()-]+){0,5}|"
-    r"sent from (?:outlook|mail|yahoo mail|aol|samsung|gmail)(?: [\w.'’()-]+){0,5}|"
+    r"sent from my [\w.'’&-]+(?: [\w.'’&()-]+){0,5}|"
+    rf"sent (?:from|with|via|using|on) (?:the |a |an )?{_DEVICES}(?: [\w.'’&()-]+){{0,5}}|"
     r"get outlook for (?:ios|android|mac|windows)\S*|"
-    r"(?:envoy[ée]|exp[ée]di[ée]) (?:de|depuis|à partir de|a partir de|avec|par) "
-    r"(?:mon |ma |mes |l'|un |une )?[\w.'’&-]+(?: [\w.'’&()-]+){0,5}|"
+    r"(?:envoy[ée]|exp[ée]di[ée]) (?:de|depuis|à partir de|a partir de) (?:mon|ma) "
+    r"[\w.'’&-]+(?: [\w.'’&()-]+){0,5}|"
+    rf"(?:envoy[ée]|exp[ée]di[ée]) (?:avec|par|via|depuis|de) (?:l'application |l'appli |un |une )?"
+    rf"{_DEVICES}(?: [\w.'’&()-]+){{0,5}}|"
     r"t[ée]l[ée]charger outlook pour (?:ios|android|mac|windows)\S*|"
     r"obtenir outlook pour (?:ios|android|mac|windows)\S*|"
-    r"von meinem (?:iphone|ipad|smartphone|samsung|android)[\w .-]{0,40}gesendet"
+    r"von meinem [\w .-]{1,40} gesendet"
     r")\s*\.?\s*$",
     re.IGNORECASE,
 )
 _DASH_NAME_RE = re.compile(r"^\s*-{1,2}\s?[A-ZÀ-Ý][\w.'’-]*(?: [A-ZÀ-Ý][\w.'’-]*){0,2}\s*$")
-_LINK_ARTIFACT_RE = re.compile(r"://|mailto:|>\s*$|^\S*[=/&?%)]\S*$")
+# A piece of a quoted link that a client wrapped onto an unquoted line.
+_LINK_ARTIFACT_RE = re.compile(r"://|mailto:|^\S*(?:https?|\()\S*.*>\s*$|^(?=\S{8,}$)\S*[=&%]\S*$")
 
 
 def _is_quote(line: str) -> bool:
@@ -905,34 +935,43 @@ def _next_nonblank(lines: Sequence[str], start: int, limit: int = 50) -> int:
     return j if j < end else len(lines)
 
 
+def _header_group(name: str) -> str:
+    name = name.lower()
+    for group, pattern in (("from", _FROM_RE), ("date", _DATE_RE), ("subject", _SUBJECT_RE)):
+        if pattern.fullmatch(name):
+            return group
+    return name
+
+
 def _header_block_at(lines: Sequence[str], i: int) -> bool:
     """An Outlook-style header block ("From:/Sent:/To:/Subject:", "De :/Envoyé :/À :/Objet :",
-    bold or asterisk variants) starts at line i: a From or Date line followed within the next
-    lines by at least one other header line."""
+    bold or asterisk variants) starts at line i: a From or Date line, then within the next
+    lines more header lines: two of From/Date/Subject, or three names, or two names with an
+    address or a dated time among them ("De : 8 h 30 / À : 16 h 30" is text, not a header)."""
     line = lines[i]
     if len(line) > _LONG_LINE or not _HEADER_START_RE.match(line):
         return False
-    first = _HEADER_RE.match(line)
-    names = {first.group("name").lower()} if first else set()
+    groups: set[str] = set()
+    evidence = False
     seen = 0
-    j = i + 1
-    while j < len(lines) and seen < 8:
+    j = i
+    while j < len(lines) and seen < 9:
         candidate = lines[j]
         j += 1
-        if _is_blank(candidate):
-            if names and len(names) >= 2:
-                break
-            seen += 1
-            continue
         seen += 1
         if len(candidate) > _LONG_LINE:
             break
+        if _is_blank(candidate):
+            continue
+        evidence = evidence or "@" in candidate or bool(_DATED_TIME_RE.search(candidate))
         match = _HEADER_RE.match(candidate)
-        if match:
-            names.add(match.group("name").lower())
-            if len(names) >= 2:
-                return True
-    return len(names) >= 2
+        if not match:
+            continue
+        groups.add(_header_group(match.group("name")))
+        core = len(groups & {"from", "date", "subject"})
+        if core >= 2 or len(groups) >= 3 or (len(groups) >= 2 and evidence):
+            return True
+    return False
 
 
 def _attribution_at(lines: Sequence[str], i: int) -> tuple[int, str] | None:
@@ -968,8 +1007,10 @@ def _match_attribution(
     few lines joined when `first_line_only` is False) is an attribution, else None."""
     if _WROTE_RE.search(joined):
         match = _ATTRIBUTION_RE.match(joined)
-        if match and re.search(r"\d|@", match.group("body")) and _WROTE_RE.search(
-            match.group("body")
+        if (
+            match
+            and re.search(r"\d|@", match.group("body"))
+            and _WROTE_RE.search(match.group("body"))
         ):
             prefix = match.group("prefix").strip()
             if first_line_only or not prefix:
@@ -1015,10 +1056,20 @@ def _skip_quote_block(lines: Sequence[str], j: int) -> int:
     return j
 
 
+def _quoted_attribution(line: str) -> bool:
+    """`line` is a quoted "> On … wrote:" (iPhone and Apple Mail quote the attribution too)."""
+    content = line.lstrip(" \t>").strip()
+    if not content or len(content) > 400 or not _ENDS_LIKE_ATTRIBUTION.search(content[-60:]):
+        return False
+    return _match_attribution(content, (), 0, first_line_only=True) is not None
+
+
 def _cut_history(lines: list[str], *, quotes_certain: bool) -> list[str]:
     """The lines above (and between) the quoted history."""
-    quote_lines = sum(1 for line in lines if _is_quote(line))
-    quotes_active = quotes_certain or quote_lines >= 3
+    quoted = [line for line in lines if _is_quote(line)]
+    quotes_active = (
+        quotes_certain or len(quoted) >= 3 or any(_quoted_attribution(q) for q in quoted[:50])
+    )
     out: list[str] = []
     i = 0
     n = len(lines)
@@ -1062,7 +1113,7 @@ def _cut_history(lines: list[str], *, quotes_certain: bool) -> list[str]:
 def _cut_signature(lines: list[str]) -> list[str]:
     for idx, line in enumerate(lines):
         stripped = line.strip()
-        if stripped in ("--", "-- ", "—", "---") and line.rstrip() in ("--", "—", "---"):
+        if line.rstrip() in ("--", "—"):  # "-- " (RFC 3676), or without its space
             return lines[:idx]
         if len(stripped) <= 80 and _MOBILE_SIGNATURE_RE.match(stripped):
             return lines[:idx]
@@ -1086,9 +1137,7 @@ def _tidy(text: str) -> str:
         out.append(line)
     while out and (not out[-1].strip() or re.fullmatch(r"\s*[-_=*~.]{3,}\s*", out[-1])):
         out.pop()
-    while out and not out[0].strip():
-        out.pop(0)
-    return "\n".join(out)
+    return "\n".join(out).strip()
 
 
 def _normalise(text: str) -> str:
