@@ -100,6 +100,47 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_privacy(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.store import open_store
+    from gateway.store.privacy import delete_resident, export_resident, purge_texts
+    from gateway.web.webhooks import BadRequest, normalise_number
+
+    settings = _settings(args)
+    store = open_store(settings.database)
+    try:
+        if args.privacy_command == "purge":
+            days = args.days if args.days is not None else settings.privacy.retention_days
+            if days <= 0:
+                print("retention is off (privacy.retention_days: 0): nothing purged")
+                return 0
+            result = purge_texts(store, datetime.now(UTC) - timedelta(days=days))
+            print(
+                f"texts older than {days} days: {result.texts_blanked} blanked, "
+                f"{result.outbox_deleted} sent outbox rows, {result.webhook_log_deleted} webhook "
+                f"log rows and {result.processed_emails_deleted} processed-email rows deleted"
+            )
+            return 0
+        try:
+            phone = normalise_number(args.number, settings.sms.default_region)
+        except BadRequest as exc:
+            print(f"sms311: {args.number!r}: {exc}", file=sys.stderr)
+            return 2
+        if args.privacy_command == "export":
+            print(json.dumps(export_resident(store, phone), indent=2, ensure_ascii=False))
+            return 0
+        if not args.yes:
+            print(f"this erases everything stored about {phone}; add --yes to do it",
+                  file=sys.stderr)
+            return 2
+        counts = delete_resident(store, phone)
+        print(f"erased {phone}: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+        return 0
+    finally:
+        store.close()
+
+
 def cmd_directory_build(args: argparse.Namespace) -> int:
     from gateway.directory_build import build_directory_command
 
@@ -179,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     retry = outbox_commands.add_parser("retry", help="queue a parked row again")
     retry.add_argument("id", type=int)
     outbox.set_defaults(func=cmd_outbox)
+
+    privacy = commands.add_parser("privacy", help="retention, access and erasure requests")
+    privacy_commands = privacy.add_subparsers(dest="privacy_command", required=True)
+    purge = privacy_commands.add_parser(
+        "purge", help="blank texts older than privacy.retention_days (the worker does it daily)"
+    )
+    purge.add_argument("--days", type=int, help="override privacy.retention_days")
+    export = privacy_commands.add_parser("export", help="everything stored about one number (JSON)")
+    export.add_argument("number")
+    erase = privacy_commands.add_parser("delete", help="erase everything stored about one number")
+    erase.add_argument("number")
+    erase.add_argument("--yes", action="store_true", help="really erase")
+    privacy.set_defaults(func=cmd_privacy)
 
     directory = commands.add_parser("directory", help="municipality directory tools")
     directory_commands = directory.add_subparsers(dest="directory_command", required=True)

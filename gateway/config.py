@@ -167,6 +167,16 @@ class ConversationSettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    """How long message texts are kept."""
+
+    # Texts older than this are blanked (counts kept); 0 keeps them for ever.
+    retention_days: int = 365
+    # DEBUG logs may then show full numbers and texts (never at INFO): for debugging only.
+    log_full_detail: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     config_path: Path  # the settings file; relative paths are resolved against its folder
     database: str
@@ -180,6 +190,7 @@ class Settings:
     state_dir: Path = Path("var")  # sandbox SMS/mail files; absolute once loaded
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     conversations: ConversationSettings = field(default_factory=ConversationSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,6 +460,12 @@ def _check_positive(value: float) -> float:
     return value
 
 
+def _check_not_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _check_at_least_one(value: int) -> int:
     if value < 1:
         raise ValueError("must be at least 1")
@@ -514,7 +531,7 @@ def _env_name(path: str) -> str:
 # --------------------------------------------------------------------------------------------
 # The settings schema
 
-_Kind = Literal["str", "int", "number"]
+_Kind = Literal["str", "int", "number", "bool"]
 
 
 @dataclass(frozen=True)
@@ -593,6 +610,12 @@ SCHEMA = _Section(
         "conversations": _Section(
             {"idle_close_hours": _Leaf("number", check=_check_positive)}
         ),
+        "privacy": _Section(
+            {
+                "retention_days": _Leaf("int", check=_check_not_negative),
+                "log_full_detail": _Leaf("bool"),
+            }
+        ),
     }
 )
 
@@ -606,6 +629,7 @@ _TYPE_NAMES: Mapping[_Kind, str] = {
     "str": "must be a string",
     "int": "must be a whole number",
     "number": "must be a number",
+    "bool": "must be true or false",
 }
 
 
@@ -629,6 +653,10 @@ def _leaf_value(leaf: _Leaf, node: _Node) -> Any:
     value = node.value
     if leaf.kind == "str":
         return node.text  # as written: `ON`, `31100`, `0123` stay strings
+    if leaf.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ValueError(_TYPE_NAMES[leaf.kind])
     if isinstance(value, bool):
         raise ValueError(_TYPE_NAMES[leaf.kind])
     if leaf.kind == "int" and isinstance(value, int):
@@ -892,6 +920,7 @@ def _build(values: Mapping[str, Any], sections: set[str], folder: Path, path: Pa
         state_dir=_resolve(folder, values.get("state_dir", _FILE_DEFAULTS["state_dir"])),
         outbox=OutboxSettings(**_section_kwargs(values, "outbox")),
         conversations=ConversationSettings(**_section_kwargs(values, "conversations")),
+        privacy=PrivacySettings(**_section_kwargs(values, "privacy")),
     )
 
 

@@ -1,0 +1,99 @@
+"""Retention (texts blanked, counts kept), and a resident's access and erasure requests,
+on both store backends; and the `sms311 privacy` commands."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from gateway.cli import main
+from gateway.store import Resident, SqlStore, open_store
+from gateway.store.privacy import delete_resident, export_resident, purge_texts
+from gateway.store.schema import messages
+from tests import test_store as backends
+from tests.gateway_fixtures import write_settings
+
+# The store's fixtures: every test here runs on SQLite and on PostgreSQL.
+pg_database, pg_url, db_url = backends.pg_database, backends.pg_url, backends.db_url
+empty_store, store = backends.empty_store, backends.store
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+OLD = NOW - timedelta(days=400)
+PHONE, OTHER = "+16135550123", "+15145550199"
+
+
+def populate(store: SqlStore, phone: str, at: datetime) -> int:
+    with store.transaction() as tx:
+        tx.save_resident(Resident(phone=phone, municipality_id="ottawa", language="en",
+                                  opted_out=False, dialogue={}))
+        conversation = tx.create_conversation(phone, "ottawa", "a" * 32 + phone[-4:], "subject")
+        message_id = tx.add_message(phone, conversation.id, "in", f"pothole near {phone}",
+                                    [{"url": "https://x/m", "content_type": "image/jpeg"}],
+                                    None, at)
+        tx.record_thread_email(conversation.id, f"<{phone}@gw.example>")
+        tx.enqueue("email", {"type": "resident", "resident_e164": phone, "texts": ["..."]})
+        tx.hold_message(phone, "held text", [], None, at)
+    return message_id
+
+
+def bodies(store: SqlStore) -> list[tuple[str, str]]:
+    with store.engine.connect() as conn:
+        return [(r.phone, r.body) for r in conn.execute(
+            sa.select(messages.c.phone, messages.c.body).order_by(messages.c.id))]
+
+
+def test_purge_blanks_old_texts_and_keeps_the_rows(store: SqlStore) -> None:
+    populate(store, PHONE, OLD)
+    populate(store, OTHER, NOW)
+    for item in store.claim_due(["email"], 10, NOW + timedelta(days=1), timedelta(minutes=1), "t"):
+        store.mark_sent(item.id)
+    result = purge_texts(store, NOW - timedelta(days=365), now=NOW)
+    assert result.texts_blanked == 1
+    assert bodies(store) == [(PHONE, ""), (PHONE, "held text"),
+                             (OTHER, f"pothole near {OTHER}"), (OTHER, "held text")]
+    export = export_resident(store, PHONE)
+    assert export["messages"][0]["media"] == []
+    assert purge_texts(store, NOW - timedelta(days=365), now=NOW).texts_blanked == 0
+
+
+def test_export_has_everything_about_one_number_and_nothing_else(store: SqlStore) -> None:
+    populate(store, PHONE, NOW)
+    populate(store, OTHER, NOW)
+    export = export_resident(store, PHONE)
+    text = json.dumps(export)
+    assert OTHER not in text
+    assert export["resident"][0]["phone"] == PHONE
+    assert len(export["conversations"]) == 1 and len(export["messages"]) == 2
+    assert len(export["outbox"]) == 1 and len(export["email_messages"]) == 1
+
+
+def test_delete_erases_one_number_only(store: SqlStore) -> None:
+    populate(store, PHONE, NOW)
+    populate(store, OTHER, NOW)
+    counts = delete_resident(store, PHONE)
+    assert counts == {"outbox": 1, "email_messages": 1, "messages": 2, "conversations": 1,
+                      "resident": 1}
+    after = export_resident(store, PHONE)
+    assert not any(after[k] for k in ("resident", "conversations", "messages", "outbox"))
+    assert len(export_resident(store, OTHER)["messages"]) == 2
+
+
+def test_privacy_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(write_settings(tmp_path))
+    assert main(["--config", config, "db", "upgrade"]) == 0
+    sqlite = open_store(f"sqlite:///{tmp_path / 'gateway.db'}")
+    populate(sqlite, PHONE, OLD)
+    sqlite.close()
+    capsys.readouterr()
+    assert main(["--config", config, "privacy", "export", "613-555-0123"]) == 0
+    assert json.loads(capsys.readouterr().out)["resident"][0]["phone"] == PHONE
+    assert main(["--config", config, "privacy", "purge"]) == 0
+    assert "1 blanked" in capsys.readouterr().out
+    assert main(["--config", config, "privacy", "delete", "613-555-0123"]) == 2  # needs --yes
+    assert main(["--config", config, "privacy", "delete", "613-555-0123", "--yes"]) == 0
+    assert "erased +16135550123" in capsys.readouterr().out
+    assert main(["--config", config, "privacy", "export", "not a number"]) == 2
