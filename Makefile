@@ -26,8 +26,11 @@ test: $(STAMP) system-deps
 system-deps:
 	bash .ci/install-system-deps
 
-bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+## make bench: every performance figure next to its baseline and target (a few minutes).
+## BENCH_ARGS=--quick for shorter runs, --profile to py-spy the webhook.
+bench: $(STAMP) system-deps
+	VENV_BIN=$(BIN) bash .ci/install-bench-deps
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -99,7 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--map", type=Path, default=default_map, help="hand-curated map to merge")
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args(argv)
+    worst, _baseline = run(args.census, args.map, args.rounds)
+    return 0 if worst * 1000 < TARGET_P99_MS else 1
 
+
+def run(census: Path, map_path: Path, rounds: int = 20) -> tuple[float, float]:
+    """Print the table; returns (the worst p99 of any kind, the baseline's p99 on all)."""
+    args = argparse.Namespace(census=census, map=map_path, rounds=rounds)
     started = time.perf_counter()
     base = load_municipality_map(args.map) if args.map.exists() else []
     report = merge_with_census(base, read_census(args.census))
@@ -123,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{'kind':<10} {'n':>5} {'p50 µs':>8} {'p99 µs':>8} {'base p50':>9} {'base p99':>9}"
         f" {'x p50':>6} {'x p99':>6}"
     )
-    worst = 0.0
+    worst = base_all = 0.0
     for kind, texts in [*mix.items(), ("all", everything)]:
         measured = timings(directory.match, texts, args.rounds)
         base_times = timings(baseline, texts, args.rounds)
@@ -135,13 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" {b99 * 1e6:>9.1f} {p50 / b50:>6.1f} {p99 / b99:>6.1f}"
         )
         if kind == "all":
+            base_all = b99
             mean = statistics.fmean(measured)
             print(f"all inputs: mean {mean * 1e6:.1f} µs, {1 / mean:,.0f} lookups/s")
     verdict = "OK" if worst * 1000 < TARGET_P99_MS else "TOO SLOW"
     print(
         f"target: p99 < {TARGET_P99_MS:g} ms per lookup; worst p99 {worst * 1000:.3f} ms: {verdict}"
     )
-    return 0 if verdict == "OK" else 1
+    return worst, base_all
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.pacing import SegmentPacer
 
@@ -112,3 +115,45 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- end to end: the dispatcher of `sms311 run` against the fake Twilio API ---------------
+
+SEGMENT_BODIES = {
+    1: "Your request was received; a crew will be there this week.",
+    2: "Thanks for your message. " + "The crew has scheduled the repair for Thursday. " * 4,
+    3: "Update on your request: " + "the contractor will close the lane while working. " * 7,
+}
+
+
+def end_to_end(rate: float, seconds: float, folder: Path) -> tuple[int, float, int]:
+    """A backlog of `rate * seconds` segments (1-3 segment replies to distinct residents)
+    queued in the outbox, then `sms311 run` started with `sms.max_per_second: rate`,
+    sending to tests/fake_twilio.py's FakeTwilio. Returns (most segments that arrived in
+    any 1-second window, sustained rate / `rate`, messages)."""
+    from datetime import UTC, datetime
+
+    from gateway.segments import count_segments
+    from gateway.store import open_store
+    from tests.loop import Loop, wait_for
+
+    loop = Loop(folder, max_per_second=rate, start=False)
+    try:
+        rng = random.Random(311)
+        store = open_store(loop.settings.database)
+        total = count = 0
+        with store.transaction() as tx:
+            while total < rate * seconds:
+                body = SEGMENT_BODIES[rng.choice([1, 1, 1, 1, 2, 2, 3])]
+                tx.enqueue("sms", {"to": f"+1613555{count:04d}", "body": body, "part": 1,
+                                   "parts": 1, "queued_at": datetime.now(UTC).isoformat()})
+                total += count_segments(body)
+                count += 1
+        store.close()
+        loop.start()
+        wait_for(lambda: len(loop.api.messages) >= count, "the backlog at the provider",
+                 seconds * 3 + 30)
+        arrivals = loop.api.arrivals
+    finally:
+        loop.stop()
+    return loop.api.max_in_window(), sustained_rate(arrivals) / rate, count

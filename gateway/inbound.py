@@ -155,13 +155,15 @@ class InboundService:
                 )
             elif isinstance(action, dialogue.Fallback):
                 queued += self._fallback(tx, text, state.language)
-        resident = replace(
+        updated = replace(
             resident,
             municipality_id=state.municipality_id,
             language=state.language,
             dialogue=state.to_dict(),
         )
-        tx.save_resident(resident)
+        if updated != resident or resident.created_at is None:  # unchanged: nothing to write
+            tx.save_resident(updated)
+        resident = updated
         if resident.opted_out:
             replies = []  # after STOP nothing is sent until START
         return Outcome(
@@ -182,13 +184,24 @@ class InboundService:
 
     # -- emails ---------------------------------------------------------------------
 
-    def _collect(self, tx: Tx, text: InboundText, include_current: bool) -> list[StoredMessage]:
-        """The held texts (oldest first), and this one if it is part of the delivery."""
-        messages = tx.take_held(text.phone)
+    def _file(
+        self,
+        tx: Tx,
+        text: InboundText,
+        conversation: Conversation,
+        held: list[StoredMessage],
+        include_current: bool,
+    ) -> list[StoredMessage]:
+        """File the held texts (oldest first), and this one if it is part of the delivery,
+        in the conversation; returns them in order."""
+        messages = list(held)
+        if held:
+            tx.attach_messages([m.id for m in held], conversation.id)
         if include_current:
+            # Stored straight into the conversation (this also touches it).
             message_id = tx.add_message(
                 text.phone,
-                None,
+                conversation.id,
                 "in",
                 text.body,
                 _media_dicts(text.media),
@@ -199,7 +212,7 @@ class InboundService:
                 StoredMessage(
                     id=message_id,
                     phone=text.phone,
-                    conversation_id=None,
+                    conversation_id=conversation.id,
                     direction="in",
                     body=text.body,
                     media=tuple(_media_dicts(text.media)),
@@ -216,14 +229,19 @@ class InboundService:
         municipality: Municipality | None,
         language: str,
         now: datetime,
+        *,
+        touch: bool = True,
     ) -> Conversation:
         """The resident's open conversation with this municipality, or a new one (a new
-        email thread) when there is none or it went idle for `idle_close_hours`."""
+        email thread) when there is none or it went idle for `idle_close_hours`.
+        `touch`: mark it active at `now` (not needed when a message received `now` is
+        added to it, which touches it anyway)."""
         municipality_id = municipality.id if municipality else None
         idle = timedelta(hours=self._settings.conversations.idle_close_hours)
         conversation = tx.open_conversation(phone, municipality_id, idle_before=now - idle)
         if conversation is not None:
-            tx.touch_conversation(conversation.id, now)
+            if touch:
+                tx.touch_conversation(conversation.id, now)
             return conversation
         national = emails.format_national(phone, self._settings.sms.default_region)
         name = municipality.name if municipality else _UNKNOWN[language]
@@ -241,13 +259,13 @@ class InboundService:
         language: str,
         include_current: bool,
     ) -> int:
-        messages = self._collect(tx, text, include_current)
-        if not messages:
+        held = tx.take_held(text.phone)
+        if not held and not include_current:
             return 0
         conversation = self._conversation(
-            tx, text.phone, municipality, language, text.received_at
+            tx, text.phone, municipality, language, text.received_at, touch=not include_current
         )
-        tx.attach_messages([m.id for m in messages], conversation.id)
+        messages = self._file(tx, text, conversation, held, include_current)
         # Sticky: once an agent has answered, the resident's texts go to that agent, with
         # the city's mailbox in copy, until the conversation closes.
         agent = conversation.agent_address
@@ -274,11 +292,11 @@ class InboundService:
                 mask_phone(text.phone),
             )
             return 0
-        messages = self._collect(tx, text, include_current=False)
-        if not messages:
+        held = tx.take_held(text.phone)
+        if not held:
             return 0
         conversation = self._conversation(tx, text.phone, None, language, text.received_at)
-        tx.attach_messages([m.id for m in messages], conversation.id)
+        messages = self._file(tx, text, conversation, held, include_current=False)
         self._enqueue_email(
             tx,
             conversation,

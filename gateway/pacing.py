@@ -10,7 +10,7 @@ lets a full bucket go at once and then refills during the same second, so up to 
 the rate can start within one second. The pacer therefore combines:
 
 - a sliding-window log, the hard guarantee: the segments started during the last
-  second (plus `margin`, 10 ms by default, so that the few milliseconds a request
+  second (plus `margin`, 30 ms by default, so that the milliseconds a request
   takes to reach the provider cannot bunch two windows together) are remembered,
   and a message starts only if they and its own stay within the rate, so in ANY
   1-second window at most `rate` segments start. A message of more segments than
@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 WINDOW = 1.0  # seconds
-DEFAULT_MARGIN = 0.01  # seconds added to the window: absorbs jitter on the way to the API
+DEFAULT_MARGIN = 0.03  # seconds added to the window: absorbs jitter on the way to the API
 _MIN_SLEEP = 1e-6  # never spin on a wait that rounds to nothing
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -29,6 +30,42 @@ from gateway.store import Conversation, DuplicateEmail, StoreUnavailable, Tx
 log = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 200
+
+# Characters a person's reply (in any language) hardly ever has, but binary data read as
+# Windows-1252 / Latin-1 text is full of: C1 controls, the Latin-1 symbols (¤¦¨¬¯²³´¶¸¹¼¾…;
+# not the « » ° · ¡ ¿ ©, NBSP and soft hyphen people do type), U+FFFD (bytes no charset
+# could decode), private-use and surrogate code points and other control characters.
+_USUAL_LATIN1 = frozenset("\u00a0\u00a1\u00a9\u00ab\u00ad\u00ae\u00b0\u00b7\u00bb\u00bf")
+# A UTF-16 (LE, BE) or UTF-8 byte-order mark decoded as Windows-1252 / Latin-1.
+_MISREAD_BOMS = ("\u00ff\u00fe", "\u00fe\u00ff", "\u00ef\u00bb\u00bf")
+NOT_TEXT_SHARE = 0.05  # of the non-space characters
+NOT_TEXT_MIN = 3  # odd characters needed at least (a stray "½" or "²" is fine)
+
+
+def not_text_reason(text: str) -> str | None:
+    """Why `text` cannot be what a person wrote (binary data decoded as text), or None.
+
+    Counted over the non-space characters: the share of characters that only binary data
+    decoded as text produces (see `_USUAL_LATIN1` above); beyond `NOT_TEXT_SHARE` (and at
+    least `NOT_TEXT_MIN` of them) it is not texted. Text that starts with a byte-order mark
+    read in the wrong charset ("ÿþF\x00i\x00x…": UTF-16 labelled UTF-8) is not texted
+    either. Cheap: looks at the first 20,000 characters.
+    """
+    if text.lstrip().startswith(_MISREAD_BOMS):
+        return "UTF-16/UTF-8 text read in the wrong charset (byte-order mark)"
+    sample = [c for c in text[:20_000] if not c.isspace()]
+    if not sample:
+        return None
+    odd = 0
+    for char in sample:
+        code = ord(char)
+        if (
+            0x80 <= code <= 0xBF and char not in _USUAL_LATIN1
+        ) or char == "\ufffd" or unicodedata.category(char) in ("Co", "Cs", "Cc"):
+            odd += 1
+    if odd >= NOT_TEXT_MIN and odd > NOT_TEXT_SHARE * len(sample):
+        return f"{odd} of {len(sample)} characters are not text (binary data?)"
+    return None
 
 
 def is_agent(sender: str, agents: tuple[str, ...]) -> bool:
@@ -128,6 +165,9 @@ class ReplyService:
         now = self._now()
         if not reply.text and not reply.close_requested:
             return Disposition("failed", "empty reply once quotes and signature are cut")
+        garbage = not_text_reason(reply.text)
+        if garbage is not None:
+            return Disposition("failed", f"unreadable: {garbage}")
 
         tx.set_agent(conversation.id, reply.sender)
         reason = "closed by the agent"

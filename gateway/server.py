@@ -1,5 +1,11 @@
 """Running the gateway: the web half (waitress), the worker (asyncio), or both.
 
+waitress in a thread was kept after measuring the candidates (bench/bench_webhook.py
+--servers all): the gateway's own work dominates each request, so gunicorn (sync,
+gthread), granian and cheroot served no more texts per second, and the multi-process
+ones had p99 latencies of 0.3-1.6 s (SQLite's busy polling between processes).
+In `sms311 run`, a text committed by the web half wakes the worker's dispatcher.
+
 `run_gateway` owns signals: SIGTERM/SIGINT stop accepting and finish what is in
 flight; SIGHUP reloads the municipality map.
 """
@@ -12,13 +18,16 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from waitress.server import create_server
 
 from gateway.services import Gateway
 from gateway.web import create_app
-from gateway.worker import run_worker
+from gateway.worker import Dispatcher, run_worker
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +41,11 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 class WebServer:
-    """The Flask app behind waitress, in a background thread."""
+    """A WSGI app behind waitress, in a background thread."""
 
-    def __init__(self, gateway: Gateway, threads: int = 8) -> None:
-        host, port = split_listen(gateway.settings.web.listen)
-        self._server = create_server(
-            create_app(gateway), host=host, port=port, threads=threads, ident="sms311"
-        )
+    def __init__(self, app: WSGIApplication, listen: str, threads: int = 8) -> None:
+        host, port = split_listen(listen)
+        self._server = create_server(app, host=host, port=port, threads=threads, ident="sms311")
         self._thread = threading.Thread(target=self._serve, name="web", daemon=True)
 
     @property
@@ -53,9 +60,38 @@ class WebServer:
         self._thread.start()
         log.info("web listening on %s:%s", self._server.effective_host, self.port)
 
-    def stop(self) -> None:
-        self._server.close()
-        self._thread.join(timeout=5)
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let the requests in flight finish (up to `grace` seconds), then
+        end waitress's loop and close every connection. (Closing the server from this
+        thread alone leaves the loop polling its open keep-alive connections, and the
+        process waiting for it.)"""
+        server = self._server
+        if not self._thread.is_alive():
+            server.close()
+            return
+        channels: dict[Any, Any] = {}
+
+        def stop_accepting() -> None:  # these run on waitress's loop thread
+            server.accepting = False
+            server.del_channel()
+            with contextlib.suppress(OSError):
+                server.socket.close()
+
+        def leave_loop() -> None:  # answers still buffered go out; an empty map ends the loop
+            for channel in list(server._map.values()):
+                with contextlib.suppress(Exception):
+                    if channel is not server.trigger and channel.writable():
+                        channel.handle_write()
+            channels.update(server._map)
+            server._map.clear()
+
+        server.trigger.pull_trigger(stop_accepting)
+        server.task_dispatcher.shutdown(cancel_pending=False, timeout=grace)
+        server.trigger.pull_trigger(leave_loop)
+        self._thread.join(timeout=grace)
+        for channel in channels.values():
+            with contextlib.suppress(OSError):
+                channel.close()
 
 
 async def run_gateway(
@@ -72,12 +108,21 @@ async def run_gateway(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(gateway))
-    server = WebServer(gateway) if web else None
+    server = WebServer(create_app(gateway), gateway.settings.web.listen) if web else None
     if server is not None:
         server.start()
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(extra(stop)) for extra in extras]
+    wake: Callable[[], None] | None = None
     if worker:
-        tasks.append(asyncio.create_task(run_worker(gateway, stop)))
+        dispatcher = Dispatcher(gateway)
+        if web:  # a committed text wakes the dispatcher at once (no outbox poll wait)
+
+            def wake() -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closing
+                    loop.call_soon_threadsafe(dispatcher.wake)
+
+            gateway.outbox_listeners.append(wake)
+        tasks.append(asyncio.create_task(run_worker(gateway, stop, dispatcher)))
     if on_ready is not None:
         on_ready()
     try:
@@ -89,6 +134,8 @@ async def run_gateway(
         stop.set()
         if server is not None:
             server.stop()
+        if wake is not None:
+            gateway.outbox_listeners.remove(wake)
         log.info("stopped")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -52,6 +53,9 @@ class Gateway:
     directory: DirectoryHolder
     provider: SmsProvider
     metrics: Metrics = field(default_factory=Metrics)
+    # Called (from any thread) after new outbox rows were committed: `sms311 run` wakes
+    # its dispatcher with it, so a text does not wait for the next outbox poll.
+    outbox_listeners: list[Callable[[], None]] = field(default_factory=list)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, check_schema: bool = True) -> Gateway:
@@ -68,6 +72,14 @@ class Gateway:
     @cached_property
     def inbound(self) -> InboundService:
         return InboundService(self.store, self.settings, self.directory)
+
+    def outbox_changed(self) -> None:
+        """New outbox rows were committed: tell the listeners (never raises)."""
+        for listener in list(self.outbox_listeners):
+            try:
+                listener()
+            except Exception:  # a wake-up is an optimisation; the worker polls anyway
+                log.debug("outbox listener failed", exc_info=True)
 
     def close(self) -> None:
         self.store.close()

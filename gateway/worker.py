@@ -4,6 +4,13 @@ The dispatcher claims due outbox rows (a lease, so a crashed worker's rows come
 back), sends them, and marks each sent, retried (capped exponential backoff with
 jitter) or parked. A parked row is logged at ERROR and counted; `sms311 outbox`
 lists and requeues parked rows. Nothing is ever dropped.
+
+A worker restarted after a crash (SIGKILL, OOM, power) does not wait for the leases
+of the process it replaces: at start it releases the claims of workers of the same
+host and PID namespace that are no longer running (a worker id is
+"host:pid:pid-namespace"). Each released row counts as an attempt that may have been
+made, so an SMS is looked up at the provider before it is sent again; an email may be
+sent twice (SMTP has no way to ask), which only the one in flight can be.
 """
 
 from __future__ import annotations
@@ -48,8 +55,9 @@ class Dispatcher:
 
     Emails are sent one after the other. SMS are sent concurrently (up to
     `sms_concurrency` requests in flight, so a slow provider API does not cap the
-    rate) but never two at once to the same number, so a resident gets the parts and
-    replies in order; every send first waits for the segment pacer.
+    rate) but never two at once to the same number, and never one while an earlier one
+    to that number waits for its retry, so a resident gets the parts and replies in
+    order; every send first waits for the segment pacer.
     """
 
     def __init__(
@@ -65,11 +73,14 @@ class Dispatcher:
         self._poll_interval = poll_interval
         self._now = now
         self._wake = {"email": asyncio.Event(), "sms": asyncio.Event()}
-        self._worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._worker_id = worker_identity()
         self._random = random.Random()
         self._pacer = pacer or SegmentPacer(gateway.settings.sms.max_per_second)
         self._sms_threads = ThreadPoolExecutor(sms_concurrency, thread_name_prefix="sms")
         self._sms_slots = asyncio.Semaphore(sms_concurrency)
+        # number -> (id, due) of the earliest SMS to it that failed and waits for its retry:
+        # the later ones to that number wait too, so texts and parts arrive in order
+        self._waiting: dict[str, tuple[int, datetime]] = {}
 
     def wake(self) -> None:
         """Look at the outbox now rather than at the next poll."""
@@ -79,11 +90,36 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch emails and SMS until `stop` is set; what is in flight is finished first."""
         log.info("dispatcher started as %s", self._worker_id)
+        await self.release_dead_claims()
         try:
             await asyncio.gather(self._loop("email", stop), self._loop("sms", stop))
         finally:
             self._sms_threads.shutdown(wait=False, cancel_futures=True)
         log.info("dispatcher stopped")
+
+    async def release_dead_claims(self) -> int:
+        """Release the rows claimed by workers of this host that died (see the module
+        docstring), once, before this worker claims anything; how many. A store that is
+        down is logged: those leases then simply expire."""
+        store = self._gateway.store
+        released = 0
+        try:
+            for claimant in await asyncio.to_thread(store.claimants):
+                if not is_dead_worker(claimant, self._worker_id):
+                    continue
+                count = await asyncio.to_thread(
+                    store.release_claims, claimant,
+                    f"worker {claimant} stopped while holding it (it may have been sent)",
+                )
+                if count:
+                    log.warning(
+                        "released %d outbox row(s) claimed by %s, which is no longer running",
+                        count, claimant,
+                    )
+                released += count
+        except StoreUnavailable as exc:
+            log.error("dispatcher: store unavailable, claims of dead workers kept: %s", exc)
+        return released
 
     async def _loop(self, kind: OutboxKind, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -132,6 +168,7 @@ class Dispatcher:
             await self._park(item, f"{type(exc).__name__}: {exc}")
         else:
             await asyncio.to_thread(self._gateway.store.mark_sent, item.id)
+            self._stop_waiting_for(item)
 
     # -- email ------------------------------------------------------------------------------
 
@@ -186,9 +223,36 @@ class Dispatcher:
         async def in_order(queue: list[OutboxItem]) -> None:
             async with self._sms_slots:
                 for item in queue:
-                    await self._deliver(item, self._send_sms)
+                    if not await self._held_back(item):
+                        await self._deliver(item, self._send_sms)
 
         await asyncio.gather(*(in_order(queue) for queue in by_number.values()))
+
+    async def _held_back(self, item: OutboxItem) -> bool:
+        """True (and the row postponed) when an earlier SMS to the same number failed and
+        waits for its retry: a resident gets the replies, and the parts of a long reply,
+        in order, even across 429s and outages. (Per process, as the pacing is.)"""
+        to = str(item.payload.get("to", ""))
+        waiting = self._waiting.get(to)
+        if waiting is None or waiting[0] >= item.id:
+            return False
+        first, due = waiting
+        now = self._now()
+        if due < now - LEASE:  # that row was handled elsewhere (another worker, by hand)
+            del self._waiting[to]
+            return False
+        until = max(due, now + timedelta(seconds=self._poll_interval))
+        await asyncio.to_thread(self._gateway.store.postpone, item.id, until)
+        log.info("outbox %s (sms) waits for outbox %s, an earlier text to the same number",
+                 item.id, first)
+        return True
+
+    def _stop_waiting_for(self, item: OutboxItem) -> None:
+        """`item` was sent or given up: later SMS to its number need not wait for it."""
+        if item.kind == "sms":
+            to = str(item.payload.get("to", ""))
+            if self._waiting.get(to, (None,))[0] == item.id:
+                del self._waiting[to]
 
     async def _provider(self, call: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
@@ -273,9 +337,13 @@ class Dispatcher:
             item.id, item.kind, attempts, delay, error,
         )
         self._gateway.metrics.outbox_retries.labels(item.kind).inc()
-        await asyncio.to_thread(
-            self._gateway.store.mark_retry, item.id, error, self._now() + timedelta(seconds=delay)
-        )
+        due = self._now() + timedelta(seconds=delay)
+        await asyncio.to_thread(self._gateway.store.mark_retry, item.id, error, due)
+        if item.kind == "sms":
+            to = str(item.payload.get("to", ""))
+            waiting = self._waiting.get(to)
+            if waiting is None or waiting[0] >= item.id:
+                self._waiting[to] = (item.id, due)
 
     async def _park(self, item: OutboxItem, error: str) -> None:
         log.error(
@@ -284,6 +352,44 @@ class Dispatcher:
         )
         self._gateway.metrics.outbox_parked.labels(item.kind).inc()
         await asyncio.to_thread(self._gateway.store.mark_parked, item.id, error)
+        self._stop_waiting_for(item)
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:  # no /proc (not Linux): the host name and PID must do
+        return "-"
+
+
+def worker_identity() -> str:
+    """This process as a claimant of outbox rows: "host:pid:pid-namespace"."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_pid_namespace()}"
+
+
+def is_dead_worker(claimant: str, me: str) -> bool:
+    """True when `claimant` (a worker id) is known to be gone: the same host and PID
+    namespace as `me` and no such process, or `me` itself (at start-up, rows claimed
+    under our own id were claimed by an earlier process that had our PID). A worker of
+    another host or namespace (or an id in another format) cannot be checked: False."""
+    if claimant == me:
+        return True
+    theirs, mine = claimant.rsplit(":", 2), me.rsplit(":", 2)
+    if len(theirs) != 3 or theirs[0] != mine[0] or theirs[2] != mine[2]:
+        return False
+    try:
+        pid = int(theirs[1])
+    except ValueError:
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists (another user's process)
+        return False
+    return False
 
 
 async def _sleep_or(stop: asyncio.Event, seconds: float, *others: asyncio.Event) -> None:

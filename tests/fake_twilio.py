@@ -32,14 +32,18 @@ Implements what the gateway uses:
   the pacing promises. With `reject_above=R`, a creation that would make more than R
   segments arrive within one second is refused 429 / 20429 (Retry-After: 1).
 - `send_status(sid, status, error_code)` posts a signed status callback, as Twilio does.
+- `stop()` then `start()` again: the API is down meanwhile (connections refused, the
+  connections that were open are cut), then back on the same port with the same state.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 import urllib.error
@@ -139,12 +143,16 @@ class FakeTwilio:
         self._state = _State()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._port = 0  # once started, a restart listens on the same port
+        self._open: set[socket.socket] = set()  # connections being served
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> FakeTwilio:
+        """Listen (again: on the same port as before)."""
         handler = type("Handler", (_Handler,), {"api": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
+        self._port = int(self._server.server_address[1])
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -158,6 +166,11 @@ class FakeTwilio:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._state.lock:  # keep-alive connections would still be served: cut them
+            connections, self._open = set(self._open), set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
@@ -494,6 +507,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.api._state.lock:
+            self.api._open.add(self.connection)
+
+    def finish(self) -> None:
+        with self.api._state.lock:
+            self.api._open.discard(self.connection)
+        super().finish()
 
     def _send(
         self,

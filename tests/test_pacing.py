@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.pacing import SegmentPacer
+from gateway.pacing import DEFAULT_MARGIN, SegmentPacer
 
 
 class FakeClock:
@@ -29,6 +29,8 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.now += max(0.0, seconds)
         await asyncio.sleep(0)
+
+M = DEFAULT_MARGIN  # the window's margin, in seconds
 
 
 def pacer(rate: float, clock: FakeClock, **kwargs: float) -> SegmentPacer:
@@ -86,8 +88,8 @@ def test_a_full_second_goes_at_once_then_the_next_second() -> None:
     starts = run_burst(pacer(5, clock), [1] * 12)
     times = [round(t, 3) for t, _ in starts]
     assert times[:5] == [0.0] * 5
-    assert times[5:10] == [1.01] * 5  # one window (+10 ms margin) later
-    assert times[10:] == [2.02, 2.02]
+    assert times[5:10] == [round(1 + M, 3)] * 5  # one window (+ the margin) later
+    assert times[10:] == [round(2 + 2 * M, 3)] * 2
 
 
 @pytest.mark.parametrize(
@@ -115,7 +117,7 @@ def test_a_message_bigger_than_the_rate_goes_alone_and_pays_for_it() -> None:
     starts = run_burst(pacer(5, clock), [2, 8, 1, 1])
     (t0, _), (t1, _), (t2, _), (t3, _) = starts
     assert t0 == 0.0
-    assert t1 == pytest.approx(1.01)  # waited for the window to empty: alone
+    assert t1 == pytest.approx(1 + M)  # waited for the window to empty: alone
     # the 8 segments are paid back at 5/s before anything else starts
     assert t2 >= t1 + 8 / 5 - 1 - 1e-9 and t2 >= t1 + 1.0
     assert t3 >= t2
@@ -161,7 +163,7 @@ def test_fractional_and_slow_rates() -> None:
     assert [round(t, 6) for t, _ in starts] == [0.0, 2.0, 4.0]
     clock = FakeClock(0.0)
     starts = run_burst(pacer(1, clock), [1, 3, 1])  # the config default: 1 per second
-    assert starts[0][0] == 0.0 and starts[1][0] == pytest.approx(1.01)
+    assert starts[0][0] == 0.0 and starts[1][0] == pytest.approx(1 + M)
     assert starts[2][0] >= starts[1][0] + 3 - 1e-9
 
 
@@ -243,4 +245,4 @@ def test_usable_from_one_event_loop_after_another() -> None:
     second = run_burst(p, [1, 1, 1])  # a new asyncio.run: same pacing state
     starts = first + second
     assert max_in_window(starts) <= 2
-    assert [round(t, 2) for t, _ in starts] == [0.0, 0.0, 1.01, 1.01, 2.02, 2.02]
+    assert [round(t, 2) for t, _ in starts] == [0.0, 0.0, round(1 + M, 2), round(1 + M, 2), round(2 + 2 * M, 2), round(2 + 2 * M, 2)]

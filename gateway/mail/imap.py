@@ -19,7 +19,8 @@ What `run` does, over and over until `stop` is set:
    server has MOVE (else UID COPY, \\Deleted, UID EXPUNGE / EXPUNGE), logged in one line
    (outcome and reason; never the body or an address), and the checkpoint is saved.
    If the sink raises (the store is down, …), the message stays where it is and the
-   listener reconnects after a backoff and offers it again. The sink deduplicates by
+   listener reconnects after a backoff and offers it again; a checkpoint store that fails
+   is handled the same way (logged in one line, not as a bug). The sink deduplicates by
    content, so offering a message twice (after a crash between the sink and the move, or
    after a UIDVALIDITY change) never texts it twice.
 3. IDLE until the server announces new mail (EXISTS), then leave IDLE and catch up again.
@@ -103,6 +104,10 @@ class _Stopped(Exception):
 
 class _SinkFailed(Exception):
     """The reply pipeline raised for a message; it stays in the mailbox."""
+
+
+class _CheckpointFailed(Exception):
+    """The checkpoint store raised (the database is down, …)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -221,7 +226,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | aioimaplib.CommandTimeout):
         return "timed out"
     text = str(exc).strip()
-    if isinstance(exc, ImapError | _SinkFailed) and text:
+    if isinstance(exc, ImapError | _SinkFailed | _CheckpointFailed) and text:
         return text  # ours: the message says it all
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -435,7 +440,7 @@ class ImapListener:
         """Catch up, then IDLE and catch up again on new mail, until `stop`."""
         s = self.settings
         protocol = client.protocol
-        checkpoint = await asyncio.to_thread(self._store.imap_checkpoint, s.mailbox)
+        checkpoint = await self._checkpoint_call(self._store.imap_checkpoint, s.mailbox)
         if checkpoint is not None and checkpoint[0] == uidvalidity:
             last_uid = checkpoint[1]
         else:
@@ -447,7 +452,9 @@ class ImapListener:
             else:
                 log.info("imap %s: first connection: reading every message", self._where)
             last_uid = 0
-            await asyncio.to_thread(self._store.save_imap_checkpoint, s.mailbox, uidvalidity, 0)
+            await self._checkpoint_call(
+                self._store.save_imap_checkpoint, s.mailbox, uidvalidity, 0
+            )
         while not stop.is_set():
             protocol.new_mail.clear()
             for uid in await self._search(client, last_uid, stop):
@@ -498,7 +505,7 @@ class ImapListener:
                 self._where, uid, disposition.outcome, disposition.reason,
                 target if moved else f"left in {s.mailbox} (could not move it to {target})",
             )  # fmt: skip
-        await asyncio.to_thread(self._store.save_imap_checkpoint, s.mailbox, uidvalidity, uid)
+        await self._checkpoint_call(self._store.save_imap_checkpoint, s.mailbox, uidvalidity, uid)
 
     async def _move(
         self, client: _Client, uid: int, target: str, stop: asyncio.Event | None
@@ -624,6 +631,14 @@ class ImapListener:
             raise _Stopped()
         raise TimeoutError(f"no answer from the IMAP server within {limit} s")
 
+    async def _checkpoint_call(self, call: Callable[..., T], *args: Any) -> T:
+        """A checkpoint store call (in a thread); its failure (the database is down) is an
+        expected trouble, logged in one line like a network one, not a bug."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except Exception as exc:
+            raise _CheckpointFailed(f"the checkpoint store failed: {_describe(exc)}") from exc
+
     async def _wait_for(self, awaitables: list[Awaitable[Any]], timeout: float | None) -> None:
         """Wait until one of `awaitables` is done or `timeout` passes (the others are
         cancelled, except tasks that were passed in)."""
@@ -645,7 +660,10 @@ class ImapListener:
         return step * (0.5 + 0.5 * self._rng.random())
 
     def _log_failure(self, exc: Exception, delay: float) -> None:
-        expected = (OSError, TimeoutError, ImapError, aioimaplib.AioImapException, _SinkFailed)
+        expected = (
+            OSError, TimeoutError, ImapError, aioimaplib.AioImapException, _SinkFailed,
+            _CheckpointFailed,
+        )
         if isinstance(exc, expected):
             log.warning("imap %s: %s; reconnecting in %.1f s", self._where, _describe(exc), delay)
         else:  # a bug: say so loudly, but keep listening

@@ -455,6 +455,17 @@ class Store(Protocol):
         """
         ...
 
+    def claimants(self) -> list[str]:
+        """The workers (distinct `claimed_by`) holding a claim on a pending item."""
+        ...
+
+    def release_claims(self, worker_id: str, error: str) -> int:
+        """`worker_id` is gone (it crashed): its pending items are claimable at once instead
+        of when their lease ends. Each counts as an attempt that may have been made
+        (attempts + 1, `last_error` = `error`), so an SMS is looked up at the provider
+        before it is sent again. Returns how many items were released."""
+        ...
+
     def mark_sent(self, id: int) -> None:
         """The item was delivered: status `sent`, claim cleared."""
         ...
@@ -462,6 +473,11 @@ class Store(Protocol):
     def mark_retry(self, id: int, error: str, next_attempt_at: datetime) -> None:
         """The attempt failed: attempts + 1, `last_error`, due again at `next_attempt_at`,
         claim cleared."""
+        ...
+
+    def postpone(self, id: int, next_attempt_at: datetime) -> None:
+        """Not attempted, not now (an earlier SMS to the same number waits for its retry):
+        due again at `next_attempt_at`, claim cleared, attempts unchanged."""
         ...
 
     def mark_parked(self, id: int, error: str) -> None:

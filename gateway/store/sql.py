@@ -67,6 +67,7 @@ from gateway.store.base import (
     Tx,
 )
 from gateway.store.base import Store as _StoreProtocol
+from gateway.store.group import GroupCommit
 from gateway.store.schema import (
     conversations,
     email_messages,
@@ -125,6 +126,66 @@ def _insert_or(
     if update is None:
         return lite_stmt.on_conflict_do_nothing(index_elements=list(key))
     return lite_stmt.on_conflict_do_update(index_elements=list(key), set_=dict(update))
+
+
+# --- prebuilt statements for the inbound hot path ----------------------------------------
+# Built once with bind parameters: no statement construction and no cache-key traversal
+# per call (each still compiles once per dialect, in SQLAlchemy's cache). bench/ measured
+# ~140 µs -> ~50 µs per statement.
+
+_P = sa.bindparam
+_WEBHOOK_RESPONSE = sa.select(webhook_log.c.response).where(webhook_log.c.sid == _P("sid"))
+_INSERT_WEBHOOK = webhook_log.insert()
+_RESIDENT = sa.select(residents).where(residents.c.phone == _P("phone"))
+_HELD = (
+    sa.select(messages)
+    .where(messages.c.phone == _P("phone"), messages.c.held.is_(True))
+    .order_by(messages.c.received_at, messages.c.id)
+)
+_INSERT_MESSAGE = messages.insert().returning(messages.c.id)
+_INSERT_OUTBOX = outbox.insert().returning(outbox.c.id)
+_TOUCH = (
+    conversations.update()
+    .where(conversations.c.id == _P("cid"), conversations.c.last_activity_at < _P("at"))
+    .values(last_activity_at=_P("at"))
+)
+_CONVERSATION = sa.select(conversations).where(conversations.c.id == _P("cid"))
+_CONVERSATION_FOR_UPDATE = _CONVERSATION.with_for_update()
+_SET_CHAIN = (
+    conversations.update()
+    .where(conversations.c.id == _P("cid"))
+    .values(thread_message_ids=_P("chain"))
+)
+_EMAIL_MESSAGE = {
+    pg: (pg_dialect.insert if pg else sqlite_dialect.insert)(email_messages)
+    .on_conflict_do_nothing(index_elements=[email_messages.c.message_id])
+    for pg in (False, True)
+}
+
+
+def _open_conversation_statements(any_city: bool) -> tuple[sa.Executable, sa.Executable]:
+    """(close the idle ones, select the newest open one) of a phone and a city (or none)."""
+    city = conversations.c.municipality_id
+    mine = (
+        conversations.c.phone == _P("b_phone"),
+        conversations.c.status == "open",
+        city.is_(None) if not any_city else city == _P("b_city"),
+    )
+    close_idle = (
+        conversations.update()
+        .where(*mine, conversations.c.last_activity_at < _P("cutoff"))
+        .values(status="closed", closed_at=_P("b_closed_at"))
+    )
+    newest = (
+        sa.select(conversations)
+        .where(*mine)
+        .order_by(conversations.c.last_activity_at.desc(), conversations.c.id.desc())
+        .limit(1)
+    )
+    return close_idle, newest
+
+
+_OPEN_CONVERSATION = {city: _open_conversation_statements(city) for city in (False, True)}
 
 
 # --- URLs and engines -----------------------------------------------------------------------
@@ -378,20 +439,26 @@ class SqlTx:
     def _close(self) -> None:
         self._connection = None
 
-    def _exec(self, stmt: sa.Executable) -> sa.CursorResult[Any]:
+    def _exec(
+        self, stmt: sa.Executable, params: Mapping[str, Any] | None = None
+    ) -> sa.CursorResult[Any]:
         if self._connection is None:
             raise RuntimeError("this transaction has ended")
         try:
-            return self._connection.execute(stmt)
+            return self._connection.execute(stmt, params)
         except sa.exc.SQLAlchemyError as exc:
             _reraise(exc)
 
     def _insert_unique(
-        self, stmt: sa.Executable, sid: str | None, duplicate: StoreError | None = None
+        self,
+        stmt: sa.Executable,
+        sid: str | None,
+        duplicate: StoreError | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> sa.CursorResult[Any]:
         """Run `stmt`; a unique violation raises `duplicate` (default: DuplicateWebhook(sid))."""
         try:
-            return self._exec(stmt)
+            return self._exec(stmt, params)
         except sa.exc.IntegrityError as exc:
             if _is_unique_violation(exc):
                 raise (duplicate or DuplicateWebhook(sid)) from exc
@@ -402,13 +469,12 @@ class SqlTx:
     # webhooks
 
     def webhook_response(self, sid: str) -> str | None:
-        stmt = sa.select(webhook_log.c.response).where(webhook_log.c.sid == sid)
-        response = self._exec(stmt).scalar_one_or_none()
+        response = self._exec(_WEBHOOK_RESPONSE, {"sid": sid}).scalar_one_or_none()
         return None if response is None else str(response)
 
     def record_webhook(self, sid: str, response: str) -> None:
-        stmt = webhook_log.insert().values(sid=sid, response=response, created_at=_utcnow())
-        self._insert_unique(stmt, sid)
+        values = {"sid": sid, "response": response, "created_at": _utcnow()}
+        self._insert_unique(_INSERT_WEBHOOK, sid, params=values)
 
     # residents
 
@@ -417,7 +483,7 @@ class SqlTx:
             # Hold this phone number until the transaction ends (SQLite: BEGIN IMMEDIATE
             # already holds the whole database), so one number's texts are handled in turn.
             self._exec(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(phone, 0))))
-        row = self._exec(sa.select(residents).where(residents.c.phone == phone)).first()
+        row = self._exec(_RESIDENT, {"phone": phone}).first()
         return None if row is None else _resident(row)
 
     def save_resident(self, resident: Resident) -> None:
@@ -449,14 +515,8 @@ class SqlTx:
         return self._insert_message(phone, None, "in", body, media, provider_sid, received_at, True)
 
     def take_held(self, phone: str) -> list[StoredMessage]:
-        stmt = (
-            sa.select(messages)
-            .where(messages.c.phone == phone, messages.c.held.is_(True))
-            .order_by(messages.c.received_at, messages.c.id)
-        )
-        if self._pg:
-            stmt = stmt.with_for_update()
-        held = [_message(row) for row in self._exec(stmt)]
+        stmt = _HELD.with_for_update() if self._pg else _HELD
+        held = [_message(row) for row in self._exec(stmt, {"phone": phone})]
         if held:
             ids = [m.id for m in held]
             self._exec(messages.update().where(messages.c.id.in_(ids)).values(held=False))
@@ -543,25 +603,21 @@ class SqlTx:
         status: str | None = None,
         agent_address: str | None = None,
     ) -> int:
-        stmt = (
-            messages.insert()
-            .values(
-                phone=phone,
-                conversation_id=conversation_id,
-                direction=direction,
-                body=body,
-                media=_media(media),
-                provider_sid=provider_sid,
-                held=held,
-                received_at=_aware(received_at, "received_at"),
-                status=status,
-                error_code=None,
-                agent_address=agent_address,
-                updated_at=_utcnow(),
-            )
-            .returning(messages.c.id)
-        )
-        return int(self._insert_unique(stmt, provider_sid).scalar_one())
+        values = {
+            "phone": phone,
+            "conversation_id": conversation_id,
+            "direction": direction,
+            "body": body,
+            "media": _media(media),
+            "provider_sid": provider_sid,
+            "held": held,
+            "received_at": _aware(received_at, "received_at"),
+            "status": status,
+            "error_code": None,
+            "agent_address": agent_address,
+            "updated_at": _utcnow(),
+        }
+        return int(self._insert_unique(_INSERT_MESSAGE, provider_sid, params=values).scalar_one())
 
     def attach_messages(self, message_ids: Sequence[int], conversation_id: int) -> None:
         ids = list(message_ids)
@@ -580,17 +636,11 @@ class SqlTx:
             self._touch(conversation_id, newest)
 
     def _touch(self, conversation_id: int, at: datetime) -> None:
-        self._exec(
-            conversations.update()
-            .where(conversations.c.id == conversation_id, conversations.c.last_activity_at < at)
-            .values(last_activity_at=at)
-        )
+        self._exec(_TOUCH, {"cid": conversation_id, "at": at})
 
     def _require_conversation(self, conversation_id: int, lock: bool = False) -> sa.Row[Any]:
-        stmt = sa.select(conversations).where(conversations.c.id == conversation_id)
-        if lock and self._pg:
-            stmt = stmt.with_for_update()
-        row = self._exec(stmt).first()
+        stmt = _CONVERSATION_FOR_UPDATE if lock and self._pg else _CONVERSATION
+        row = self._exec(stmt, {"cid": conversation_id}).first()
         if row is None:
             raise KeyError(f"no conversation {conversation_id}")
         return row
@@ -600,26 +650,14 @@ class SqlTx:
     def open_conversation(
         self, phone: str, municipality_id: str | None, idle_before: datetime | None = None
     ) -> Conversation | None:
-        city = conversations.c.municipality_id
-        mine = (
-            conversations.c.phone == phone,
-            conversations.c.status == "open",
-            city.is_(None) if municipality_id is None else city == municipality_id,
-        )
+        close_idle, newest = _OPEN_CONVERSATION[municipality_id is not None]
+        mine: dict[str, Any] = {"b_phone": phone}
+        if municipality_id is not None:
+            mine["b_city"] = municipality_id
         if idle_before is not None:
             cutoff = _aware(idle_before, "idle_before")
-            self._exec(
-                conversations.update()
-                .where(*mine, conversations.c.last_activity_at < cutoff)
-                .values(status="closed", closed_at=_utcnow())
-            )
-        stmt = (
-            sa.select(conversations)
-            .where(*mine)
-            .order_by(conversations.c.last_activity_at.desc(), conversations.c.id.desc())
-            .limit(1)
-        )
-        row = self._exec(stmt).first()
+            self._exec(close_idle, {**mine, "cutoff": cutoff, "b_closed_at": _utcnow()})
+        row = self._exec(newest, mine).first()
         return None if row is None else _conversation(row)
 
     def get_conversation(self, id: int) -> Conversation | None:
@@ -703,23 +741,15 @@ class SqlTx:
         chain = list(row._mapping["thread_message_ids"])
         if message_id not in chain:
             chain.append(message_id)
-            self._exec(
-                conversations.update()
-                .where(conversations.c.id == conversation_id)
-                .values(thread_message_ids=chain)
-            )
+            self._exec(_SET_CHAIN, {"cid": conversation_id, "chain": chain})
         self._exec(
-            _insert_or(
-                self._pg,
-                email_messages,
-                {
-                    "message_id": message_id,
-                    "conversation_id": conversation_id,
-                    "direction": direction,
-                    "created_at": _utcnow(),
-                },
-                [email_messages.c.message_id],
-            )
+            _EMAIL_MESSAGE[self._pg],
+            {
+                "message_id": message_id,
+                "conversation_id": conversation_id,
+                "direction": direction,
+                "created_at": _utcnow(),
+            },
         )
 
     # processed emails
@@ -755,20 +785,16 @@ class SqlTx:
             raise ValueError(f"kind must be one of {OUTBOX_KINDS}, not {kind!r}")
         now = _utcnow()
         due = now if available_at is None else _aware(available_at, "available_at")
-        stmt = (
-            outbox.insert()
-            .values(
-                kind=kind,
-                payload=dict(payload),
-                status="pending",
-                attempts=0,
-                next_attempt_at=due,
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(outbox.c.id)
-        )
-        return int(self._exec(stmt).scalar_one())
+        values = {
+            "kind": kind,
+            "payload": dict(payload),
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": due,
+            "created_at": now,
+            "updated_at": now,
+        }
+        return int(self._exec(_INSERT_OUTBOX, values).scalar_one())
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -781,6 +807,10 @@ class SqlStore:
         self.engine = engine
         self._pg = engine.dialect.name == "postgresql"
         self._read_engine = engine.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
+        # SQLite: this process's writes on one connection, committed in groups (group.py).
+        self._group = (
+            GroupCommit(engine, translate=_unavailable) if engine.dialect.name == "sqlite" else None
+        )
 
     def __repr__(self) -> str:
         return f"SqlStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -789,6 +819,10 @@ class SqlStore:
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
+        if self._group is not None:
+            with _translated(), self._group.transaction() as conn:
+                yield conn
+            return
         with _translated(), self.engine.begin() as conn:
             yield conn
 
@@ -903,6 +937,30 @@ class SqlStore:
                 )
         return [replace(item, claimed_by=worker_id, claimed_until=until) for item in items]
 
+    def claimants(self) -> list[str]:
+        stmt = (
+            sa.select(outbox.c.claimed_by)
+            .where(outbox.c.status == "pending", outbox.c.claimed_by.is_not(None))
+            .distinct()
+        )
+        with self._read() as conn:
+            return sorted(str(row[0]) for row in conn.execute(stmt))
+
+    def release_claims(self, worker_id: str, error: str) -> int:
+        with self._write() as conn:
+            result = conn.execute(
+                outbox.update()
+                .where(outbox.c.status == "pending", outbox.c.claimed_by == worker_id)
+                .values(
+                    attempts=outbox.c.attempts + 1,
+                    last_error=error[:_MAX_ERROR_CHARS],
+                    claimed_by=None,
+                    claimed_until=None,
+                    updated_at=_utcnow(),
+                )
+            )
+            return int(result.rowcount)
+
     def mark_sent(self, id: int) -> None:
         with self._write() as conn:
             conn.execute(
@@ -923,6 +981,18 @@ class SqlStore:
                     last_error=error[:_MAX_ERROR_CHARS],
                     claimed_by=None,
                     claimed_until=None,
+                    updated_at=_utcnow(),
+                )
+            )
+
+    def postpone(self, id: int, next_attempt_at: datetime) -> None:
+        due = _aware(next_attempt_at, "next_attempt_at")
+        with self._write() as conn:
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.id == id, outbox.c.status == "pending")
+                .values(
+                    next_attempt_at=due, claimed_by=None, claimed_until=None,
                     updated_at=_utcnow(),
                 )
             )
@@ -1014,6 +1084,8 @@ class SqlStore:
             conn.execute(stmt)
 
     def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
         self.engine.dispose()
 
 

@@ -6,6 +6,7 @@ from flask import Flask
 
 from gateway.services import Gateway
 from gateway.web import health, sandbox, webhooks
+from gateway.web.signature import TwilioSignature
 
 
 def create_app(gateway: Gateway) -> Flask:
@@ -13,6 +14,10 @@ def create_app(gateway: Gateway) -> Flask:
     app = Flask("gateway.web")
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024  # a Twilio form is a few KB
     app.extensions["sms311"] = gateway
+    # One signature checker for every request (not one RequestValidator per request).
+    app.extensions["sms311.signature"] = TwilioSignature(
+        gateway.settings.sms.auth_token, gateway.settings.public_url
+    )
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(health.blueprint)
     if gateway.settings.sms.provider == "sandbox":

@@ -8,6 +8,7 @@ hostile input.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import replace
@@ -43,8 +44,17 @@ def _gateway() -> Gateway:
     return gateway
 
 
+def _signature_check(gateway: Gateway) -> TwilioSignature:
+    """The gateway's signature checker, made once (the validator is reused per request)."""
+    check: TwilioSignature | None = current_app.extensions.get("sms311.signature")
+    if check is None:
+        check = TwilioSignature(gateway.settings.sms.auth_token, gateway.settings.public_url)
+        current_app.extensions["sms311.signature"] = check
+    return check
+
+
 def _signature_ok(gateway: Gateway) -> bool:
-    check = TwilioSignature(gateway.settings.sms.auth_token, gateway.settings.public_url)
+    check = _signature_check(gateway)
     query = request.query_string.decode("utf-8", "replace")
     return check.is_valid(request.path, query, request.form, request.headers)
 
@@ -61,15 +71,23 @@ def _bad_request(gateway: Gateway, reason: str) -> Response:
     return Response(f"Bad Request: {reason}\n", status=400, mimetype="text/plain")
 
 
+_EMPTY_TWIML = str(MessagingResponse())
+
+
 def _twiml(replies: tuple[str, ...]) -> Response:
+    if not replies:  # the usual answer: built once
+        return Response(_EMPTY_TWIML, status=200, mimetype="application/xml")
     answer = MessagingResponse()
     for reply in replies:
         answer.message(reply)
     return Response(str(answer), status=200, mimetype="application/xml")
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise_number(raw: str, region: str) -> str:
-    """E.164 for a resident's number; BadRequest when it is not a possible number."""
+    """E.164 for a resident's number; BadRequest when it is not a possible number.
+
+    Cached: the same residents text again and again (a BadRequest is not cached)."""
     try:
         number = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException as exc:
@@ -143,6 +161,8 @@ def inbound() -> Response:
     except StoreUnavailable as exc:
         log.error("store unavailable, answering 503 to %s: %s", mask_phone(text.phone), exc)
         return Response("Service Unavailable\n", status=503, mimetype="text/plain")
+    if outcome.emails_queued:
+        gateway.outbox_changed()
     kind = "duplicate" if outcome.duplicate else (outcome.keyword or "text")
     gateway.metrics.texts_in.labels(kind).inc()
     gateway.metrics.webhook_seconds.observe(time.perf_counter() - started)
@@ -170,6 +190,8 @@ def status() -> Response:
     except StoreUnavailable as exc:
         log.error("store unavailable, answering 503 to a status callback: %s", exc)
         return Response("Service Unavailable\n", status=503, mimetype="text/plain")
+    if known:
+        gateway.outbox_changed()  # a failure may have queued a notice to the agent
     gateway.metrics.delivery_status.labels(state if state in _STATUSES else "other").inc()
     log.info("status callback: %s is %s%s", sid[:12], state, "" if known else " (unknown sid)")
     return Response("", status=204)
