@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import os
 import sys
@@ -42,6 +43,7 @@ def _run(args: argparse.Namespace, *, web: bool, worker: bool) -> int:
 
     settings = _settings(args)
     setup_logging(settings.log_level)
+    faulthandler.enable()  # a watchdog kill (SIGABRT) leaves every thread's stack in the log
     gateway = Gateway.from_settings(settings)
     try:
         asyncio.run(run_gateway(gateway, web=web, worker=worker))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Coroutine
@@ -22,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from waitress.server import create_server
 
+from gateway import sdnotify
 from gateway.services import Gateway
+from gateway.store import StoreUnavailable
 from gateway.web import create_app
 from gateway.worker import Dispatcher, run_worker
 
@@ -51,6 +54,10 @@ class WebServer:
     @property
     def port(self) -> int:
         return int(self._server.effective_port)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _serve(self) -> None:
         with contextlib.suppress(OSError):  # closed while stopping
@@ -102,12 +109,19 @@ async def run_gateway(
     extras: tuple[Extra, ...] = (),
     on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Run the chosen halves until SIGTERM/SIGINT."""
+    """Run the chosen halves until SIGTERM/SIGINT; under systemd, tell it READY/STOPPING
+    and feed its watchdog while the process really works."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(gateway))
+    notifier = sdnotify.Notifier.from_environment(os.environ)
+
+    def shutdown() -> None:
+        notifier.stopping()
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, shutdown)
+    loop.add_signal_handler(signal.SIGINT, shutdown)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(gateway, notifier))
     server = WebServer(create_app(gateway), gateway.settings.web.listen) if web else None
     if server is not None:
         server.start()
@@ -125,6 +139,11 @@ async def run_gateway(
         tasks.append(asyncio.create_task(run_worker(gateway, stop, dispatcher)))
     if on_ready is not None:
         on_ready()
+    notifier.ready("Running")
+    health = _WatchdogCheck(gateway, tasks, server)
+    feeder = asyncio.create_task(
+        sdnotify.feed_watchdog(notifier, sdnotify.watchdog_interval(os.environ), health, stop)
+    )
     try:
         if tasks:
             await asyncio.gather(*tasks)
@@ -132,6 +151,7 @@ async def run_gateway(
             await stop.wait()
     finally:
         stop.set()
+        await feeder
         if server is not None:
             server.stop()
         if wake is not None:
@@ -139,8 +159,46 @@ async def run_gateway(
         log.info("stopped")
 
 
-def _reload(gateway: Gateway) -> None:
+class _WatchdogCheck:
+    """Is the process really working? The watchdog is fed only while it is, so systemd
+    restarts a wedged gateway. A database that is down is not "wedged" (the webhook answers
+    503 and the worker retries; /healthz reports it): only a store call stuck for
+    `STUCK_AFTER` seconds is."""
+
+    STUCK_AFTER = 25.0
+
+    def __init__(
+        self, gateway: Gateway, tasks: list[asyncio.Task[None]], server: WebServer | None
+    ) -> None:
+        self._gateway = gateway
+        self._tasks = tasks
+        self._server = server
+        self._ping: asyncio.Future[None] | None = None
+        self._ping_started = 0.0
+
+    async def __call__(self) -> bool:
+        loop = asyncio.get_running_loop()
+        if any(task.done() for task in self._tasks):  # the worker or a listener ended
+            return False
+        if self._server is not None and not self._server.alive:
+            return False
+        if self._ping is not None and self._ping.done():
+            exc = self._ping.exception()
+            if exc is not None and not isinstance(exc, StoreUnavailable):
+                return False
+            self._ping = None
+        if self._ping is None:
+            self._ping = asyncio.ensure_future(asyncio.to_thread(self._gateway.store.ping))
+            self._ping_started = loop.time()
+        return loop.time() - self._ping_started < self.STUCK_AFTER
+
+
+def _reload(gateway: Gateway, notifier: sdnotify.Notifier) -> None:
+    notifier.reloading()
     try:
         gateway.directory.reload()
     except Exception as exc:  # keep serving with the old map
         log.error("SIGHUP: municipality map not reloaded, keeping the old one: %s", exc)
+        notifier.status("Running; SIGHUP: municipality map NOT reloaded, see the log")
+    else:
+        notifier.status("Running; municipality map reloaded")
