@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace, *, web: bool, worker: bool) -> int:
     from gateway.services import Gateway
 
     settings = _settings(args)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, full_detail=settings.privacy.log_full_detail)
     faulthandler.enable()  # a watchdog kill (SIGABRT) leaves every thread's stack in the log
     gateway = Gateway.from_settings(settings)
     try:

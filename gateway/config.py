@@ -133,6 +133,8 @@ class ImapSettings:
     mailbox: str = "INBOX"
     processed_mailbox: str = "Processed"
     failed_mailbox: str = "Failed"
+    # IDLE is restarted this often; a connection that died silently is noticed then.
+    idle_restart_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -460,6 +462,12 @@ def _check_positive(value: float) -> float:
     return value
 
 
+def _check_idle_restart(value: float) -> float:
+    if not math.isfinite(value) or not 10 <= value <= 29 * 60:
+        raise ValueError("must be between 10 and 1740 seconds (servers end IDLE after 30 min)")
+    return value
+
+
 def _check_not_negative(value: int) -> int:
     if value < 0:
         raise ValueError("must be 0 or more")
@@ -594,6 +602,7 @@ SCHEMA = _Section(
                         "mailbox": _Leaf("str", check=_check_not_empty),
                         "processed_mailbox": _Leaf("str", check=_check_not_empty),
                         "failed_mailbox": _Leaf("str", check=_check_not_empty),
+                        "idle_restart_seconds": _Leaf("number", check=_check_idle_restart),
                     },
                     optional=True,
                 ),

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from gateway import dialogue, emails, keywords, prompts
 from gateway.config import Settings
-from gateway.logs import mask_phone
+from gateway.logs import log_full_detail, mask_phone
 from gateway.municipalities import Directory, Municipality
 from gateway.notices import sender_domain
 from gateway.store import Conversation, DuplicateWebhook, Resident, Store, StoredMessage, Tx
@@ -62,6 +62,9 @@ class Outcome:
     duplicate: bool = False
     keyword: str | None = None
     emails_queued: int = 0
+    conversation_id: int | None = None  # the thread the text went to, if any
+    municipality_id: str | None = None  # the resident's municipality after this text
+    step: str = "keyword"  # what the dialogue did: delivered | held | fallback | keyword
 
 
 def _media_dicts(media: Sequence[emails.MediaRef]) -> list[dict[str, str]]:
@@ -101,12 +104,18 @@ class InboundService:
                 previous = tx.webhook_response(text.sid)
             return Outcome(replies=tuple(_decode(previous or "")), duplicate=True)
         log.info(
-            "inbound text from %s: keyword=%s replies=%d emails=%d",
+            "inbound text: from=%s conversation=%s municipality=%s step=%s keyword=%s "
+            "replies=%d emails=%d",
             mask_phone(text.phone),
+            outcome.conversation_id or "-",
+            outcome.municipality_id or "-",
+            outcome.step,
             outcome.keyword or "-",
             len(outcome.replies),
             outcome.emails_queued,
         )
+        if log_full_detail():
+            log.debug("inbound text %s from %s: %r", text.sid, text.phone, text.body)
         return outcome
 
     # -- the decision ---------------------------------------------------------------
@@ -135,6 +144,8 @@ class InboundService:
         state, actions = dialogue.step(state, inbound, directory)
         replies: list[str] = []
         queued = 0
+        conversation_id: int | None = None
+        step = "held" if any(isinstance(a, dialogue.Hold) for a in actions) else "answered"
         for action in actions:
             if isinstance(action, dialogue.Hold):
                 tx.hold_message(
@@ -150,11 +161,14 @@ class InboundService:
                         text.phone, text.body, _media_dicts(text.media), text.sid, text.received_at
                     )
                     continue
-                queued += self._deliver(
+                conversation_id = self._deliver(
                     tx, text, municipality, state.language, action.include_current
                 )
+                if conversation_id is not None:
+                    queued, step = queued + 1, "delivered"
             elif isinstance(action, dialogue.Fallback):
-                queued += self._fallback(tx, text, state.language)
+                conversation_id = self._fallback(tx, text, state.language)
+                queued, step = queued + (conversation_id is not None), "fallback"
         updated = replace(
             resident,
             municipality_id=state.municipality_id,
@@ -170,6 +184,9 @@ class InboundService:
             replies=tuple(replies),
             keyword=keyword.kind if keyword else None,
             emails_queued=queued,
+            conversation_id=conversation_id,
+            municipality_id=state.municipality_id,
+            step=step,
         )
 
     def _keyword(self, tx: Tx, resident: Resident, keyword: keywords.Keyword) -> Outcome:
@@ -180,7 +197,11 @@ class InboundService:
         elif keyword.kind == "start":
             opted_out = False
         tx.save_resident(replace(resident, opted_out=opted_out, language=language))
-        return Outcome(replies=(keywords.reply(keyword.kind, language),), keyword=keyword.kind)
+        return Outcome(
+            replies=(keywords.reply(keyword.kind, language),),
+            keyword=keyword.kind,
+            municipality_id=resident.municipality_id,
+        )
 
     # -- emails ---------------------------------------------------------------------
 
@@ -258,10 +279,12 @@ class InboundService:
         municipality: Municipality,
         language: str,
         include_current: bool,
-    ) -> int:
+    ) -> int | None:
+        """Email the held texts (and this one) to the city; the conversation's id, or None
+        when there was nothing to send."""
         held = tx.take_held(text.phone)
         if not held and not include_current:
-            return 0
+            return None
         conversation = self._conversation(
             tx, text.phone, municipality, language, text.received_at, touch=not include_current
         )
@@ -280,9 +303,9 @@ class InboundService:
             language=language,
             note=None,
         )
-        return 1
+        return conversation.id
 
-    def _fallback(self, tx: Tx, text: InboundText, language: str) -> int:
+    def _fallback(self, tx: Tx, text: InboundText, language: str) -> int | None:
         mailbox = self._settings.fallback_mailbox
         if mailbox is None:
             # Nowhere to send them: they stay held (never lost) until the resident
@@ -291,10 +314,10 @@ class InboundService:
                 "held texts of %s kept: municipality unresolved and no fallback_mailbox",
                 mask_phone(text.phone),
             )
-            return 0
+            return None
         held = tx.take_held(text.phone)
         if not held:
-            return 0
+            return None
         conversation = self._conversation(tx, text.phone, None, language, text.received_at)
         messages = self._file(tx, text, conversation, held, include_current=False)
         self._enqueue_email(
@@ -308,7 +331,7 @@ class InboundService:
             language=language,
             note=_FALLBACK_NOTE,
         )
-        return 1
+        return conversation.id
 
     def _enqueue_email(
         self,

@@ -5,18 +5,31 @@ from __future__ import annotations
 import logging
 import sys
 
+_full_detail = False  # privacy.log_full_detail; process-wide, like the logging config itself
+
+
+def log_full_detail() -> bool:
+    """True when DEBUG logs may carry full numbers and texts (privacy.log_full_detail)."""
+    return _full_detail and logging.getLogger("gateway").isEnabledFor(logging.DEBUG)
+
 
 def mask_phone(number: str | None) -> str:
-    """Mask the middle of a phone number: "+16135550123" -> "+1613***0123"."""
+    """Mask the middle of a phone number: "+16135550123" -> "+1613***0123" (shown whole
+    only when privacy.log_full_detail is on and the log level is DEBUG)."""
     if not number:
         return "-"
+    if log_full_detail():
+        return number
     if len(number) <= 6:
         return "***"
     return f"{number[:5]}***{number[-4:]}"
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """Log to stderr (journald picks it up), one line per event."""
+def setup_logging(level: str = "INFO", *, full_detail: bool = False) -> None:
+    """Log to stderr (journald picks it up), one line per event. `full_detail` (only with
+    DEBUG) lets numbers and texts through, for debugging."""
+    global _full_detail
+    _full_detail = full_detail
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

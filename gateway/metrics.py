@@ -14,6 +14,16 @@ class Metrics:
         self.texts_in = Counter(
             "sms311_texts_in", "Inbound texts accepted by the webhook", ["kind"], registry=r
         )
+        self.texts_by_municipality = Counter(
+            "sms311_texts_in_by_municipality",
+            "Texts emailed to a municipality (held ones counted when released)",
+            ["municipality"], registry=r,
+        )
+        self.dialogue_steps = Counter(
+            "sms311_dialogue_steps",
+            "What the dialogue did with a text: delivered, held (asking), answered, fallback",
+            ["step"], registry=r,
+        )
         self.webhook_rejected = Counter(
             "sms311_webhook_rejected", "Webhook requests refused", ["reason"], registry=r
         )

@@ -29,6 +29,7 @@ maintained library `mail-parser-reply` (see tests/test_reply_corpora.py for the 
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import re
 import unicodedata
@@ -479,6 +480,16 @@ def _decode_bytes(data: bytes, declared: str | None, *, truncated: bool = False)
     charset = (declared or "").strip().strip("\"'").lower()
     if charset in _UNKNOWN:
         charset = ""
+    # A byte-order mark is believed when the label does not contradict it. (UTF-16 labelled
+    # utf-8 has usually lost its byte alignment on the way, e.g. to CRLF conversion; the
+    # reply service then refuses it as unreadable rather than texting garbage.)
+    for bom, codec in _BOMS:
+        if data.startswith(bom) and (
+            not charset or codec == "utf-8" or charset.startswith(codec[:6])
+        ):
+            text = _try_decode(data[len(bom):], codec, truncated=truncated)
+            if text is not None:
+                return text
     candidates: list[str] = []
     if charset in _LATIN:
         candidates = ["utf-8", "cp1252"] if not data.isascii() else ["ascii"]
@@ -502,7 +513,40 @@ def _try_decode(data: bytes, charset: str, *, truncated: bool) -> str | None:
         return None
 
 
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
+
+
+def _lenient_base64(text: str) -> bytes | None:
+    """Decode base64 the way a mail client would: ignore what is not in the alphabet, and
+    drop an incomplete last character (a message cut short) instead of failing."""
+    cleaned = _NOT_BASE64.sub("", text)
+    cleaned = cleaned[: len(cleaned) - (len(cleaned) % 4 == 1)]
+    cleaned += "=" * (-len(cleaned) % 4)
+    try:
+        return binascii.a2b_base64(cleaned)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _payload_bytes(part: Message) -> bytes:
+    if str(part.get("Content-Transfer-Encoding", "")).strip().lower() == "base64":
+        # The email package hands back undecoded text for base64 it finds malformed
+        # (e.g. cut short); never let base64 through as if it were the text.
+        try:
+            encoded = part.get_payload()
+        except Exception:
+            encoded = None
+        if isinstance(encoded, str):
+            decoded = _lenient_base64(encoded)
+            if decoded is not None:
+                return decoded
     try:
         payload = part.get_payload(decode=True)
     except Exception:

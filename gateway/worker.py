@@ -406,7 +406,8 @@ async def run_worker(
     gateway: Gateway, stop: asyncio.Event, dispatcher: Dispatcher | None = None
 ) -> None:
     """The worker until `stop`: the dispatcher, the IMAP listener (when `email.imap` is
-    set) and the SMTP/LMTP reply ingress (when `email.ingress` is set)."""
+    set), the SMTP/LMTP reply ingress (when `email.ingress` is set) and the daily
+    retention purge (when `privacy.retention_days` is not 0)."""
     from gateway.mail.imap import ImapListener
     from gateway.mail.ingress import ReplyIngress
     from gateway.reply_service import ReplyService
@@ -414,9 +415,12 @@ async def run_worker(
     dispatcher = dispatcher or Dispatcher(gateway)
     sink = ReplyService(gateway, on_queued=dispatcher.wake)
     email = gateway.settings.email
-    tasks = [dispatcher.run(stop)]
+    tasks = [dispatcher.run(stop), retention_loop(gateway, stop)]
     if email.imap is not None:
-        tasks.append(ImapListener(email.imap, sink, gateway.store).run(stop))
+        listener = ImapListener(
+            email.imap, sink, gateway.store, idle_timeout=email.imap.idle_restart_seconds
+        )
+        tasks.append(listener.run(stop))
     ingress = None
     if email.ingress is not None:
         pattern = reply_address_pattern(email.reply_address)
@@ -429,3 +433,36 @@ async def run_worker(
     finally:
         if ingress is not None:
             await ingress.stop()
+
+
+RETENTION_EVERY = 24 * 3600.0
+RETENTION_FIRST_AFTER = 60.0
+
+
+async def retention_loop(
+    gateway: Gateway,
+    stop: asyncio.Event,
+    *,
+    first_after: float = RETENTION_FIRST_AFTER,
+    every: float = RETENTION_EVERY,
+) -> None:
+    """Blank message texts older than `privacy.retention_days`, daily (counts are kept)."""
+    from gateway.store.privacy import purge_texts
+    from gateway.store.sql import SqlStore
+
+    days = gateway.settings.privacy.retention_days
+    if days <= 0 or not isinstance(gateway.store, SqlStore):
+        return
+    await _sleep_or(stop, first_after)
+    while not stop.is_set():
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        try:
+            result = await asyncio.to_thread(purge_texts, gateway.store, cutoff)
+        except StoreUnavailable as exc:
+            log.warning("retention purge postponed: store unavailable: %s", exc)
+        else:
+            log.info(
+                "retention purge (%d days): %d texts blanked, %d sent outbox rows deleted",
+                days, result.texts_blanked, result.outbox_deleted,
+            )
+        await _sleep_or(stop, every)

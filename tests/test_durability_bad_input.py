@@ -186,11 +186,6 @@ def test_utf16_mislabelled_as_utf8_is_never_texted_as_mojibake(gateway: Gateway)
     assert queued_sms(gateway) in ([], ["We will fix it tomorrow."]), disposition
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/replies.py: a base64 text part whose length is 1 more than a multiple "
-    "of 4 (a message cut short) is returned undecoded by the email package, and texted",
-)
 def test_a_truncated_base64_reply_is_never_texted_as_base64(gateway: Gateway) -> None:
     to_city = a_conversation(gateway)
     encoded = base64.b64encode(b"A crew is on the way to fix the pothole today.")

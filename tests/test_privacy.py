@@ -97,3 +97,32 @@ def test_privacy_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["--config", config, "privacy", "delete", "613-555-0123", "--yes"]) == 0
     assert "erased +16135550123" in capsys.readouterr().out
     assert main(["--config", config, "privacy", "export", "not a number"]) == 2
+
+
+def test_the_worker_purges_daily(tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway.services import Gateway
+    from gateway.worker import retention_loop
+    from tests.gateway_fixtures import settings_in
+
+    settings = settings_in(tmp_path / "gw", extra="privacy: {retention_days: 30}\n")
+    sqlite = open_store(settings.database)
+    sqlite.upgrade()
+    populate(sqlite, PHONE, datetime.now(UTC) - timedelta(days=31))
+    sqlite.close()
+    gateway = Gateway.from_settings(settings)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(retention_loop(gateway, stop, first_after=0, every=3600))
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if bodies(gateway.store)[0][1] == "":  # type: ignore[arg-type]
+                break
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert bodies(gateway.store)[0] == (PHONE, "")  # type: ignore[arg-type]
+    gateway.close()

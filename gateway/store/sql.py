@@ -234,7 +234,16 @@ def create_store_engine(url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT)
         max_overflow=10,
         pool_timeout=10,
         hide_parameters=True,
-        connect_args={"connect_timeout": 10},
+        # TCP keepalives and a user timeout: a server that vanishes without a word (a
+        # partition) becomes an error within ~30 s instead of blocking web threads for ever.
+        connect_args={
+            "connect_timeout": 10,
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30000,
+        },
     )
 
 

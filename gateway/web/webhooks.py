@@ -164,7 +164,12 @@ def inbound() -> Response:
     if outcome.emails_queued:
         gateway.outbox_changed()
     kind = "duplicate" if outcome.duplicate else (outcome.keyword or "text")
-    gateway.metrics.texts_in.labels(kind).inc()
+    metrics = gateway.metrics
+    metrics.texts_in.labels(kind).inc()
+    if not outcome.duplicate and outcome.keyword is None:
+        metrics.dialogue_steps.labels(outcome.step).inc()
+        if outcome.step == "delivered" and outcome.municipality_id:
+            metrics.texts_by_municipality.labels(outcome.municipality_id).inc()
     gateway.metrics.webhook_seconds.observe(time.perf_counter() - started)
     return _twiml(outcome.replies)
 
