@@ -60,3 +60,34 @@ def test_metrics_count_texts_and_refusals(tmp_path: Path) -> None:
     assert 'sms311_webhook_rejected_total{reason="signature"} 1.0' in text
     assert "sms311_outbox_depth 0.0" in text
     gateway.close()
+
+
+def test_healthz_logs_in_to_the_replies_mailbox(tmp_path: Path) -> None:
+    from tests.dovecot import Dovecot
+
+    port = free_port()
+    controller = Controller(Accept(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        with Dovecot(tmp_path / "imap") as dovecot:
+            imap = (f"  imap: {{host: 127.0.0.1, port: {dovecot.port}, username: {dovecot.user},"
+                    " security: none}\n")
+            for password, status in ((dovecot.password, 200), ("wrong", 503)):
+                folder = tmp_path / status.__str__()
+                from gateway.config import load_settings
+                from tests.gateway_fixtures import write_settings
+
+                config = write_settings(folder, smtp_port=port)
+                config.write_text(config.read_text().replace("  smtp: {host", imap + "  smtp: {host"))
+                settings = load_settings(config, environ={"GATEWAY_EMAIL__IMAP__PASSWORD": password})
+                store = open_store(settings.database)
+                store.upgrade()
+                store.close()
+                gateway = Gateway.from_settings(settings)
+                response = create_app(gateway).test_client().get("/healthz")
+                assert response.status_code == status, response.json
+                assert response.json is not None
+                assert response.json["checks"]["imap"]["ok"] is (status == 200)
+                gateway.close()
+    finally:
+        controller.stop()

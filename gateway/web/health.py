@@ -3,6 +3,7 @@ and `GET /metrics` (Prometheus text)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import Any
@@ -46,9 +47,28 @@ def run_checks(gateway: Gateway) -> dict[str, dict[str, Any]]:
     checks["smtp"] = {"ok": error is None} | ({"error": error} if error else {})
     imap = gateway.settings.email.imap
     if imap is not None:
-        error = _tcp(imap.host, imap.port)
+        error = _mailbox(gateway)
         checks["imap"] = {"ok": error is None} | ({"error": error} if error else {})
     return checks
+
+
+def _mailbox(gateway: Gateway) -> str | None:
+    """None when the replies mailbox accepts a login (connect, LOGIN, NOOP, LOGOUT)."""
+    from gateway.mail.imap import ImapListener
+    from gateway.mail.types import Disposition, MailOrigin
+
+    imap = gateway.settings.email.imap
+    assert imap is not None
+
+    async def no_sink(raw: bytes, origin: MailOrigin) -> Disposition:  # the check reads nothing
+        raise RuntimeError("not used")
+
+    listener = ImapListener(imap, no_sink, gateway.store, check_timeout=CHECK_TIMEOUT * 2)
+    try:
+        asyncio.run(listener.check())
+    except Exception as exc:  # any failure is "not reachable", named
+        return f"{imap.host}:{imap.port}: {type(exc).__name__}: {exc}"[:300]
+    return None
 
 
 @blueprint.get("/healthz")
