@@ -158,6 +158,9 @@ class OutboxSettings:
     max_attempts: int = 12
     base_backoff_seconds: float = 1.0
     max_backoff_seconds: float = 300.0
+    # A claimed row is this instance's for this long; a dead instance's rows are taken over
+    # by the others when it ends. Longer than the slowest send (SMTP/API timeouts).
+    lease_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -614,6 +617,7 @@ SCHEMA = _Section(
                 "max_attempts": _Leaf("int", check=_check_at_least_one),
                 "base_backoff_seconds": _Leaf("number", check=_check_positive),
                 "max_backoff_seconds": _Leaf("number", check=_check_positive),
+                "lease_seconds": _Leaf("number", check=_check_positive),
             }
         ),
         "conversations": _Section(

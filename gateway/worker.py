@@ -31,7 +31,7 @@ from gateway import emails, segments
 from gateway.logs import mask_phone
 from gateway.mail.smtp import PermanentSmtpError, TemporarySmtpError, send_email
 from gateway.notices import enqueue_notice, reply_address_pattern
-from gateway.pacing import SegmentPacer
+from gateway.pacing import Pacer, SegmentPacer, pacer_for
 from gateway.services import Gateway
 from gateway.sms import MediaError, SmsPermanentError, SmsTemporaryError
 from gateway.store import OutboxItem, OutboxKind, StoreUnavailable
@@ -40,7 +40,7 @@ _T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=2)
+
 BATCH = 20
 
 
@@ -70,22 +70,26 @@ class Dispatcher:
         sms_concurrency: int = 16,
     ) -> None:
         self._gateway = gateway
+        # How long a claimed row stays this worker's: a dead instance's rows are taken over
+        # by the others after this long.
+        self._lease = timedelta(seconds=gateway.settings.outbox.lease_seconds)
         self._poll_interval = poll_interval
         self._now = now
         self._wake = {"email": asyncio.Event(), "sms": asyncio.Event()}
         self._worker_id = worker_identity()
         self._random = random.Random()
-        self._pacer = pacer or SegmentPacer(gateway.settings.sms.max_per_second)
+        self._pacer: Pacer = pacer or pacer_for(gateway.store, gateway.settings.sms.max_per_second)
         self._sms_threads = ThreadPoolExecutor(sms_concurrency, thread_name_prefix="sms")
         self._sms_slots = asyncio.Semaphore(sms_concurrency)
         # number -> (id, due) of the earliest SMS to it that failed and waits for its retry:
         # the later ones to that number wait too, so texts and parts arrive in order
         self._waiting: dict[str, tuple[int, datetime]] = {}
 
-    def wake(self) -> None:
-        """Look at the outbox now rather than at the next poll."""
-        for event in self._wake.values():
-            event.set()
+    def wake(self, kind: str = "") -> None:
+        """Look at the outbox (for `kind`, or both) now rather than at the next poll."""
+        for each, event in self._wake.items():
+            if kind in ("", each) or kind not in self._wake:
+                event.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch emails and SMS until `stop` is set; what is in flight is finished first."""
@@ -140,7 +144,7 @@ class Dispatcher:
         handled = 0
         for each in kinds:
             items = await asyncio.to_thread(
-                self._gateway.store.claim_due, [each], BATCH, self._now(), LEASE,
+                self._gateway.store.claim_due, [each], BATCH, self._now(), self._lease,
                 self._worker_id,
             )
             if each == "email":
@@ -238,7 +242,7 @@ class Dispatcher:
             return False
         first, due = waiting
         now = self._now()
-        if due < now - LEASE:  # that row was handled elsewhere (another worker, by hand)
+        if due < now - self._lease:  # that row was handled elsewhere (another worker, by hand)
             del self._waiting[to]
             return False
         until = max(due, now + timedelta(seconds=self._poll_interval))
@@ -411,16 +415,30 @@ async def run_worker(
     from gateway.mail.imap import ImapListener
     from gateway.mail.ingress import ReplyIngress
     from gateway.reply_service import ReplyService
+    from gateway.store.coordination import (
+        MailboxLease,
+        OutboxListener,
+        postgres_conninfo,
+        while_leased,
+    )
+    from gateway.store.sql import SqlStore
 
     dispatcher = dispatcher or Dispatcher(gateway)
     sink = ReplyService(gateway, on_queued=dispatcher.wake)
     email = gateway.settings.email
     tasks = [dispatcher.run(stop), retention_loop(gateway, stop)]
+    # PostgreSQL: several instances may share the database (None on SQLite)
+    store = gateway.store
+    conninfo = postgres_conninfo(store.engine) if isinstance(store, SqlStore) else None
     if email.imap is not None:
         listener = ImapListener(
             email.imap, sink, gateway.store, idle_timeout=email.imap.idle_restart_seconds
         )
-        tasks.append(listener.run(stop))
+        # one listener per mailbox across instances; another takes over when this one dies
+        lease = MailboxLease(conninfo, email.imap.host, email.imap.username, email.imap.mailbox)
+        tasks.append(while_leased(lease, listener.run, stop))
+    if conninfo is not None:  # rows enqueued by any instance are looked at at once
+        tasks.append(OutboxListener(conninfo, dispatcher.wake).run(stop))
     ingress = None
     if email.ingress is not None:
         pattern = reply_address_pattern(email.reply_address)

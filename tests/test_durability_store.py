@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import secrets
 import sqlite3
@@ -38,10 +37,11 @@ from gateway.worker import Dispatcher
 from tests.dovecot import Dovecot
 from tests.gateway_fixtures import Resident, settings_in
 from tests.loop import Loop, MailServer, agent_reply, first_email, wait_for
+from tests.postgres import server_url
 from tests.tcp_proxy import TcpProxy
 
 PHONE = "+16135550166"
-PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_URL = server_url()  # GATEWAY_TEST_POSTGRES_URL, or a throwaway cluster (tests/postgres.py)
 
 
 class InProcessGateway:

@@ -9,7 +9,6 @@ If the server cannot be reached the PostgreSQL tests fail (they never skip).
 
 from __future__ import annotations
 
-import os
 import secrets
 import sqlite3
 import threading
@@ -47,8 +46,9 @@ from gateway.store.schema import (
     processed_emails,
 )
 from gateway.store.sql import alembic_config, head_revision, normalize_url
+from tests.postgres import server_url
 
-PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_URL = server_url()  # GATEWAY_TEST_POSTGRES_URL, or a throwaway cluster (tests/postgres.py)
 PHONE = "+16135550123"
 OTHER = "+15145550199"
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)

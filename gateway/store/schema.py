@@ -206,3 +206,15 @@ imap_checkpoints = sa.Table(
     sa.Column("last_uid", sa.BigInteger(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+# Texts let go by the shared pacer (PostgreSQL, several instances): the database's clock
+# and the segments; 0 segments = a pause until the row leaves the window (see gateway.pacing).
+sms_starts = sa.Table(
+    "sms_starts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("segments", sa.Integer(), nullable=False),
+    sa.CheckConstraint("segments >= 0", name="segments"),
+    sa.Index(None, "started_at"),
+)

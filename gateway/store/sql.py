@@ -803,7 +803,10 @@ class SqlTx:
             "created_at": now,
             "updated_at": now,
         }
-        return int(self._exec(_INSERT_OUTBOX, values).scalar_one())
+        row_id = int(self._exec(_INSERT_OUTBOX, values).scalar_one())
+        if self._pg:  # other instances' dispatchers look at once (delivered at commit)
+            self._exec(sa.text("SELECT pg_notify('sms311_outbox', :kind)"), {"kind": kind})
+        return row_id
 
 
 # --- the store ------------------------------------------------------------------------------
