@@ -56,7 +56,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _make_certificate(cert_path: Path, key_path: Path) -> None:
+def make_certificate(cert_path: Path, key_path: Path) -> None:
     """A self-signed certificate for localhost / 127.0.0.1 (EC P-256: fast to make)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -367,7 +367,7 @@ class Dovecot:
             time.sleep(0.01)
 
     def _write_files(self) -> None:
-        _make_certificate(self.cert_path, self.key_path)
+        make_certificate(self.cert_path, self.key_path)
         passwd = self.root / "passwd"
         passwd.write_text(f"{self.user}:{{PLAIN}}{self.password}\n")
         passwd.chmod(0o644 if self._is_root else 0o600)

@@ -8,18 +8,13 @@ postgresql://postgres@127.0.0.1:5432/test), in a throwaway database dropped afte
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-import sqlalchemy as sa
-from psycopg import sql
 
 from gateway.pacing import SegmentPacer
 from gateway.services import Gateway
@@ -34,52 +29,27 @@ from gateway.store.sql import SqlStore, open_store
 from gateway.worker import Dispatcher, run_worker
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import free_port, settings_in
+from tests.postgres import connect, database_url, migrated_schema, throwaway_database_name
 
-PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _admin(dbname: str) -> psycopg.Connection[Any]:
-    args = sa.make_url(PG_URL).translate_connect_args(username="user", database="dbname")
-    args["dbname"] = dbname
-    return psycopg.connect(**args, autocommit=True, connect_timeout=5)
+_admin = connect  # an autocommit connection to a database of the test server
 
 
 @pytest.fixture(scope="module")
 def pg_database() -> Iterator[str]:
-    name = f"sms311_coord_{secrets.token_hex(6)}"
-    with _admin("postgres") as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
+    with throwaway_database_name("sms311_coord") as name:
         yield name
-    finally:
-        with _admin("postgres") as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
 def conninfo(pg_database: str) -> str:
-    url = sa.make_url(PG_URL).set(drivername="postgresql", database=pg_database)
-    return url.render_as_string(hide_password=False)
+    return database_url(pg_database)
 
 
 @pytest.fixture
 def pg_store_url(pg_database: str) -> Iterator[str]:
     """A migrated store in a fresh schema of the throwaway database."""
-    schema = f"t_{secrets.token_hex(6)}"
-    with _admin(pg_database) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    url = sa.make_url(PG_URL).set(database=pg_database, query={"options": f"-csearch_path={schema}"})
-    rendered = url.render_as_string(hide_password=False)
-    store = open_store(rendered)
-    try:
-        store.upgrade()
-    finally:
-        store.close()
-    try:
-        yield rendered
-    finally:
-        with _admin(pg_database) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    with migrated_schema(pg_database) as url:
+        yield url
 
 
 @pytest.fixture

@@ -10,68 +10,34 @@ from __future__ import annotations
 
 import asyncio
 import random
-import secrets
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
-from psycopg import sql
 
 from gateway.pacing import DEFAULT_MARGIN, WINDOW, SegmentPacer, SharedPacer, pacer_for
 from gateway.store import StoreUnavailable
 from gateway.store.sql import SqlStore, open_store
-from tests.postgres import server_url
+from tests.postgres import migrated_schema, throwaway_database_name
 
-PG_URL = server_url()  # GATEWAY_TEST_POSTGRES_URL, or a throwaway cluster (tests/postgres.py)
 SPAN = WINDOW + DEFAULT_MARGIN
-
-
-def _pg_connect(dbname: str) -> psycopg.Connection[Any]:
-    args = sa.make_url(PG_URL).translate_connect_args(username="user", database="dbname")
-    args["dbname"] = dbname
-    try:
-        return psycopg.connect(**args, autocommit=True, connect_timeout=5)
-    except psycopg.Error as exc:
-        problem = " ".join(str(exc).split())
-    pytest.fail(f"PostgreSQL is not reachable ({problem}): set GATEWAY_TEST_POSTGRES_URL",
-                pytrace=False)
 
 
 @pytest.fixture(scope="module")
 def pg_database() -> Iterator[str]:
-    name = f"sms311_pacing_{secrets.token_hex(6)}"
-    with _pg_connect("postgres") as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
+    with throwaway_database_name("sms311_pacing") as name:
         yield name
-    finally:
-        with _pg_connect("postgres") as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
 def pg_url(pg_database: str) -> Iterator[str]:
     """A fresh schema, migrated to the newest revision, for one test."""
-    schema = f"t_{secrets.token_hex(6)}"
-    with _pg_connect(pg_database) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    url = sa.make_url(PG_URL).set(database=pg_database, query={"options": f"-csearch_path={schema}"})
-    rendered = url.render_as_string(hide_password=False)
-    store = open_store(rendered)
-    try:
-        store.upgrade()
-    finally:
-        store.close()
-    try:
-        yield rendered
-    finally:
-        with _pg_connect(pg_database) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    with migrated_schema(pg_database) as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import email
 import email.policy
-import ipaddress
 import logging
 import socket
 import ssl
@@ -20,10 +19,6 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gateway.config import SmtpSettings
 from gateway.emails import (
@@ -38,6 +33,7 @@ from gateway.emails import (
 )
 from gateway.mail.sandbox import SandboxMailServer, mailbox_folder, mailbox_messages
 from gateway.mail.smtp import PermanentSmtpError, TemporarySmtpError, send_email
+from tests.dovecot import make_certificate
 
 USER, PASSWORD = "gateway", "s3cret-pass"
 
@@ -63,35 +59,8 @@ class Certificate:
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
     directory = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    make_certificate(cert_path, key_path)  # the same throwaway certificate Dovecot uses
     return Certificate(cert_path, key_path)
 
 
