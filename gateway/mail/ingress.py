@@ -27,13 +27,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
+from gateway.mail.loopserver import LoopSmtpServer
 from gateway.mail.types import MailOrigin, ReplySink
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,10 @@ class _Handler:
         return status
 
 
-class ReplyIngress:
+class ReplyIngress(LoopSmtpServer):
     """An SMTP or LMTP server feeding agents' replies to `sink`; see the module docstring."""
+
+    name = "reply ingress"
 
     def __init__(
         self,
@@ -126,54 +128,27 @@ class ReplyIngress:
         lmtp: bool = False,
         hostname: str | None = None,
     ) -> None:
-        self.host, self._requested_port = parse_listen(listen)
+        host, port = parse_listen(listen)
+        super().__init__(host, port)
         self.max_size = max_size
         self.lmtp = lmtp
         self.hostname = hostname or socket.gethostname()  # not getfqdn(): no DNS wait
         self.handler = _Handler(sink, accept, "lmtp" if lmtp else "smtp")
-        self._server: asyncio.Server | None = None
-        self._connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
-    @property
-    def port(self) -> int:
-        """The bound port (after `start`)."""
-        if self._server is None or not self._server.sockets:
-            raise RuntimeError("the reply ingress is not running")
-        return int(self._server.sockets[0].getsockname()[1])
+    def make_protocol(self, loop: asyncio.AbstractEventLoop) -> SMTP:
+        protocol_class = LMTP if self.lmtp else SMTP
+        return protocol_class(
+            self.handler,
+            hostname=self.hostname,
+            data_size_limit=self.max_size,
+            enable_SMTPUTF8=True,
+            loop=loop,
+        )
 
     async def start(self) -> None:
         """Bind and serve on the running loop."""
-        if self._server is not None:
+        if not await self._listen():
             return
-        loop = asyncio.get_running_loop()
-        protocol_class = LMTP if self.lmtp else SMTP
-
-        def connection() -> SMTP:
-            protocol = protocol_class(
-                self.handler,
-                hostname=self.hostname,
-                data_size_limit=self.max_size,
-                enable_SMTPUTF8=True,
-                loop=loop,
-            )
-            self._connections.add(protocol)
-            return protocol
-
-        self._server = await loop.create_server(
-            connection, host=self.host, port=self._requested_port
-        )
         log.info(
             "reply ingress (%s) on %s:%d", "LMTP" if self.lmtp else "SMTP", self.host, self.port
         )
-
-    async def stop(self) -> None:
-        """Stop listening, close open connections, wait until closed."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        for protocol in list(self._connections):
-            transport = protocol.transport
-            if transport is not None and not transport.is_closing():
-                transport.close()
-        await server.wait_closed()

@@ -16,7 +16,6 @@ import itertools
 import logging
 import os
 import re
-import weakref
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
@@ -25,6 +24,8 @@ from types import TracebackType
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
+
+from gateway.mail.loopserver import LoopSmtpServer
 
 log = logging.getLogger(__name__)
 
@@ -116,58 +117,31 @@ def _subject(data: bytes) -> str:
         return "(unreadable subject)"
 
 
-class SandboxMailServer:
+class SandboxMailServer(LoopSmtpServer):
     """An SMTP server on `host:port` (port 0: any free port) saving mail under `directory`."""
 
-    def __init__(self, directory: Path, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.directory = Path(directory)
-        self.host = host
-        self._requested_port = port
-        self.handler = SaveToFolders(self.directory)
-        self._server: asyncio.Server | None = None
-        self._connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
+    name = "sandbox mail server"
 
-    @property
-    def port(self) -> int:
-        """The bound port (after `start`)."""
-        if self._server is None or not self._server.sockets:
-            raise RuntimeError("the sandbox mail server is not running")
-        return int(self._server.sockets[0].getsockname()[1])
+    def __init__(self, directory: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
+        self.directory = Path(directory)
+        self.handler = SaveToFolders(self.directory)
+
+    def make_protocol(self, loop: asyncio.AbstractEventLoop) -> SMTP:
+        return SMTP(
+            self.handler,
+            hostname="sandbox.sms311.invalid",
+            data_size_limit=DATA_SIZE_LIMIT,
+            loop=loop,
+        )
 
     async def start(self) -> None:
         """Bind and serve on the running loop."""
-        if self._server is not None:
-            return
         self.directory.mkdir(parents=True, exist_ok=True)
-        loop = asyncio.get_running_loop()
-
-        def connection() -> SMTP:
-            protocol = SMTP(
-                self.handler,
-                hostname="sandbox.sms311.invalid",
-                data_size_limit=DATA_SIZE_LIMIT,
-                loop=loop,
+        if await self._listen():
+            log.info(
+                "sandbox mail server on %s:%d, saving to %s", self.host, self.port, self.directory
             )
-            self._connections.add(protocol)
-            return protocol
-
-        self._server = await loop.create_server(
-            connection,
-            host=self.host,
-            port=self._requested_port,
-        )
-        log.info("sandbox mail server on %s:%d, saving to %s", self.host, self.port, self.directory)
-
-    async def stop(self) -> None:
-        """Stop listening, close open client connections, wait until closed."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-            for protocol in list(self._connections):
-                transport = protocol.transport
-                if transport is not None and not transport.is_closing():
-                    transport.close()
-            await server.wait_closed()
 
     async def __aenter__(self) -> SandboxMailServer:
         await self.start()
