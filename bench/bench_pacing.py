@@ -30,21 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.pacing import SegmentPacer
+from tests.fake_twilio import max_in_window  # the same window count the tests use
 
 TARGET_RATIO = 0.95
-
-
-def max_in_window(events: Sequence[tuple[float, int]], window: float = 1.0) -> int:
-    """The most segments within any half-open window [t, t + window)."""
-    ordered = sorted(events)
-    best = total = first = 0
-    for moment, segments in ordered:
-        total += segments
-        while ordered[first][0] <= moment - window:
-            total -= ordered[first][1]
-            first += 1
-        best = max(best, total)
-    return best
 
 
 def sustained_rate(events: Sequence[tuple[float, int]]) -> float:
