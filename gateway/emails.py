@@ -32,7 +32,7 @@ from datetime import UTC, datetime, tzinfo
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -274,6 +274,60 @@ class ResidentText:
         )
 
 
+class _Threaded(Protocol):
+    """What a resident email and an agent notice share: the envelope and the threading."""
+
+    @property
+    def conversation_id(self) -> int: ...
+    @property
+    def from_address(self) -> str: ...
+    @property
+    def to(self) -> tuple[str, ...]: ...
+    @property
+    def cc(self) -> tuple[str, ...]: ...
+    @property
+    def reply_to(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def in_reply_to(self) -> str | None: ...
+    @property
+    def references(self) -> tuple[str, ...]: ...
+
+
+def _thread_fields_to_dict(email: _Threaded) -> dict[str, Any]:
+    """The envelope and threading fields of an outbox payload."""
+    return {
+        "conversation_id": email.conversation_id,
+        "from_address": email.from_address,
+        "to": list(email.to),
+        "cc": list(email.cc),
+        "reply_to": email.reply_to,
+        "subject": email.subject,
+        "message_id": email.message_id,
+        "in_reply_to": email.in_reply_to,
+        "references": list(email.references),
+    }
+
+
+def _thread_fields_from_dict(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of `_thread_fields_to_dict`, as constructor keywords."""
+    in_reply_to = data.get("in_reply_to")
+    return {
+        "conversation_id": int(data["conversation_id"]),
+        "from_address": str(data["from_address"]),
+        "to": tuple(str(a) for a in data["to"]),
+        "cc": tuple(str(a) for a in data.get("cc", ())),
+        "reply_to": str(data["reply_to"]),
+        "subject": str(data["subject"]),
+        "message_id": str(data["message_id"]),
+        "in_reply_to": str(in_reply_to) if in_reply_to is not None else None,
+        "references": tuple(str(r) for r in data.get("references", ())),
+    }
+
+
 @dataclass(frozen=True, kw_only=True)
 class ResidentEmail:
     """Everything needed to compose one email of a conversation (the outbox payload).
@@ -316,15 +370,7 @@ class ResidentEmail:
         "type": "resident" (the outbox tells resident emails from notices by it)."""
         return {
             "type": "resident",
-            "conversation_id": self.conversation_id,
-            "from_address": self.from_address,
-            "to": list(self.to),
-            "cc": list(self.cc),
-            "reply_to": self.reply_to,
-            "subject": self.subject,
-            "message_id": self.message_id,
-            "in_reply_to": self.in_reply_to,
-            "references": list(self.references),
+            **_thread_fields_to_dict(self),
             "resident_e164": self.resident_e164,
             "resident_national": self.resident_national,
             "municipality_name": self.municipality_name,
@@ -340,18 +386,9 @@ class ResidentEmail:
         """The inverse of `to_dict` ("type" and unknown keys are ignored).
         Raises KeyError/ValueError on a malformed payload."""
         date = data.get("date")
-        in_reply_to = data.get("in_reply_to")
         note = data.get("note")
         return cls(
-            conversation_id=int(data["conversation_id"]),
-            from_address=str(data["from_address"]),
-            to=tuple(str(a) for a in data["to"]),
-            cc=tuple(str(a) for a in data.get("cc", ())),
-            reply_to=str(data["reply_to"]),
-            subject=str(data["subject"]),
-            message_id=str(data["message_id"]),
-            in_reply_to=str(in_reply_to) if in_reply_to is not None else None,
-            references=tuple(str(r) for r in data.get("references", ())),
+            **_thread_fields_from_dict(data),
             resident_e164=str(data["resident_e164"]),
             resident_national=str(data["resident_national"]),
             municipality_name=str(data["municipality_name"]),
@@ -607,15 +644,7 @@ class AgentNotice:
         """A JSON-safe dict with "type": "notice"."""
         return {
             "type": "notice",
-            "conversation_id": self.conversation_id,
-            "from_address": self.from_address,
-            "to": list(self.to),
-            "cc": list(self.cc),
-            "reply_to": self.reply_to,
-            "subject": self.subject,
-            "message_id": self.message_id,
-            "in_reply_to": self.in_reply_to,
-            "references": list(self.references),
+            **_thread_fields_to_dict(self),
             "language": self.language,
             "kind": self.kind,
             "details": dict(self.details),
@@ -626,18 +655,9 @@ class AgentNotice:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AgentNotice:
         """The inverse of `to_dict`. Raises KeyError/ValueError on a malformed payload."""
-        in_reply_to = data.get("in_reply_to")
         date = data.get("date")
         return cls(
-            conversation_id=int(data["conversation_id"]),
-            from_address=str(data["from_address"]),
-            to=tuple(str(a) for a in data["to"]),
-            cc=tuple(str(a) for a in data.get("cc", ())),
-            reply_to=str(data["reply_to"]),
-            subject=str(data["subject"]),
-            message_id=str(data["message_id"]),
-            in_reply_to=str(in_reply_to) if in_reply_to is not None else None,
-            references=tuple(str(r) for r in data.get("references", ())),
+            **_thread_fields_from_dict(data),
             language=str(data.get("language") or "en"),
             kind=str(data["kind"]),
             details=dict(data.get("details") or {}),
