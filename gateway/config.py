@@ -12,6 +12,7 @@ Public API:
   (an empty list means the configuration is usable). `sms311 check-config` prints them.
 - `config_path_from(argv_value, environ) -> Path`: `--config`, else `GATEWAY_CONFIG`, else
   `/etc/sms311/sms311.yaml`.
+- `check_email_address(value) -> str`: a bare `name@domain`, stripped, or ValueError(why).
 
 Rules:
 
@@ -25,7 +26,10 @@ Rules:
   are not settings; any other unknown `GATEWAY_` variable is a problem.
 - String settings take the YAML scalar's text as written, so `province: ON` or `sender: 31100`
   are the strings "ON" and "31100" (not YAML 1.1 booleans or numbers).
-- Secret values (tokens, passwords, the database URL) never appear in a message.
+- Secret values (tokens, passwords, the database URL, console.secret_key) never appear in
+  a message.
+- `console:` (optional) tunes the staff console (`ConsoleSettings`); without
+  `console.secret_key` the console keeps a generated secret in the database.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from urllib.parse import urlsplit
 import phonenumbers
 import yaml
 
-from gateway.municipalities import Municipality
+from gateway.municipalities import CannedReply, Municipality
 
 try:
     from yaml import CSafeLoader as _YamlLoader
@@ -182,6 +186,20 @@ class PrivacySettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """The staff web console (`/console/…`)."""
+
+    # Signs the session cookies; None: a secret generated once and kept in the database
+    # (shared by every instance). At least 32 characters when set.
+    secret_key: str | None = field(default=None, repr=False)
+    session_hours: float = 12.0  # a sign-in lasts this long
+    login_max_failures: int = 5  # failed sign-ins (per email or address) before a pause …
+    login_window_minutes: float = 15.0  # … counted over this window
+    poll_seconds: float = 3.0  # how often open pages refresh
+    presence_seconds: float = 20.0  # "Dana is viewing" lasts this long without a refresh
+
+
+@dataclass(frozen=True)
 class Settings:
     config_path: Path  # the settings file; relative paths are resolved against its folder
     database: str
@@ -196,6 +214,7 @@ class Settings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     conversations: ConversationSettings = field(default_factory=ConversationSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,6 +406,11 @@ def _check_bare_address(value: str) -> str:
     return value
 
 
+def check_email_address(value: str) -> str:
+    """A bare address (`name@domain`), stripped; raises ValueError(why) when it is not one."""
+    return _check_bare_address(value)
+
+
 def _check_address(value: str) -> str:
     """A single address, bare or with a display name: `311 Text <sms@example.ca>`."""
     value = value.strip()
@@ -481,6 +505,14 @@ def _check_at_least_one(value: int) -> int:
     if value < 1:
         raise ValueError("must be at least 1")
     return value
+
+
+def _check_secret_key(value: str) -> str:
+    if len(value.strip()) < 32:
+        raise ValueError(
+            "must be at least 32 characters (e.g. the output of `openssl rand -hex 32`)"
+        )
+    return value.strip()
 
 
 def _check_not_empty(value: str) -> str:
@@ -627,6 +659,16 @@ SCHEMA = _Section(
             {
                 "retention_days": _Leaf("int", check=_check_not_negative),
                 "log_full_detail": _Leaf("bool"),
+            }
+        ),
+        "console": _Section(
+            {
+                "secret_key": _Leaf("str", secret=True, check=_check_secret_key),
+                "session_hours": _Leaf("number", check=_check_positive),
+                "login_max_failures": _Leaf("int", check=_check_at_least_one),
+                "login_window_minutes": _Leaf("number", check=_check_positive),
+                "poll_seconds": _Leaf("number", check=_check_positive),
+                "presence_seconds": _Leaf("number", check=_check_positive),
             }
         ),
     }
@@ -852,6 +894,22 @@ def _cross_check(out: _Collected, src: str) -> None:
     cap_key = "outbox.max_backoff_seconds"
     if cap_key in v and v[cap_key] < base:
         out.problem(out.where[cap_key], cap_key, "must be at least outbox.base_backoff_seconds")
+    poll_key, presence_key = "console.poll_seconds", "console.presence_seconds"
+    poll = v.get(poll_key, ConsoleSettings.poll_seconds)
+    presence = v.get(presence_key, ConsoleSettings.presence_seconds)
+    if (poll_key in v or presence_key in v) and presence <= poll:
+        if presence_key in v:
+            out.problem(
+                out.where[presence_key],
+                presence_key,
+                "must be greater than console.poll_seconds (pages renew presence that often)",
+            )
+        else:
+            out.problem(
+                out.where[poll_key],
+                poll_key,
+                f"must be less than console.presence_seconds ({presence:g} by default)",
+            )
     listen_web = v.get("web.listen", WebSettings.listen)
     if "email.ingress" in out.sections:
         listen_key = "email.ingress.listen"
@@ -934,6 +992,7 @@ def _build(values: Mapping[str, Any], sections: set[str], folder: Path, path: Pa
         outbox=OutboxSettings(**_section_kwargs(values, "outbox")),
         conversations=ConversationSettings(**_section_kwargs(values, "conversations")),
         privacy=PrivacySettings(**_section_kwargs(values, "privacy")),
+        console=ConsoleSettings(**_section_kwargs(values, "console")),
     )
 
 
@@ -962,7 +1021,10 @@ _MAP_KEYS = (
     "mailbox",
     "agents",
     "languages",
+    "canned_replies",
 )
+_CANNED_KEYS = ("title", "text", "language")
+CANNED_REPLY_MAX_CHARS = 1600  # the longest SMS body Twilio takes (about 10 segments)
 
 
 def _fold(text: str) -> str:
@@ -1083,6 +1145,7 @@ class _MapReader:
         languages = self.list_of(keys, "languages", path, _one_of(LANGUAGES))
         if languages == []:
             self.problem(keys["languages"], f"{path}.languages", "must list en, fr or both")
+        canned = self.canned_replies(keys, path)
         if len(self.problems) > before:
             return None
         assert ident is not None and fields["name"] is not None
@@ -1097,6 +1160,7 @@ class _MapReader:
             postal_prefixes=tuple(dict.fromkeys(prefixes)),
             agents=tuple(dict.fromkeys(agents or ())),
             languages=tuple(dict.fromkeys(languages or ("en",))),
+            canned_replies=tuple(canned),
         )
 
     def list_of(
@@ -1115,6 +1179,62 @@ class _MapReader:
                 result.append(check(text))
             except ValueError as exc:
                 self.problem(item, f"{path}.{key}[{j}]", str(exc))
+        return result
+
+    def canned_replies(self, keys: Mapping[str, _Node], path: str) -> list[CannedReply]:
+        """`canned_replies: [{title: …, text: …, language: en|fr}, …]` (optional)."""
+        node = keys.get("canned_replies")
+        if node is None or node.is_null:
+            return []
+        key = f"{path}.canned_replies"
+        if node.kind != "seq":
+            self.problem(node, key, "must be a list of {title: …, text: …}")
+            return []
+        result: list[CannedReply] = []
+        seen: dict[tuple[str, str | None], tuple[int, int | None]] = {}
+        for j, item in enumerate(node.items):
+            item_key = f"{key}[{j}]"
+            if item.kind != "map":
+                self.problem(item, item_key, "must be a mapping {title: …, text: …}")
+                continue
+            before = len(self.problems)
+            for name, extra in item.keys.items():
+                if name not in _CANNED_KEYS:
+                    self.problem(extra, f"{item_key}.{name}", _unknown(name, _CANNED_KEYS, "key"))
+            values: dict[str, str | None] = {}
+            for name in _CANNED_KEYS:
+                child = item.keys.get(name)
+                if child is None or child.is_null:
+                    if name != "language":
+                        self.problem(item, f"{item_key}.{name}", "missing")
+                    values[name] = None
+                    continue
+                values[name] = self.string(child, f"{item_key}.{name}")
+            text, language = values["text"], values["language"]
+            if text is not None and len(text) > CANNED_REPLY_MAX_CHARS:
+                self.problem(
+                    item.keys["text"],
+                    f"{item_key}.text",
+                    f"is {len(text)} characters; at most {CANNED_REPLY_MAX_CHARS}",
+                )
+            if language is not None:
+                try:
+                    language = _one_of(LANGUAGES)(language)
+                except ValueError as exc:
+                    self.problem(item.keys["language"], f"{item_key}.language", str(exc))
+            title = values["title"]
+            if title is not None:
+                first = seen.setdefault((_fold(title), language), (j, item.keys["title"].line))
+                if first[0] != j:
+                    self.problem(
+                        item.keys["title"],
+                        f"{item_key}.title",
+                        f"duplicate title {title!r} (also on line {first[1]})",
+                    )
+            if len(self.problems) > before:
+                continue
+            assert title is not None and text is not None
+            result.append(CannedReply(title=title, text=text, language=language))
         return result
 
     def postal_prefixes(
@@ -1207,7 +1327,9 @@ def load_municipality_map(path: Path) -> list[Municipality]:
     """Read and validate municipality_map.yaml (format in DESIGN.md).
 
     Postal prefixes come back upper case without spaces; `agents` defaults to the mailbox's
-    "@domain", `languages` to ("en",). Raises ConfigError with every problem found.
+    "@domain", `languages` to ("en",); `canned_replies` (optional: a list of `{title, text,
+    language}`, text at most 1600 characters, language en|fr or absent) become
+    `CannedReply`s. Raises ConfigError with every problem found.
     """
     municipalities, problems = _read_map(path)
     if problems:

@@ -44,6 +44,7 @@ MAP_KEYS = (
     "mailbox",
     "agents",
     "languages",
+    "canned_replies",
 )
 """Keys of one `municipality_map.yaml` entry, in the order they are written."""
 
@@ -181,6 +182,11 @@ def map_entry(m: Municipality) -> dict[str, Any]:
         entry["agents"] = list(m.agents)
     if m.languages:
         entry["languages"] = list(m.languages)
+    if m.canned_replies:
+        entry["canned_replies"] = [
+            {"title": c.title, "text": c.text} | ({"language": c.language} if c.language else {})
+            for c in m.canned_replies
+        ]
     return entry
 
 

@@ -13,8 +13,10 @@ One conversation is one email thread:
 
 `AgentNotice` / `compose_notice`: a short automatic email, in the conversation's
 thread, telling the agent what became of a reply (shortened, not sent because the
-resident opted out, not delivered, not sent). Outbox payloads say which is which in
-`payload["type"]`: "resident" or "notice" (`from_payload`).
+resident opted out, not delivered, not sent), or — kind "console_reply" — a copy of a
+reply written in the web console, so that the mailbox shows the whole conversation.
+Outbox payloads say which is which in `payload["type"]`: "resident" or "notice"
+(`from_payload`).
 
 Header injection is impossible: every value that goes into a header is reduced to one
 line (CR, LF and other control characters become spaces) before it is set.
@@ -556,8 +558,12 @@ def compose(
 
 # -- notices to the agent ------------------------------------------------------------------
 
-NoticeKind = Literal["shortened", "opted_out", "delivery_failed", "not_sent"]
-NOTICE_KINDS: tuple[NoticeKind, ...] = ("shortened", "opted_out", "delivery_failed", "not_sent")
+NoticeKind = Literal["shortened", "opted_out", "delivery_failed", "not_sent", "console_reply"]
+NOTICE_KINDS: tuple[NoticeKind, ...] = (
+    "shortened", "opted_out", "delivery_failed", "not_sent", "console_reply",
+)  # fmt: skip
+ConsoleOutcome = Literal["texted", "opted_out"]
+CONSOLE_OUTCOMES: tuple[ConsoleOutcome, ...] = ("texted", "opted_out")
 NOTICE_EXCERPT_CHARS = 200
 
 _RE_PREFIX = re.compile(r"^\s*re\s*:", re.IGNORECASE)
@@ -614,9 +620,17 @@ class AgentNotice:
       optionally error_message (the provider's text);
     - "not_sent": reason (English text), optionally error_code;
 
-    and for every kind reply_excerpt: the start of the reply concerned (quoted, at most
-    `NOTICE_EXCERPT_CHARS` characters). `date` (the Date header) is fixed when the
-    notice is made, so a retried notice is the same email.
+    and for each of these reply_excerpt: the start of the reply concerned (quoted, at
+    most `NOTICE_EXCERPT_CHARS` characters).
+
+    - "console_reply": a copy, for the municipality's mailbox (and the sticky agent), of
+      a reply an agent wrote in the web console: agent_name (str | None), agent_email,
+      text (the WHOLE reply as it was texted, quoted in full), outcome ("texted" |
+      "opted_out": not texted, the resident texted STOP), parts (SMS queued, 0 when
+      opted out), optionally shortened (bool: the reply had to be cut to fit).
+
+    `date` (the Date header) is fixed when the notice is made, so a retried notice is
+    the same email.
     """
 
     conversation_id: int
@@ -750,6 +764,8 @@ def _notice_lines(notice: AgentNotice, language: str) -> str:
             f"Your reply could not be delivered to the resident's phone{why}. "
             "You may need to reach them another way."
         )
+    if notice.kind == "console_reply":
+        return _console_reply_lines(details, fr)
     # not_sent
     code = _int(details.get("error_code"))
     reason = str(details.get("reason") or "")
@@ -762,6 +778,50 @@ def _notice_lines(notice: AgentNotice, language: str) -> str:
     return f"Your reply was not texted{why}."
 
 
+def _console_reply_lines(details: Mapping[str, Any], fr: bool) -> str:
+    """The "console_reply" explanation: who answered from the console, and whether the
+    resident was texted (in how many messages, shortened?) or not (opted out)."""
+    name = one_line(str(details.get("agent_name") or ""))
+    address = one_line(str(details.get("agent_email") or ""))
+    if name and address and name.casefold() != address.casefold():
+        who = f"{name} ({address})"
+    else:
+        who = name or address or ("Un agent" if fr else "An agent")
+    outcome = details.get("outcome")
+    parts = _int(details.get("parts"))
+    if fr:
+        said = f"{who} a répondu depuis la console web 311."
+        if outcome == "opted_out":
+            return (
+                f"{said} La réponse n'a PAS été envoyée par texto : la personne s'est "
+                "désabonnée (elle a texté ARRET ou STOP). Rien ne peut lui être envoyé avant "
+                "qu'elle texte START."
+            )
+        if outcome != "texted":
+            return said
+        count = f" en {parts} textos" if parts is not None and parts > 1 else ""
+        cut = " (raccourcie : elle était trop longue)" if details.get("shortened") is True else ""
+        return f"{said} La réponse a été envoyée par texto à la personne{count}{cut}."
+    said = f"{who} answered from the 311 web console."
+    if outcome == "opted_out":
+        return (
+            f"{said} The reply was NOT texted: the resident has opted out of text messages "
+            "(they texted STOP). Nothing can be sent to them until they text START."
+        )
+    if outcome != "texted":
+        return said
+    count = f" in {parts} messages" if parts is not None and parts > 1 else ""
+    cut = " (shortened: it was too long)" if details.get("shortened") is True else ""
+    return f"{said} The reply was texted to the resident{count}{cut}."
+
+
+def _quote(text: str) -> str:
+    """`text` quoted with "> " on every line (blank lines as ">")."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    lines = [line.rstrip() for line in text.split("\n")]
+    return "\n".join(f"> {line}" if line else ">" for line in lines)
+
+
 def _excerpt(text: str) -> str:
     """The start of the reply, quoted with "> " (at most NOTICE_EXCERPT_CHARS)."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
@@ -769,35 +829,53 @@ def _excerpt(text: str) -> str:
         cut = text[:NOTICE_EXCERPT_CHARS]
         space = cut.rfind(" ")
         text = (cut[:space] if space > NOTICE_EXCERPT_CHARS // 2 else cut).rstrip() + "…"
-    lines = [line.rstrip() for line in text.split("\n")]
-    return "\n".join(f"> {line}" if line else ">" for line in lines)
+    return _quote(text)
 
 
 def _notice_body(notice: AgentNotice) -> str:
     first, second = ("fr", "en") if notice.language == "fr" else ("en", "fr")
     parts = [_notice_lines(notice, first) + "\n" + _notice_lines(notice, second)]
-    excerpt = str(notice.details.get("reply_excerpt") or "")
-    if excerpt.strip():
-        label = "Votre réponse / Your reply:" if first == "fr" else "Your reply / Votre réponse :"
-        parts.append(label + "\n" + _excerpt(excerpt))
-    names = (
-        "Avis automatique de la passerelle texto 311",
-        "Automatic notice from the 311 text gateway",
-    )
-    footer = " / ".join(names if first == "fr" else names[::-1])
+    if notice.kind == "console_reply":
+        # The copy shows the whole reply, quoted like the other notices' excerpts.
+        text = str(notice.details.get("text") or "")
+        if text.strip():
+            label = "Réponse / Reply:" if first == "fr" else "Reply / Réponse :"
+            parts.append(label + "\n" + _quote(text))
+        names = (
+            "Copie automatique de la passerelle texto 311 — répondez à ce courriel pour "
+            "répondre par texto",
+            "Automatic copy from the 311 text gateway — reply to this email to answer by text "
+            "message",
+        )
+        joiner = "\n"  # two long lines
+    else:
+        excerpt = str(notice.details.get("reply_excerpt") or "")
+        if excerpt.strip():
+            label = (
+                "Votre réponse / Your reply:" if first == "fr" else "Your reply / Votre réponse :"
+            )
+            parts.append(label + "\n" + _excerpt(excerpt))
+        names = (
+            "Avis automatique de la passerelle texto 311",
+            "Automatic notice from the 311 text gateway",
+        )
+        joiner = " / "
+    footer = joiner.join(names if first == "fr" else names[::-1])
     return "\n\n".join(parts) + "\n\n-- \n" + footer + "\n"
 
 
 def compose_notice(notice: AgentNotice) -> EmailMessage:
     """The notice email, in the conversation's thread (policy `email.policy.SMTP`).
 
-    Headers: From (the gateway), To/Cc (the agent), Reply-To (the conversation's reply
-    address, so answering it texts the resident as usual), Subject "Re: <thread>",
+    Headers: From (the gateway), To/Cc (the agent; for a "console_reply" copy the mailbox,
+    Cc the sticky agent), Reply-To (the conversation's reply address, so answering it
+    texts the resident as usual), Subject "Re: <thread>",
     Date, Message-ID, In-Reply-To, References, X-SMS311-Conversation, and — so that
     no auto-responder answers it — Auto-Submitted: auto-generated (RFC 3834) and
     X-Auto-Response-Suppress: All (Exchange/Outlook); X-SMS311-Notice: <kind>.
     The body is text/plain: the explanation in the notice's language, then the other
-    (English and French), then the start of the reply concerned, quoted.
+    (English and French), then the start of the reply concerned, quoted (for a
+    "console_reply" copy: the whole reply, quoted).
     """
     message = EmailMessage(policy=SMTP)
     message["From"] = one_line(notice.from_address)

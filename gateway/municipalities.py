@@ -38,6 +38,15 @@ from rapidfuzz.distance import OSA
 
 
 @dataclass(frozen=True)
+class CannedReply:
+    """A ready-made answer the console offers a municipality's agents (`canned_replies:`)."""
+
+    title: str  # what the agent picks it by
+    text: str  # the SMS text (at most 1600 characters)
+    language: str | None = None  # "en" | "fr"; None: offered whatever the resident's language
+
+
+@dataclass(frozen=True)
 class Municipality:
     """One municipality of the directory, as in `municipality_map.yaml`."""
 
@@ -50,6 +59,7 @@ class Municipality:
     postal_prefixes: tuple[str, ...] = ()  # FSA prefixes, upper case, no space: "K1", "K4A"
     agents: tuple[str, ...] = ()  # addresses or "@domain"
     languages: tuple[str, ...] = ("en",)
+    canned_replies: tuple[CannedReply, ...] = ()  # the console's ready-made answers
 
     @property
     def label(self) -> str:

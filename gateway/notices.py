@@ -1,5 +1,6 @@
 """Telling an agent, by email in the conversation's thread, what happened to a reply:
-shortened, not sent (the resident opted out), or not delivered.
+shortened, not sent (the resident opted out), or not delivered; and copying a reply
+written in the web console into the thread ("console_reply", see `gateway.agent_reply`).
 
 Used inside a store transaction, so the notice is queued atomically with the state
 change that caused it.
@@ -41,8 +42,15 @@ def enqueue_notice(
     *,
     language: str = "en",
     cc: tuple[str, ...] = (),
-) -> None:
-    """Queue an `AgentNotice` to `to`, threaded into `conversation`."""
+) -> str:
+    """Queue an `AgentNotice` to `to` (and `cc`), threaded into `conversation`.
+
+    In-Reply-To / References follow `conversation.thread_message_ids`; the notice's new
+    Message-ID is recorded in the thread (so a reply to the notice routes back to the
+    conversation, and the next email of the thread follows it) and returned. To queue a
+    second email in the same transaction, pass a `conversation` whose
+    `thread_message_ids` end with that returned id (or read it again).
+    """
     message_id = emails.new_message_id(sender_domain(settings.email.from_address))
     in_reply_to, references = emails.next_thread_headers(conversation.thread_message_ids)
     notice = emails.AgentNotice(
@@ -61,3 +69,4 @@ def enqueue_notice(
     )
     tx.record_thread_email(conversation.id, message_id)
     tx.enqueue("email", notice.to_dict())
+    return message_id

@@ -5,7 +5,8 @@ records the email as handled (keyed by the hash of its bytes, so a message seen 
 after a crash, a UIDVALIDITY change or a second delivery is never texted twice),
 routes it (reply token, else In-Reply-To/References), checks the sender is an agent
 of that municipality, keeps only the visible reply, and queues the SMS (or, when the
-resident opted out, a notice to the agent). The listener then files the email in
+resident opted out, a notice to the agent) through `gateway.agent_reply.queue_reply`,
+the path the web console's replies take too. The listener then files the email in
 Processed or Failed according to the returned `Disposition`.
 """
 
@@ -20,16 +21,13 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from email.utils import parseaddr
 
-from gateway import replies, segments
-from gateway.logs import mask_phone
+from gateway import replies
+from gateway.agent_reply import queue_reply
 from gateway.mail.types import Disposition, MailOrigin
-from gateway.notices import enqueue_notice
 from gateway.services import Gateway
 from gateway.store import Conversation, DuplicateEmail, StoreUnavailable, Tx
 
 log = logging.getLogger(__name__)
-
-EXCERPT_CHARS = 200
 
 # Characters a person's reply (in any language) hardly ever has, but binary data read as
 # Windows-1252 / Latin-1 text is full of: C1 controls, the Latin-1 symbols (¤¦¨¬¯²³´¶¸¹¼¾…;
@@ -199,50 +197,10 @@ class ReplyService:
     def _text_back(
         self, tx: Tx, conversation: Conversation, agent: str, text: str, now: datetime
     ) -> str:
-        settings = self._gateway.settings
-        resident = tx.get_resident(conversation.phone)
-        language = resident.language if resident else "en"
-        excerpt = text[:EXCERPT_CHARS]
-        if resident is not None and resident.opted_out:
-            tx.add_message(
-                conversation.phone, conversation.id, "out", text, [], None, now,
-                status="not_sent", agent_address=agent,
-            )
-            enqueue_notice(
-                tx, settings, conversation, agent, "opted_out",
-                {"reply_excerpt": excerpt}, language=language,
-            )
-            return "not texted: the resident opted out (agent told)"
-        parts, shortened = segments.split_for_sms(text)
-        message_id = tx.add_message(
-            conversation.phone, conversation.id, "out", text, [], None, now,
-            status="queued", agent_address=agent,
-        )
-        for number, part in enumerate(parts, start=1):
-            tx.enqueue(
-                "sms",
-                {
-                    "type": "reply",
-                    "to": conversation.phone,
-                    "body": part,
-                    "message_id": message_id,
-                    "conversation_id": conversation.id,
-                    "part": number,
-                    "parts": len(parts),
-                    "agent": agent,
-                    "queued_at": now.isoformat(),
-                },
-            )
-        if shortened:
-            sent = sum(len(p) for p in parts)
-            enqueue_notice(
-                tx, settings, conversation, agent, "shortened",
-                {"sent_chars": sent, "original_chars": len(text), "reply_excerpt": excerpt},
-                language=language,
-            )
-        log.info(
-            "reply queued for %s: conversation=%s parts=%d%s",
-            mask_phone(conversation.phone), conversation.id, len(parts),
-            " (shortened)" if shortened else "",
-        )
-        return f"texted in {len(parts)} part(s)" + (", shortened (agent told)" if shortened else "")
+        """Queue the SMS (or tell the agent the resident opted out): the one reply path
+        the console takes too (`gateway.agent_reply.queue_reply`)."""
+        queued = queue_reply(
+            tx, self._gateway.settings, conversation, agent=agent, text=text, now=now,
+            via="email",
+        )  # fmt: skip
+        return queued.reason

@@ -20,6 +20,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import make_msgid, parseaddr
 from pathlib import Path
@@ -34,6 +35,7 @@ from gateway.server import run_gateway, split_listen
 from gateway.services import Gateway
 from gateway.sms.sandbox import read_sent
 from gateway.store import open_store
+from gateway.store.console import Role
 from gateway.web.signature import TwilioSignature
 
 SANDBOX_SMTP_PORT = 8025
@@ -82,6 +84,42 @@ def ensure_sandbox(
     return config
 
 
+SANDBOX_ACCOUNTS: tuple[tuple[str, str, Role, tuple[str, ...]], ...] = (
+    ("agent@ottawa.example", "Ottawa Agent", "agent", ("ottawa",)),
+    ("supervisor@ottawa.example", "Ottawa Supervisor", "supervisor", ("ottawa",)),
+    ("admin@gateway.example", "Sandbox Admin", "admin", ()),
+)
+
+
+def ensure_sandbox_accounts(gateway: Gateway) -> list[tuple[str, str]]:
+    """The sandbox's console accounts, created on first run with a random password kept in
+    `state_dir/console-accounts.txt` (readable by the owner only): (email, password) pairs.
+    Accounts whose municipality is not in the map are left out."""
+    from gateway import accounts
+    from gateway.store.console import UserExists
+
+    path = gateway.settings.state_dir / "console-accounts.txt"
+    if path.exists():
+        pairs = [line.split(" ", 1) for line in path.read_text("utf-8").splitlines() if line]
+        return [(email, password) for email, password in pairs]
+    directory = gateway.directory()
+    password = accounts.new_one_time_password()
+    created: list[tuple[str, str]] = []
+    with gateway.console.transaction() as tx:
+        for email, name, role, municipalities in SANDBOX_ACCOUNTS:
+            if any(directory.get(m) is None for m in municipalities):
+                continue
+            try:
+                tx.add_user(email, name, role, municipalities, accounts.hash_password(password),
+                            must_change_password=False, at=datetime.now(UTC))
+            except UserExists:
+                continue
+            created.append((email, password))
+    path.touch(mode=0o600)
+    path.write_text("".join(f"{e} {p}\n" for e, p in created), encoding="utf-8")
+    return created
+
+
 async def serve_sandbox(settings: Settings, printer: Callable[[str], None] = print) -> None:
     """Run the sandbox mail server and the whole gateway until SIGTERM/SIGINT."""
     base = settings.state_dir
@@ -92,6 +130,8 @@ async def serve_sandbox(settings: Settings, printer: Callable[[str], None] = pri
     mail = SandboxMailServer(mail_dir, host="127.0.0.1", port=settings.email.smtp.port)
     await mail.start()
     gateway = Gateway.from_settings(settings)
+    console_accounts = await asyncio.to_thread(ensure_sandbox_accounts, gateway)
+    signins = "\n".join(f"                  {e}  password: {p}" for e, p in console_accounts)
 
     def ready() -> None:
         host, port = split_listen(settings.web.listen)
@@ -100,6 +140,8 @@ async def serve_sandbox(settings: Settings, printer: Callable[[str], None] = pri
                 f"""
                 sms311 sandbox is running.
                   web:       http://{host}:{port}  (health: /healthz, metrics: /metrics)
+                  console:   http://{host}:{port}/console/  (staff web console) — sign in as
+{signins}
                   emails:    {mail_dir}/<mailbox>/*.eml
                   SMS sent:  {base}/sms.jsonl
                   settings:  {settings.config_path}

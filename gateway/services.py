@@ -17,7 +17,8 @@ from gateway.inbound import InboundService
 from gateway.metrics import Metrics
 from gateway.municipalities import Directory
 from gateway.sms import SmsProvider, make_provider
-from gateway.store import Store, open_store
+from gateway.store import SqlStore, Store, open_store
+from gateway.store.console import ConsoleStore
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ class DirectoryHolder:
             self._directory = directory
         log.info("municipality map reloaded: %d municipalities", len(directory))
         return directory
-
-
 
 
 @dataclass
@@ -68,6 +67,13 @@ class Gateway:
             directory=DirectoryHolder(settings.municipality_map),
             provider=make_provider(settings.sms, settings.state_dir),
         )
+
+    @cached_property
+    def console(self) -> ConsoleStore:
+        """The staff console's view of the store (users, notes, audit, list queries)."""
+        if not isinstance(self.store, SqlStore):  # pragma: no cover - the one implementation
+            raise TypeError(f"the console needs a SqlStore, not {type(self.store).__name__}")
+        return ConsoleStore(self.store)
 
     @cached_property
     def inbound(self) -> InboundService:

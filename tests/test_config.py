@@ -11,6 +11,7 @@ import pytest
 from gateway.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
+    ConsoleSettings,
     EmailSettings,
     ImapSettings,
     IngressSettings,
@@ -25,7 +26,7 @@ from gateway.config import (
     load_municipality_map,
     load_settings,
 )
-from gateway.municipalities import Municipality
+from gateway.municipalities import CannedReply, Municipality
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "systemd" / "sms311.example.yaml"
@@ -792,6 +793,8 @@ def test_example_settings_file_documents_every_key() -> None:
         "username", "password", "security", "timeout", "imap", "mailbox", "processed_mailbox",
         "failed_mailbox", "ingress", "fallback_mailbox", "log_level", "state_dir", "outbox",
         "max_attempts", "base_backoff_seconds", "max_backoff_seconds",
+        "console", "secret_key", "session_hours", "login_max_failures", "login_window_minutes",
+        "poll_seconds", "presence_seconds",
     ):  # fmt: skip
         assert f"{key}:" in text, key
 
@@ -812,3 +815,231 @@ def test_example_checks_clean_with_the_repository_map(tmp_path: Path) -> None:
     shutil.copy(EXAMPLE, tmp_path / "sms311.yaml")
     shutil.copy(REAL_MAP, tmp_path / "municipality_map.yaml")
     assert check_config(tmp_path / "sms311.yaml", EXAMPLE_SECRETS) == []
+
+
+# ------------------------------------------------------------------------------------------
+# The console section
+
+SECRET_KEY = "k" * 40
+
+
+def test_console_defaults(tmp_path: Path) -> None:
+    console = load_settings(write(tmp_path, BASE), {}).console
+    assert console == ConsoleSettings()
+    assert console.secret_key is None
+    assert (console.session_hours, console.login_max_failures, console.login_window_minutes) == (
+        12.0, 5, 15.0,
+    )
+    assert (console.poll_seconds, console.presence_seconds) == (3.0, 20.0)
+
+
+def test_console_section_loads(tmp_path: Path) -> None:
+    text = BASE + (
+        "console:\n"
+        f"  secret_key: {SECRET_KEY}\n"
+        "  session_hours: 8\n"
+        "  login_max_failures: 3\n"
+        "  login_window_minutes: 30\n"
+        "  poll_seconds: 2.5\n"
+        "  presence_seconds: 10\n"
+    )
+    assert load_settings(write(tmp_path, text), {}).console == ConsoleSettings(
+        secret_key=SECRET_KEY,
+        session_hours=8.0,
+        login_max_failures=3,
+        login_window_minutes=30.0,
+        poll_seconds=2.5,
+        presence_seconds=10.0,
+    )
+
+
+def test_console_from_the_environment(tmp_path: Path) -> None:
+    env = {
+        "GATEWAY_CONSOLE__SECRET_KEY": "#0123 " + SECRET_KEY,  # a string, taken as written
+        "GATEWAY_CONSOLE__SESSION_HOURS": "1.5",
+        "GATEWAY_CONSOLE__LOGIN_MAX_FAILURES": "10",
+    }
+    console = load_settings(write(tmp_path, BASE), env).console
+    assert console.secret_key == "#0123 " + SECRET_KEY
+    assert console.session_hours == 1.5
+    assert console.login_max_failures == 10
+    # an empty variable unsets the file's secret: the console falls back to the database's
+    path = write(tmp_path, BASE + f"console: {{secret_key: {SECRET_KEY}}}\n")
+    assert load_settings(path, {"GATEWAY_CONSOLE__SECRET_KEY": ""}).console.secret_key is None
+
+
+def test_console_secret_key_is_secret(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "console:\n  secret_key: hunter2\n")
+    problems = [str(p) for p in problems_of(path)]
+    assert problems == [
+        f"{path}:11: console.secret_key: must be at least 32 characters "
+        "(e.g. the output of `openssl rand -hex 32`)"
+    ]
+    env_problems = [str(p) for p in problems_of(write(tmp_path, BASE), {
+        "GATEWAY_CONSOLE__SECRET_KEY": "hunter3"})]
+    assert env_problems == [
+        "GATEWAY_CONSOLE__SECRET_KEY: console.secret_key: must be at least 32 characters "
+        "(e.g. the output of `openssl rand -hex 32`)"
+    ]
+    settings = load_settings(write(tmp_path, BASE), {"GATEWAY_CONSOLE__SECRET_KEY": SECRET_KEY})
+    assert SECRET_KEY not in repr(settings)
+
+
+CONSOLE_CASES = [
+    ("session_hours zero", BASE + "console: {session_hours: 0}\n", 10, "console.session_hours",
+     "must be greater than 0"),
+    ("session_hours text", BASE + "console:\n  session_hours: long\n", 11,
+     "console.session_hours", "must be a number"),
+    ("login_max_failures zero", BASE + "console:\n  login_max_failures: 0\n", 11,
+     "console.login_max_failures", "must be at least 1"),
+    ("login_max_failures fraction", BASE + "console:\n  login_max_failures: 2.5\n", 11,
+     "console.login_max_failures", "must be a whole number"),
+    ("login_window_minutes negative", BASE + "console:\n  login_window_minutes: -1\n", 11,
+     "console.login_window_minutes", "must be greater than 0"),
+    ("poll_seconds zero", BASE + "console:\n  poll_seconds: 0\n", 11, "console.poll_seconds",
+     "must be greater than 0"),
+    ("presence_seconds not a number", BASE + "console:\n  presence_seconds: [20]\n", 11,
+     "console.presence_seconds", "must be a number"),
+    ("presence not above poll", BASE + "console:\n  poll_seconds: 5\n  presence_seconds: 5\n",
+     12, "console.presence_seconds", "must be greater than console.poll_seconds"),
+    ("poll above the default presence", BASE + "console:\n  poll_seconds: 30\n", 11,
+     "console.poll_seconds", "must be less than console.presence_seconds (20 by default)"),
+    ("unknown console key", BASE + "console:\n  session_hour: 8\n", 11, "console.session_hour",
+     "unknown setting (did you mean 'session_hours'?)"),
+    ("console not a section", BASE + "console: yes\n", 10, "console",
+     "must be a section of keys"),
+    ("secret_key not a string", BASE + "console:\n  secret_key: [x]\n", 11,
+     "console.secret_key", "must be a string"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "message"),
+    [case[1:] for case in CONSOLE_CASES],
+    ids=[case[0] for case in CONSOLE_CASES],
+)
+def test_console_problem(
+    tmp_path: Path, text: str, line: int | None, key: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    problems = problems_of(path)
+    assert len(problems) == 1, problems
+    assert (problems[0].file, problems[0].line, problems[0].key) == (str(path), line, key)
+    assert message in problems[0].message, problems[0].message
+    assert str(problems[0]).startswith(f"{path}:{line}: {key}: ")
+
+
+def test_console_environment_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    assert [str(p) for p in problems_of(path, {"GATEWAY_CONSOLE__POLL_SECONDS": "soon"})] == [
+        "GATEWAY_CONSOLE__POLL_SECONDS: console.poll_seconds: must be a number"
+    ]
+    assert [str(p) for p in problems_of(path, {"GATEWAY_CONSOLE__SESSION": "1"})] == [
+        "GATEWAY_CONSOLE__SESSION: console.session: unknown setting "
+        "(did you mean GATEWAY_CONSOLE__SESSION_HOURS?)"
+    ]
+
+
+def test_example_settings_file_console_section() -> None:
+    console = load_settings(EXAMPLE, EXAMPLE_SECRETS).console
+    assert console == ConsoleSettings()  # the example shows the defaults
+    with_key = {**EXAMPLE_SECRETS, "GATEWAY_CONSOLE__SECRET_KEY": SECRET_KEY}
+    assert load_settings(EXAMPLE, with_key).console.secret_key == SECRET_KEY
+
+
+# ------------------------------------------------------------------------------------------
+# Canned replies in the municipality map
+
+CANNED = MAP.replace(
+    "    languages: [en, fr]\n",
+    "    languages: [en, fr]\n"
+    "    canned_replies:\n"
+    "      - title: Pothole logged\n"
+    "        text: Thank you, a crew will fill it within 5 days.\n"
+    "        language: en\n"
+    "      - title: Nid-de-poule\n"
+    "        language: FR\n"
+    "        text: >-\n"
+    "          Merci, une équipe le bouchera\n"
+    "          d'ici 5 jours.\n"
+    "      - {title: Any language, text: See ottawa.ca/311}\n",
+)
+
+
+def test_map_canned_replies_load(tmp_path: Path) -> None:
+    ottawa, gatineau = load_municipality_map(write(tmp_path, CANNED, "map.yaml"))
+    assert ottawa.canned_replies == (
+        CannedReply("Pothole logged", "Thank you, a crew will fill it within 5 days.", "en"),
+        CannedReply("Nid-de-poule", "Merci, une équipe le bouchera d'ici 5 jours.", "fr"),
+        CannedReply("Any language", "See ottawa.ca/311", None),
+    )
+    assert gatineau.canned_replies == ()
+    assert OTTAWA.canned_replies == ()  # the default
+
+
+def test_map_canned_reply_of_1600_characters_is_fine(tmp_path: Path) -> None:
+    text = CANNED.replace("See ottawa.ca/311", "x" * 1600)
+    ottawa = load_municipality_map(write(tmp_path, text, "map.yaml"))[0]
+    assert ottawa.canned_replies[-1].text == "x" * 1600
+
+
+# CANNED's canned_replies start on line 11; the items on lines 12, 15 and 20.
+CANNED_CASES = [
+    ("not a list", MAP.replace("    languages: [en, fr]\n",
+                               "    languages: [en, fr]\n    canned_replies: hello\n"), 11,
+     "municipalities[0].canned_replies", "must be a list"),
+    ("item not a mapping", CANNED.replace("      - {title: Any language, text: See ottawa.ca/311}",
+                                          "      - just text"), 20,
+     "municipalities[0].canned_replies[2]", "must be a mapping"),
+    ("missing title", CANNED.replace("title: Any language, ", ""), 20,
+     "municipalities[0].canned_replies[2].title", "missing"),
+    ("missing text", CANNED.replace("        text: Thank you, a crew will fill it within 5 days.\n",
+                                    ""), 12,
+     "municipalities[0].canned_replies[0].text", "missing"),
+    ("empty title", CANNED.replace("title: Pothole logged", "title: ''"), 12,
+     "municipalities[0].canned_replies[0].title", "must not be empty"),
+    ("empty text", CANNED.replace("text: See ottawa.ca/311", "text: '  '"), 20,
+     "municipalities[0].canned_replies[2].text", "must not be empty"),
+    ("text not a string", CANNED.replace("text: See ottawa.ca/311", "text: [a, b]"), 20,
+     "municipalities[0].canned_replies[2].text", "must be a string"),
+    ("text too long", CANNED.replace("See ottawa.ca/311", "x" * 1601), 20,
+     "municipalities[0].canned_replies[2].text", "is 1601 characters; at most 1600"),
+    ("bad language", CANNED.replace("language: FR", "language: de"), 16,
+     "municipalities[0].canned_replies[1].language", "must be one of en, fr (not 'de')"),
+    ("unknown key", CANNED.replace("        language: en\n", "        langage: en\n"), 14,
+     "municipalities[0].canned_replies[0].langage", "unknown key (did you mean 'language'?)"),
+    ("duplicate title", CANNED.replace("title: Nid-de-poule", "title: pothole  LOGGED")
+     .replace("language: FR", "language: en"), 15,
+     "municipalities[0].canned_replies[1].title",
+     "duplicate title 'pothole  LOGGED' (also on line 12)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "message"),
+    [case[1:] for case in CANNED_CASES],
+    ids=[case[0] for case in CANNED_CASES],
+)
+def test_map_canned_reply_problem(
+    tmp_path: Path, text: str, line: int | None, key: str, message: str
+) -> None:
+    path = write(tmp_path, text, "municipality_map.yaml")
+    problems = map_problems_of(path)
+    assert len(problems) == 1, problems
+    assert (problems[0].file, problems[0].line, problems[0].key) == (str(path), line, key)
+    assert message in problems[0].message, problems[0].message
+    assert str(problems[0]).startswith(f"{path}:{line}: {key}: ")
+
+
+def test_map_same_title_in_two_languages_is_fine(tmp_path: Path) -> None:
+    text = CANNED.replace("title: Nid-de-poule", "title: Pothole logged")
+    ottawa = load_municipality_map(write(tmp_path, text, "map.yaml"))[0]
+    assert [c.title for c in ottawa.canned_replies][:2] == ["Pothole logged"] * 2
+
+
+def test_repository_map_has_canned_replies_in_both_languages() -> None:
+    by_id = {m.id: m for m in load_municipality_map(REAL_MAP)}
+    for ident in ("ottawa", "montreal"):
+        replies = by_id[ident].canned_replies
+        assert {c.language for c in replies} == {"en", "fr"}, ident
+        assert all(0 < len(c.text) <= 1600 for c in replies)

@@ -571,3 +571,103 @@ def test_any_notice_composes(
     parsed, text = notice_text(notice)
     assert parsed["X-SMS311-Notice"] == kind and parsed["Auto-Submitted"] == "auto-generated"
     assert text
+
+
+# -- the copy of a console reply ---------------------------------------------------------
+
+
+def console_copy(details: dict[str, object], *, language: str = "en") -> emails.AgentNotice:
+    notice = make_notice("console_reply", language=language)
+    return emails.AgentNotice.from_dict(
+        {**notice.to_dict(), "to": ["311@ottawa.example"], "cc": [AGENT], "details": details}
+    )
+
+
+COPY = {
+    "agent_name": "Sam Tremblay",
+    "agent_email": "sam.tremblay@ottawa.example",
+    "text": "A crew will fix it this week.\n\nThank you!",
+    "outcome": "texted",
+    "parts": 1,
+    "shortened": False,
+}
+
+
+def test_console_reply_copy_shows_who_answered_and_the_whole_reply() -> None:
+    parsed, text = notice_text(console_copy(COPY))
+    body = body_of(parsed)
+    assert parsed["X-SMS311-Notice"] == "console_reply"
+    assert parsed["To"] == "311@ottawa.example" and parsed["Cc"] == AGENT
+    assert parsed["Subject"] == "Re: 311 text from (613) 555-0123 — Ottawa"
+    assert parsed["In-Reply-To"] == "<second@gateway.example.ca>"
+    english = (
+        "Sam Tremblay (sam.tremblay@ottawa.example) answered from the 311 web console. "
+        "The reply was texted to the resident."
+    )
+    french = (
+        "Sam Tremblay (sam.tremblay@ottawa.example) a répondu depuis la console web 311. "
+        "La réponse a été envoyée par texto à la personne."
+    )
+    assert text.index(english) < text.index(french)
+    assert "Reply / Réponse :\n> A crew will fix it this week.\n>\n> Thank you!\n\n-- \n" in body
+    assert body.endswith(
+        "-- \nAutomatic copy from the 311 text gateway — reply to this email to answer by "
+        "text message\nCopie automatique de la passerelle texto 311 — répondez à ce courriel "
+        "pour répondre par texto\n"
+    )
+    assert "Automatic notice" not in body  # it is a copy, not a notice about the agent's reply
+
+
+def test_console_reply_copy_in_french_several_parts_and_shortened() -> None:
+    details = {**COPY, "parts": 5, "shortened": True}
+    parsed, text = notice_text(console_copy(details, language="fr"))
+    french = (
+        "La réponse a été envoyée par texto à la personne en 5 textos "
+        "(raccourcie : elle était trop longue)."
+    )
+    english = "The reply was texted to the resident in 5 messages (shortened: it was too long)."
+    assert text.index(french) < text.index(english)
+    assert "Réponse / Reply:\n> A crew" in body_of(parsed)
+    assert body_of(parsed).partition("\n-- \n")[2].startswith("Copie automatique")
+
+
+def test_console_reply_copy_when_the_resident_opted_out() -> None:
+    _, text = notice_text(console_copy({**COPY, "outcome": "opted_out", "parts": 0}))
+    assert (
+        "answered from the 311 web console. The reply was NOT texted: the resident has "
+        "opted out of text messages (they texted STOP). Nothing can be sent to them until "
+        "they text START." in text
+    )
+    assert (
+        "a répondu depuis la console web 311. La réponse n'a PAS été envoyée par texto : la "
+        "personne s'est désabonnée (elle a texté ARRET ou STOP)." in text
+    )
+    assert "texted to the resident" not in text and "envoyée par texto à la personne" not in text
+
+
+def test_console_reply_copy_names_whoever_is_known() -> None:
+    _, text = notice_text(console_copy({**COPY, "agent_name": None}))
+    assert "sam.tremblay@ottawa.example answered from the 311 web console." in text
+    _, text = notice_text(console_copy({**COPY, "agent_name": "Sam\r\nBcc: x@evil.example"}))
+    assert "Sam Bcc: x@evil.example (sam.tremblay@ottawa.example) answered" in text
+    _, text = notice_text(console_copy({"text": "Hi"}))  # a payload with almost nothing
+    assert "An agent answered from the 311 web console." in text
+    assert "Un agent a répondu depuis la console web 311." in text
+    assert "> Hi" in text
+
+
+def test_console_reply_copy_quotes_a_long_reply_whole() -> None:
+    long_reply = "Line one.\n\n" + "word " * 1000
+    parsed, _ = notice_text(console_copy({**COPY, "text": long_reply}))
+    quoted = [line for line in body_of(parsed).splitlines() if line.startswith(">")]
+    assert quoted[0] == "> Line one." and quoted[1] == ">"
+    assert " ".join(q[2:] for q in quoted[2:]).split() == ["word"] * 1000  # not cut
+
+
+def test_console_reply_copy_round_trips() -> None:
+    notice = console_copy(COPY)
+    payload = json.loads(json.dumps(notice.to_dict()))
+    assert emails.from_payload(payload) == notice
+    assert emails.compose_notice(emails.AgentNotice.from_dict(payload)).as_bytes() == (
+        emails.compose_notice(notice).as_bytes()
+    )

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gateway.agent_reply import queue_reply
 from gateway.emails import AgentNotice, ResidentEmail
 from gateway.inbound import InboundText
 from gateway.mail.types import MailOrigin
@@ -362,3 +363,50 @@ def test_pacing_is_kept_at_the_provider(tmp_path: Path, api: FakeTwilio) -> None
     assert len(api.messages) == 20
     assert api.max_in_window() <= 8
     gateway.close()
+
+
+# -- one reply path for both doors (gateway.agent_reply) --------------------------------------
+
+
+def test_an_email_reply_is_recorded_as_coming_by_email_and_not_copied(
+    gateway: Gateway, api: FakeTwilio
+) -> None:
+    email = resident_in_ottawa(gateway)
+    assert handle(gateway, agent_reply(email, "A crew is on the way.")).outcome == "processed"
+    with gateway.store.transaction() as tx:
+        conversation = tx.conversation_by_email([email.message_id])
+        assert conversation is not None
+        [reply] = [m for m in tx.messages_of(conversation.id) if m.direction == "out"]
+    assert (reply.via, reply.status, reply.agent_address) == ("email", "queued", AGENT)
+    assert notices(gateway) == []  # no "console_reply" copy: the agent's email is the record
+    dispatch(gateway)
+    assert [m["Body"] for m in api.messages] == ["A crew is on the way."]
+
+
+def test_a_console_reply_and_an_email_reply_share_the_thread_and_the_pacing(
+    tmp_path: Path, api: FakeTwilio
+) -> None:
+    gateway = make_gateway(tmp_path, api, rate=4)
+    try:
+        for n in range(6):
+            phone = f"+1613555{n:04d}"
+            email = resident_in_ottawa(gateway, phone)
+            if n % 2:
+                handle(gateway, agent_reply(email, f"By email {n}"))
+                continue
+            with gateway.store.transaction() as tx:
+                conversation = tx.conversation_by_email([email.message_id])
+                assert conversation is not None
+                queue_reply(
+                    tx, gateway.settings, conversation, agent=AGENT, text=f"By console {n}",
+                    now=datetime.now(UTC), via="console", mailbox="311@ottawa.example",
+                )  # fmt: skip
+        dispatch(gateway)
+        assert sorted(m["Body"] for m in api.messages) == sorted(
+            [f"By console {n}" for n in (0, 2, 4)] + [f"By email {n}" for n in (1, 3, 5)]
+        )
+        assert api.max_in_window() <= 4  # one pacing for both doors
+        copies = [n for n in notices(gateway) if n.kind == "console_reply"]
+        assert len(copies) == 3 and all(c.to == ("311@ottawa.example",) for c in copies)
+    finally:
+        gateway.close()

@@ -158,7 +158,9 @@ class StoredMessage:
     messages (an agent's reply), `status` is the delivery status ("queued",
     "not_sent", then the provider's: "sent", "delivered", "undelivered",
     "failed", ...), `error_code` the provider's error code (e.g. 21610, 30003)
-    and `agent_address` the agent who wrote it. Inbound texts leave them None.
+    and `agent_address` the agent who wrote it; `via` how the reply came in
+    ("email": answered from a mail client, "console": from the staff console).
+    Inbound texts leave them None.
     """
 
     id: int
@@ -173,6 +175,7 @@ class StoredMessage:
     status: str | None = None
     error_code: int | None = None
     agent_address: str | None = None
+    via: str | None = None
 
 
 @dataclass(frozen=True)
@@ -269,12 +272,14 @@ class Tx(Protocol):
         *,
         status: str | None = None,
         agent_address: str | None = None,
+        via: str | None = None,
     ) -> int:
         """Store a (not held) message; returns its id.
 
         If `conversation_id` is given, that conversation's `last_activity_at` is
-        moved forward to `received_at`. `status` / `agent_address` are for
-        outbound replies (see `StoredMessage`). Raises `DuplicateWebhook` if
+        moved forward to `received_at` (and, for an inbound text, its
+        `last_inbound_at` too; neither ever moves back). `status` / `agent_address`
+        / `via` are for outbound replies (see `StoredMessage`). Raises `DuplicateWebhook` if
         `provider_sid` is already stored, `KeyError` if the conversation does not exist.
         """
         ...
@@ -308,8 +313,9 @@ class Tx(Protocol):
     def attach_messages(self, message_ids: Sequence[int], conversation_id: int) -> None:
         """Put these messages into the conversation (e.g. the texts just taken from held).
 
-        Moves the conversation's `last_activity_at` forward to the newest one.
-        Raises `KeyError` if the conversation does not exist.
+        Moves the conversation's `last_activity_at` forward to the newest one (and
+        its `last_inbound_at` to the newest inbound one). Raises `KeyError` if the
+        conversation does not exist.
         """
         ...
 

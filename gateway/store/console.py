@@ -20,14 +20,47 @@ filters IN SQL, so isolation never depends on the caller remembering to check.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from gateway.store.base import Conversation, StoreError, StoredMessage
-from gateway.store.sql import SqlStore, SqlTx
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from gateway.store.base import (
+    CONVERSATION_STATUSES,
+    Conversation,
+    StoredMessage,
+    StoreError,
+)
+from gateway.store.schema import (
+    audit_log,
+    console_requests,
+    console_settings,
+    conversation_reads,
+    conversations,
+    messages,
+    notes,
+    presence,
+    residents,
+    user_municipalities,
+    users,
+)
+from gateway.store.sql import (
+    SqlStore,
+    SqlTx,
+    _aware,
+    _conversation,
+    _is_foreign_key_violation,
+    _is_unique_violation,
+)
 
 Role = Literal["agent", "supervisor", "admin"]
 ROLES: tuple[Role, ...] = ("agent", "supervisor", "admin")
@@ -132,14 +165,152 @@ class AuditEntry:
     detail: dict[str, Any]
 
 
+# --- helpers --------------------------------------------------------------------------------
+
+PREVIEW_CHARS = 140
+MAX_PAGE = 500
+MAX_SEARCH_WORDS = 10
+_PROBE = 1000  # conversations a search tests one by one before one pass over every text
+_MAX_BRANCHES = 40  # (municipality, status) pairs merged by UNION ALL (see ConsoleTx._page)
+_SECRET_KEY = "session_secret"  # noqa: S105 - the settings row's name, not a secret
+_PHONE_SEPARATORS = str.maketrans("", "", " \t-().")
+_DIGITS = re.compile(r"[0-9]{3,}")
+_LIKE_ESCAPE = "\\"
+
+
+def _email(email: str) -> str:
+    if not isinstance(email, str) or not email.strip():
+        raise ValueError("an account needs an email address")
+    return email.strip().lower()
+
+
+def _role(role: str) -> Role:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+    return role
+
+
+def _municipality_ids(municipalities: Sequence[str]) -> list[str]:
+    if isinstance(municipalities, str):  # a str is a Sequence[str] too
+        raise TypeError("municipalities: expected a sequence of ids, not one string")
+    ids = sorted({m.strip() for m in municipalities})
+    if any(not m for m in ids):
+        raise ValueError("a municipality id must be a non-empty string")
+    return ids
+
+
+def _in_scope(scope: Scope, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
+    """The SQL condition for `column` (a municipality id) being in scope; None: everything."""
+    if scope.municipalities is None:
+        return None
+    if not scope.municipalities:
+        return sa.false()
+    return column.in_(sorted(scope.municipalities))
+
+
+def phone_digits(query: str) -> str | None:
+    """The digits of `query` if it is a phone search: at least three digits once spaces,
+    dashes, parentheses, dots and a leading + are removed, and nothing else. Else None."""
+    text = query.strip()
+    text = text.removeprefix("+").translate(_PHONE_SEPARATORS)
+    return text if _DIGITS.fullmatch(text) else None
+
+
+def _like_pattern(word: str) -> str:
+    escaped = (
+        word.replace(_LIKE_ESCAPE, _LIKE_ESCAPE * 2).replace("%", "\\%").replace("_", "\\_")
+    )
+    return f"%{escaped}%"
+
+
+def _encode_cursor(at: datetime, conversation_id: int) -> str:
+    raw = f"{at.astimezone(UTC).isoformat()}|{conversation_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        at_text, _, id_text = raw.partition("|")
+        at = datetime.fromisoformat(at_text)
+        conversation_id = int(id_text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a conversation-list cursor: {cursor!r}") from exc
+    if at.tzinfo is None:
+        raise ValueError(f"not a conversation-list cursor: {cursor!r}")
+    return at.astimezone(UTC), conversation_id
+
+
+def _user(row: sa.RowMapping, municipalities: Sequence[str]) -> User:
+    return User(
+        id=int(row["id"]),
+        email=row["email"],
+        name=row["name"],
+        role=row["role"],
+        municipalities=tuple(sorted(municipalities)),
+        password_hash=row["password_hash"],
+        totp_secret=row["totp_secret"],
+        disabled=bool(row["disabled"]),
+        must_change_password=bool(row["must_change_password"]),
+        language=row["language"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _dialect_insert(pg: bool, table: sa.Table) -> Any:
+    """INSERT with ON CONFLICT support (PostgreSQL's or SQLite's)."""
+    return pg_dialect.insert(table) if pg else sqlite_dialect.insert(table)
+
+
+@dataclass(frozen=True)
+class _Search:
+    """A list search: `conditions` on one conversation (correlated to `conversations`),
+    and `matching`, the ids of every conversation that matches (one pass)."""
+
+    conditions: list[sa.ColumnElement[bool]]
+    matching: sa.Select[Any]
+
+
+# The newest message's text of the (outer query's) conversation, truncated.
+_PREVIEW = (
+    sa.select(sa.func.substr(messages.c.body, 1, PREVIEW_CHARS))
+    .where(messages.c.conversation_id == conversations.c.id)
+    .order_by(messages.c.received_at.desc(), messages.c.id.desc())
+    .limit(1)
+    .correlate(conversations)
+    .scalar_subquery()
+)
+
+
 class ConsoleTx:
     """The console's operations inside one transaction; `core` is the gateway's `Tx` on the
     same connection (so a console reply, its outbox rows and its audit entry commit together)."""
 
     def __init__(self, core: SqlTx) -> None:
         self.core = core
+        self._pg = core._pg
+
+    def _exec(
+        self, stmt: sa.Executable, params: Mapping[str, Any] | None = None
+    ) -> sa.CursorResult[Any]:
+        return self.core._exec(stmt, params)
 
     # -- users ---------------------------------------------------------------------------
+
+    def _users(self, *where: sa.ColumnElement[bool], by: str = "email") -> list[User]:
+        order = (users.c.name, users.c.email) if by == "name" else (users.c.email,)
+        rows = self._exec(sa.select(users).where(*where).order_by(*order)).mappings().all()
+        if not rows:
+            return []
+        ids = [int(row["id"]) for row in rows]
+        stmt = sa.select(user_municipalities.c.user_id, user_municipalities.c.municipality_id)
+        if len(ids) <= 500:
+            stmt = stmt.where(user_municipalities.c.user_id.in_(ids))
+        cities: dict[int, list[str]] = {}
+        for link in self._exec(stmt).mappings():
+            cities.setdefault(int(link["user_id"]), []).append(str(link["municipality_id"]))
+        return [_user(row, cities.get(int(row["id"]), [])) for row in rows]
 
     def add_user(
         self,
@@ -153,36 +324,281 @@ class ConsoleTx:
         at: datetime,
     ) -> User:
         """Create an account (email lower-cased and stripped). Raises `UserExists`, and
-        `ValueError` for an unknown role."""
-        raise NotImplementedError
+        `ValueError` for an unknown role (or an empty email or name).
 
-    def get_user(self, user_id: int) -> User | None: ...
+        A `UserExists` raised by the database (a concurrent `add_user` of the same email
+        won) leaves the transaction unusable, like `DuplicateWebhook`."""
+        address = _email(email)
+        role = _role(role)
+        cities = _municipality_ids(municipalities)
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("an account needs a name")
+        moment = _aware(at, "at")
+        if self.user_by_email(address) is not None:
+            raise UserExists(address)
+        stmt = (
+            users.insert()
+            .values(
+                email=address,
+                name=name.strip(),
+                role=role,
+                password_hash=password_hash,
+                totp_secret=None,
+                disabled=False,
+                must_change_password=bool(must_change_password),
+                language=None,
+                created_at=moment,
+                updated_at=moment,
+            )
+            .returning(users.c.id)
+        )
+        try:
+            user_id = int(self._exec(stmt).scalar_one())
+        except sa.exc.IntegrityError as exc:
+            if _is_unique_violation(exc):
+                raise UserExists(address) from exc
+            raise
+        self._insert_municipalities(user_id, cities)
+        user = self.get_user(user_id)
+        assert user is not None
+        return user
+
+    def _insert_municipalities(self, user_id: int, cities: Sequence[str]) -> None:
+        if cities:
+            self._exec(
+                user_municipalities.insert(),
+                [{"user_id": user_id, "municipality_id": city} for city in cities],  # type: ignore[arg-type]
+            )
+
+    def get_user(self, user_id: int) -> User | None:
+        found = self._users(users.c.id == user_id)
+        return found[0] if found else None
+
     def user_by_email(self, email: str) -> User | None:
         """Case-insensitive."""
-        ...
+        if not isinstance(email, str) or not email.strip():
+            return None
+        found = self._users(users.c.email == email.strip().lower())
+        return found[0] if found else None
+
     def list_users(self) -> list[User]:
         """Every account, by email."""
-        ...
+        return self._users()
+
     def users_of(self, municipality_id: str) -> list[User]:
         """Enabled accounts that can see this municipality (its agents and supervisors, and
         every admin), by name: the "assign to" choices."""
-        ...
+        works_there = (
+            sa.select(user_municipalities.c.user_id)
+            .where(
+                user_municipalities.c.user_id == users.c.id,
+                user_municipalities.c.municipality_id == municipality_id,
+            )
+            .exists()
+        )
+        return self._users(
+            users.c.disabled.is_(False), sa.or_(users.c.role == "admin", works_there), by="name"
+        )
+
+    def _update_user(self, user_id: int, at: datetime, **values: Any) -> None:
+        moment = _aware(at, "at")
+        result = self._exec(
+            users.update().where(users.c.id == user_id).values(updated_at=moment, **values)
+        )
+        if result.rowcount != 1:
+            raise KeyError(f"no user {user_id}")
+
     def set_password(
         self, user_id: int, password_hash: str, *, must_change_password: bool, at: datetime
     ) -> None:
         """Raises KeyError if there is no such user (as do the other setters)."""
-        ...
-    def set_disabled(self, user_id: int, disabled: bool, at: datetime) -> None: ...
-    def set_totp(self, user_id: int, secret: str | None, at: datetime) -> None: ...
-    def set_language(self, user_id: int, language: str | None, at: datetime) -> None: ...
-    def set_municipalities(self, user_id: int, municipalities: Sequence[str], at: datetime) -> None: ...
-    def set_role(self, user_id: int, role: Role, at: datetime) -> None: ...
+        self._update_user(
+            user_id,
+            at,
+            password_hash=password_hash,
+            must_change_password=bool(must_change_password),
+        )
+
+    def set_disabled(self, user_id: int, disabled: bool, at: datetime) -> None:
+        self._update_user(user_id, at, disabled=bool(disabled))
+
+    def set_totp(self, user_id: int, secret: str | None, at: datetime) -> None:
+        self._update_user(user_id, at, totp_secret=secret)
+
+    def set_language(self, user_id: int, language: str | None, at: datetime) -> None:
+        """`language`: "en", "fr", or None (follow the browser)."""
+        if language is not None and (not isinstance(language, str) or not 0 < len(language) <= 8):
+            raise ValueError(f"not a language code: {language!r}")
+        self._update_user(user_id, at, language=language)
+
+    def set_municipalities(self, user_id: int, municipalities: Sequence[str], at: datetime) -> None:
+        cities = _municipality_ids(municipalities)
+        self._update_user(user_id, at)
+        self._exec(user_municipalities.delete().where(user_municipalities.c.user_id == user_id))
+        self._insert_municipalities(user_id, cities)
+
+    def set_role(self, user_id: int, role: Role, at: datetime) -> None:
+        self._update_user(user_id, at, role=_role(role))
 
     # -- conversations, in scope -----------------------------------------------------------
 
     def conversation(self, conversation_id: int, scope: Scope) -> Conversation | None:
         """The conversation if it exists AND is in scope, else None (the view answers 404)."""
-        ...
+        stmt = sa.select(conversations).where(conversations.c.id == conversation_id)
+        allowed = _in_scope(scope, conversations.c.municipality_id)
+        if allowed is not None:
+            stmt = stmt.where(allowed)
+        row = self._exec(stmt).first()
+        return None if row is None else _conversation(row)
+
+    def _word_match(self, word: str) -> sa.ColumnElement[bool]:
+        """`messages.body` contains `word`, case-insensitively (SQLite: ASCII letters only)."""
+        pattern = _like_pattern(word)
+        body = messages.c.body
+        if not self._pg:
+            return body.like(pattern, escape=_LIKE_ESCAPE)  # SQLite's LIKE ignores ASCII case
+        if word.isascii():
+            # ILIKE folds case through the locale (~2 µs a row); for an ASCII word the "C"
+            # collation's ASCII folding finds the same texts, 2-3 times faster.
+            return body.collate("C").ilike(pattern, escape=_LIKE_ESCAPE)
+        return body.ilike(pattern, escape=_LIKE_ESCAPE)
+
+    def _list_conditions(
+        self, which: ListFilter, user_email: str, query: str
+    ) -> tuple[tuple[str, ...], list[sa.ColumnElement[bool]], _Search | None]:
+        """(the statuses `which` covers, its other conditions, the search if any)."""
+        c = conversations.c
+        where: list[sa.ColumnElement[bool]] = []
+        if which == "open":
+            statuses: tuple[str, ...] = ("open",)
+        elif which == "closed":
+            statuses = ("closed",)
+        elif which == "mine":
+            statuses = ("open",)
+            where.append(c.agent_address == user_email.strip().lower())
+        elif which == "unassigned":
+            statuses = ("open",)
+            where.append(c.agent_address.is_(None))
+        elif which == "all":
+            statuses = CONVERSATION_STATUSES
+        else:
+            raise ValueError(f"which must be one of {LIST_FILTERS}, not {which!r}")
+        digits = phone_digits(query)
+        if digits is not None:
+            phone = c.phone.like(f"%{digits}%")
+            return statuses, where, _Search([phone], sa.select(c.id).where(phone))
+        words = query.split()[:MAX_SEARCH_WORDS]
+        if not words:
+            return statuses, where, None
+        matches = [self._word_match(word) for word in words]
+        m = messages.c
+        per_conversation: list[sa.ColumnElement[bool]] = [
+            sa.select(m.id).where(m.conversation_id == c.id, match).exists() for match in matches
+        ]
+        if len(matches) == 1:
+            matching = sa.select(m.conversation_id).where(matches[0])
+        else:  # one pass over the texts: conversations with every word in some text
+            matching = (
+                sa.select(m.conversation_id)
+                .where(m.conversation_id.is_not(None), sa.or_(*matches))
+                .group_by(m.conversation_id)
+                .having(
+                    sa.and_(
+                        *(sa.func.max(sa.case((match, 1), else_=0)) == 1 for match in matches)
+                    )
+                )
+            )
+        return statuses, where, _Search(per_conversation, matching)
+
+    @staticmethod
+    def _page(
+        scope: Scope,
+        statuses: Sequence[str],
+        where: Sequence[sa.ColumnElement[bool]],
+        size: int,
+        by_agent: bool,
+    ) -> sa.Subquery:
+        """The ids (and sort keys) of one page: the newest `size` conversations.
+
+        An ORDER BY ... LIMIT reads an index backwards and stops early only with equality on
+        every column before last_activity_at in (municipality_id, status, last_activity_at,
+        id) or (status, last_activity_at, id). So "all" (two statuses) and a scope of several
+        municipalities become a UNION ALL of one such branch per (municipality, status),
+        each limited, then merged: a few hundred index entries instead of sorting every
+        conversation in scope. ("mine" reads (agent_address, status, last_activity_at).)"""
+        c = conversations.c
+        order = (c.last_activity_at.desc(), c.id.desc())
+        cities: list[str | None] = [None]
+        if scope.municipalities is not None:
+            cities = list(sorted(scope.municipalities))
+        branches = [(city, status) for city in cities for status in statuses]
+        if by_agent or len(branches) == 1 or len(branches) > _MAX_BRANCHES:
+            stmt = sa.select(c.id, c.last_activity_at).where(*where)
+            allowed = _in_scope(scope, c.municipality_id)
+            if allowed is not None:
+                stmt = stmt.where(allowed)
+            stmt = stmt.where(
+                c.status == statuses[0] if len(statuses) == 1 else c.status.in_(statuses)
+            )
+            return stmt.order_by(*order).limit(size).subquery("page")
+        selects = []
+        for city, status in branches:
+            branch = sa.select(c.id, c.last_activity_at).where(c.status == status, *where)
+            if city is not None:
+                branch = branch.where(c.municipality_id == city)
+            inner = branch.order_by(*order).limit(size).subquery()
+            selects.append(sa.select(inner.c.id, inner.c.last_activity_at))
+        merged = sa.union_all(*selects).subquery("branches")
+        return (
+            sa.select(merged.c.id, merged.c.last_activity_at)
+            .order_by(merged.c.last_activity_at.desc(), merged.c.id.desc())
+            .limit(size)
+            .subquery("page")
+        )
+
+    def _ids(self, page: sa.Subquery) -> list[int]:
+        """The ids of a `_page`, newest first."""
+        stmt = sa.select(page.c.id).order_by(page.c.last_activity_at.desc(), page.c.id.desc())
+        return [int(i) for i in self._exec(stmt).scalars()]
+
+    def _search(
+        self,
+        scope: Scope,
+        statuses: Sequence[str],
+        where: Sequence[sa.ColumnElement[bool]],
+        search: _Search,
+        size: int,
+        by_agent: bool,
+    ) -> list[int]:
+        """The ids of one page of search results, newest first.
+
+        First the newest `_PROBE` conversations of the list are tested one by one (through
+        the index, each text looked up by conversation): a common word or number fills
+        the page from them. If it does not (and there were more), one pass over the texts
+        (or numbers) finds every match, and those in the list are sorted. Without a text
+        index that pass reads every message: the cost of a rare word (see bench/)."""
+        candidates = self._page(scope, statuses, where, _PROBE, by_agent)
+        c = conversations.c
+        probe = (
+            sa.select(c.id)
+            .select_from(candidates.join(conversations, c.id == candidates.c.id))
+            .where(*search.conditions)
+            .order_by(candidates.c.last_activity_at.desc(), candidates.c.id.desc())
+            .limit(size)
+        )
+        ids = [int(i) for i in self._exec(probe).scalars()]
+        if len(ids) == size:
+            return ids
+        examined = self._exec(sa.select(sa.func.count()).select_from(candidates)).scalar_one()
+        if examined < _PROBE:
+            return ids  # that was the whole list
+        stmt = sa.select(c.id).where(c.id.in_(search.matching), *where)
+        allowed = _in_scope(scope, c.municipality_id)
+        if allowed is not None:
+            stmt = stmt.where(allowed)
+        stmt = stmt.where(c.status.in_(statuses))
+        stmt = stmt.order_by(c.last_activity_at.desc(), c.id.desc()).limit(size)
+        return [int(i) for i in self._exec(stmt).scalars()]
 
     def list_conversations(
         self,
@@ -196,50 +612,275 @@ class ConsoleTx:
         limit: int = PAGE_SIZE,
     ) -> ConversationPage:
         """Conversations in scope, newest activity first (last_activity_at DESC, id DESC),
-        keyset-paged (`cursor` is opaque). `which`: open | closed | mine (open, agent_address =
-        user_email) | unassigned (open, no agent) | all.
-        `query`: several digits (spaces, dashes, parentheses and a leading + ignored) match
-        the phone number; anything else matches conversations having a message whose text
-        contains every word (case-insensitive). Must stay fast at 100,000 conversations
-        (indexed on municipality_id, status, last_activity_at)."""
-        ...
+        keyset-paged (`cursor` is opaque; a string this method did not produce raises
+        `ValueError`). `which`: open | closed | mine (open, agent_address = user_email) |
+        unassigned (open, no agent) | all.
+        `query`: three or more digits (spaces, dashes, parentheses, dots and a leading +
+        ignored) match anywhere in the E.164 number (so "613 555-0123" finds +16135550123);
+        anything else is words, each of which must appear in some message text of the
+        conversation (case-insensitive; on SQLite only for ASCII letters). Must stay fast
+        at 100,000 conversations (indexed on municipality_id, status, last_activity_at)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be in 1..{MAX_PAGE}, not {limit}")
+        c = conversations.c
+        statuses, where, search = self._list_conditions(which, user_email, query)
+        if cursor is not None:
+            at, last_id = _decode_cursor(cursor)
+            # (last_activity_at, id) < (at, last_id), written so that an index range applies
+            where += [c.last_activity_at <= at, sa.or_(c.last_activity_at < at, c.id < last_id)]
+        if scope.municipalities is not None and not scope.municipalities:
+            return ConversationPage(rows=(), next_cursor=None)
+        by_agent = which == "mine"
+        if search is None:
+            ids = self._ids(self._page(scope, statuses, where, limit + 1, by_agent))
+        else:
+            ids = self._search(scope, statuses, where, search, limit + 1, by_agent)
+        if not ids:
+            return ConversationPage(rows=(), next_cursor=None)
+        reads = conversation_reads
+        stmt = (
+            sa.select(
+                conversations,
+                _PREVIEW.label("preview"),
+                residents.c.language.label("resident_language"),
+                residents.c.opted_out.label("resident_opted_out"),
+                reads.c.last_read_at,
+            )
+            .select_from(
+                conversations.outerjoin(residents, residents.c.phone == c.phone).outerjoin(
+                    reads, sa.and_(reads.c.user_id == user_id, reads.c.conversation_id == c.id)
+                )
+            )
+            .where(c.id.in_(ids))
+        )
+        rank = {conversation_id: n for n, conversation_id in enumerate(ids)}
+        rows = sorted(self._exec(stmt).mappings().all(), key=lambda m: rank[int(m["id"])])
+        more = len(rows) > limit
+        out: list[ConversationRow] = []
+        for m in rows[:limit]:
+            inbound, read = m["last_inbound_at"], m["last_read_at"]
+            out.append(
+                ConversationRow(
+                    id=int(m["id"]),
+                    phone=m["phone"],
+                    municipality_id=m["municipality_id"],
+                    status=m["status"],
+                    agent_address=m["agent_address"],
+                    created_at=m["created_at"],
+                    last_activity_at=m["last_activity_at"],
+                    last_inbound_at=inbound,
+                    preview=m["preview"] or "",
+                    unread=inbound is not None and (read is None or inbound > read),
+                    language=m["resident_language"] or "en",
+                    opted_out=bool(m["resident_opted_out"]),
+                )
+            )
+        next_cursor = _encode_cursor(out[-1].last_activity_at, out[-1].id) if more else None
+        return ConversationPage(rows=tuple(out), next_cursor=next_cursor)
 
     def counts(self, scope: Scope, *, user_id: int, user_email: str) -> dict[str, int]:
-        """{"open": n, "closed": n, "mine": n, "unassigned": n, "unread": n} in scope."""
-        ...
+        """{"open": n, "closed": n, "mine": n, "unassigned": n, "unread": n} in scope, where
+        mine / unassigned are as in `list_conversations` and unread counts the OPEN
+        conversations with a resident text newer than this user's read mark (or never read)."""
+        c, reads = conversations.c, conversation_reads
+        allowed = _in_scope(scope, c.municipality_id)
+        scoped = [] if allowed is None else [allowed]
+
+        def total(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
+            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+        unread = sa.and_(
+            c.last_inbound_at.is_not(None),
+            sa.or_(reads.c.last_read_at.is_(None), c.last_inbound_at > reads.c.last_read_at),
+        )
+        open_row = tuple(self._exec(
+            sa.select(
+                sa.func.count(),
+                total(c.agent_address == user_email.strip().lower()),
+                total(c.agent_address.is_(None)),
+                total(unread),
+            )
+            .select_from(
+                conversations.outerjoin(
+                    reads, sa.and_(reads.c.user_id == user_id, reads.c.conversation_id == c.id)
+                )
+            )
+            .where(c.status == "open", *scoped)
+        ).one())
+        closed = self._exec(
+            sa.select(sa.func.count())
+            .select_from(conversations)
+            .where(c.status == "closed", *scoped)
+        ).scalar_one()
+        return {
+            "open": int(open_row[0]),
+            "closed": int(closed),
+            "mine": int(open_row[1]),
+            "unassigned": int(open_row[2]),
+            "unread": int(open_row[3]),
+        }
 
     def timeline_version(self, conversation_id: int) -> str:
         """A short string that changes whenever the conversation's messages (new ones, a
-        delivery status), notes, status or agent change: live refresh answers 204 when equal."""
-        ...
+        delivery status), notes, status or agent change: live refresh answers 204 when equal.
+        (A hash of the messages' count, newest id and newest `updated_at`, the notes' count
+        and newest id, and the conversation's status, agent, closed_at, last activity.)"""
+        m, n, c = messages.c, notes.c, conversations.c
+
+        def of_messages(value: sa.ColumnElement[Any]) -> sa.ScalarSelect[Any]:
+            return sa.select(value).where(m.conversation_id == c.id).scalar_subquery()
+
+        def of_notes(value: sa.ColumnElement[Any]) -> sa.ScalarSelect[Any]:
+            return sa.select(value).where(n.conversation_id == c.id).scalar_subquery()
+
+        row = self._exec(
+            sa.select(
+                c.status,
+                c.agent_address,
+                c.closed_at,
+                c.last_activity_at,
+                of_messages(sa.func.count()),
+                of_messages(sa.func.max(m.id)),
+                of_messages(sa.func.max(m.updated_at)),
+                of_notes(sa.func.count()),
+                of_notes(sa.func.max(n.id)),
+            ).where(c.id == conversation_id)
+        ).first()
+        text = repr(None if row is None else tuple(row))
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     def messages(self, conversation_id: int) -> list[StoredMessage]:
         """Every message of the conversation, oldest first (= core.messages_of)."""
-        ...
+        return self.core.messages_of(conversation_id)
 
     def reopen_conversation(self, conversation_id: int, at: datetime) -> None:
-        """status open, closed_at NULL, last_activity_at moved to `at`. KeyError if missing."""
-        ...
+        """status open, closed_at NULL, last_activity_at moved forward to `at` (never back).
+        KeyError if missing."""
+        moment = _aware(at, "at")
+        self.core._require_conversation(conversation_id, lock=True)
+        self._exec(
+            conversations.update()
+            .where(conversations.c.id == conversation_id)
+            .values(status="open", closed_at=None)
+        )
+        self.core._touch(conversation_id, moment)
 
     # -- notes, reads, presence --------------------------------------------------------------
 
-    def add_note(self, conversation_id: int, user_id: int, body: str, at: datetime) -> int: ...
+    def add_note(self, conversation_id: int, user_id: int, body: str, at: datetime) -> int:
+        """Store an internal note; returns its id. KeyError if the conversation (or the
+        user) does not exist, ValueError for an empty body."""
+        if not isinstance(body, str) or not body.strip():
+            raise ValueError("a note needs some text")
+        moment = _aware(at, "at")
+        self.core._require_conversation(conversation_id)
+        stmt = (
+            notes.insert()
+            .values(conversation_id=conversation_id, user_id=user_id, body=body, created_at=moment)
+            .returning(notes.c.id)
+        )
+        try:
+            return int(self._exec(stmt).scalar_one())
+        except sa.exc.IntegrityError as exc:
+            if _is_foreign_key_violation(exc):
+                raise KeyError(f"no user {user_id}") from exc
+            raise
+
     def notes_of(self, conversation_id: int) -> list[Note]:
         """Oldest first."""
-        ...
+        stmt = (
+            sa.select(notes, users.c.name.label("user_name"))
+            .join(users, users.c.id == notes.c.user_id)
+            .where(notes.c.conversation_id == conversation_id)
+            .order_by(notes.c.created_at, notes.c.id)
+        )
+        return [
+            Note(
+                id=int(m["id"]),
+                conversation_id=int(m["conversation_id"]),
+                user_id=int(m["user_id"]),
+                user_name=m["user_name"],
+                body=m["body"],
+                created_at=m["created_at"],
+            )
+            for m in self._exec(stmt).mappings()
+        ]
+
+    def _upsert(
+        self,
+        table: sa.Table,
+        values: Mapping[str, Any],
+        key: Sequence[sa.Column[Any]],
+        changes: Sequence[str],
+        only_if: Any = None,
+    ) -> None:
+        insert = _dialect_insert(self._pg, table).values(dict(values))
+        stmt = insert.on_conflict_do_update(
+            index_elements=list(key),
+            set_={name: insert.excluded[name] for name in changes},
+            where=None if only_if is None else only_if(insert.excluded),
+        )
+        try:
+            self._exec(stmt)
+        except sa.exc.IntegrityError as exc:
+            if _is_foreign_key_violation(exc):
+                raise KeyError("no such conversation or user") from exc
+            raise
+
     def mark_read(self, user_id: int, conversation_id: int, at: datetime) -> None:
-        """Upsert this user's read mark (never moves back)."""
-        ...
+        """Upsert this user's read mark (never moves back). KeyError if the conversation or
+        the user does not exist."""
+        reads = conversation_reads
+        moment = _aware(at, "at")
+        # checked first: on PostgreSQL a failed statement would abort the whole transaction
+        self.core._require_conversation(conversation_id)
+        self._upsert(
+            reads,
+            {"user_id": user_id, "conversation_id": conversation_id, "last_read_at": moment},
+            [reads.c.user_id, reads.c.conversation_id],
+            ["last_read_at"],
+            only_if=lambda excluded: reads.c.last_read_at < excluded.last_read_at,
+        )
+
     def touch_presence(
         self, user_id: int, conversation_id: int, state: PresenceState, at: datetime
     ) -> None:
-        """Upsert (user, conversation) -> state, seen_at."""
-        ...
+        """Upsert (user, conversation) -> state, seen_at. KeyError if the conversation does
+        not exist."""
+        if state not in ("viewing", "replying"):
+            raise ValueError(f"state must be 'viewing' or 'replying', not {state!r}")
+        moment = _aware(at, "at")
+        self.core._require_conversation(conversation_id)
+        self._upsert(
+            presence,
+            {"user_id": user_id, "conversation_id": conversation_id, "state": state,
+             "seen_at": moment},
+            [presence.c.conversation_id, presence.c.user_id],
+            ["state", "seen_at"],
+        )
+
     def presence(
         self, conversation_id: int, *, since: datetime, excluding_user: int | None = None
     ) -> list[Presence]:
         """Who else has the conversation open (seen since `since`), by name."""
-        ...
+        stmt = (
+            sa.select(presence, users.c.name)
+            .join(users, users.c.id == presence.c.user_id)
+            .where(
+                presence.c.conversation_id == conversation_id,
+                presence.c.seen_at >= _aware(since, "since"),
+            )
+            .order_by(users.c.name, users.c.id)
+        )
+        if excluding_user is not None:
+            stmt = stmt.where(presence.c.user_id != excluding_user)
+        return [
+            Presence(
+                user_id=int(m["user_id"]), user_name=m["name"], state=m["state"],
+                seen_at=m["seen_at"],
+            )
+            for m in self._exec(stmt).mappings()
+        ]
 
     # -- audit, login throttling, idempotency, secret --------------------------------------
 
@@ -254,7 +895,29 @@ class ConsoleTx:
         municipality_id: str | None = None,
         remote_addr: str | None = None,
         detail: Mapping[str, Any] | None = None,
-    ) -> int: ...
+    ) -> int:
+        """Append to the audit log; returns the entry's id. `user_email` is lower-cased.
+        `detail` must be JSON-serialisable (TypeError otherwise) and, like the rest of the
+        entry, hold no phone number and no text: the log is kept when a resident is erased."""
+        if not isinstance(action, str) or not 0 < len(action) <= 32:
+            raise ValueError(f"an audit action is 1..32 characters: {action!r}")
+        email = None if user_email is None else user_email.strip().lower()
+        stmt = (
+            audit_log.insert()
+            .values(
+                at=_aware(at, "at"),
+                user_id=user_id,
+                user_email=email,
+                action=action,
+                conversation_id=conversation_id,
+                municipality_id=municipality_id,
+                remote_addr=None if remote_addr is None else remote_addr[:64],
+                detail=dict(detail or {}),
+            )
+            .returning(audit_log.c.id)
+        )
+        return int(self._exec(stmt).scalar_one())
+
     def audit_log(
         self,
         scope: Scope,
@@ -265,18 +928,76 @@ class ConsoleTx:
     ) -> list[AuditEntry]:
         """Newest first. With a limited scope, only entries about conversations in scope
         (municipality_id in scope)."""
-        ...
+        a = audit_log.c
+        stmt = sa.select(audit_log).order_by(a.id.desc()).limit(max(0, limit))
+        allowed = _in_scope(scope, a.municipality_id)
+        if allowed is not None:
+            stmt = stmt.where(allowed)
+        if conversation_id is not None:
+            stmt = stmt.where(a.conversation_id == conversation_id)
+        if before_id is not None:
+            stmt = stmt.where(a.id < before_id)
+        return [
+            AuditEntry(
+                id=int(m["id"]),
+                at=m["at"],
+                user_id=None if m["user_id"] is None else int(m["user_id"]),
+                user_email=m["user_email"],
+                action=m["action"],
+                conversation_id=None if m["conversation_id"] is None else int(m["conversation_id"]),
+                municipality_id=m["municipality_id"],
+                remote_addr=m["remote_addr"],
+                detail=dict(m["detail"]),
+            )
+            for m in self._exec(stmt).mappings()
+        ]
+
     def failed_logins(self, *, email: str | None, remote_addr: str | None, since: datetime) -> int:
         """How many login_failed entries since `since` for this email OR this address."""
-        ...
+        a = audit_log.c
+        who: list[sa.ColumnElement[bool]] = []
+        if email is not None and email.strip():
+            who.append(a.user_email == email.strip().lower())
+        if remote_addr is not None:
+            who.append(a.remote_addr == remote_addr[:64])
+        moment = _aware(since, "since")
+        if not who:
+            return 0
+        stmt = sa.select(sa.func.count()).where(
+            a.action == "login_failed", a.at >= moment, sa.or_(*who)
+        )
+        return int(self._exec(stmt).scalar_one())
+
     def claim_request(self, key: str, user_id: int, at: datetime) -> bool:
         """Record a form submission key; False when it was already recorded (a double
-        submit: do nothing again). Keys are at most 64 characters."""
-        ...
+        submit: do nothing again). Keys are at most 64 characters (ValueError otherwise).
+        Never aborts the transaction (ON CONFLICT DO NOTHING); on PostgreSQL a concurrent
+        claim of the same key waits for the other transaction and gets False if it commits."""
+        if not isinstance(key, str) or not 0 < len(key) <= 64:
+            raise ValueError("a request key is 1..64 characters")
+        stmt = (
+            _dialect_insert(self._pg, console_requests)
+            .values(key=key, user_id=user_id, created_at=_aware(at, "at"))
+            .on_conflict_do_nothing(index_elements=[console_requests.c.key])
+            .returning(console_requests.c.key)
+        )
+        return self._exec(stmt).first() is not None
+
     def console_secret(self) -> str:
         """The session-signing secret shared by every instance: created (64 random hex
-        characters) the first time and kept in the database."""
-        ...
+        characters) the first time and kept in the database. The first call writes: make
+        it in `ConsoleStore.transaction()` (on SQLite a `reading()` transaction may fail to
+        take the write lock)."""
+        select = sa.select(console_settings.c.value).where(console_settings.c.key == _SECRET_KEY)
+        value = self._exec(select).scalar_one_or_none()
+        if value is None:
+            self._exec(
+                _dialect_insert(self._pg, console_settings)
+                .values(key=_SECRET_KEY, value=secrets.token_hex(32))
+                .on_conflict_do_nothing(index_elements=[console_settings.c.key])
+            )
+            value = self._exec(select).scalar_one()
+        return str(value)
 
 
 class ConsoleStore:
@@ -294,5 +1015,9 @@ class ConsoleStore:
     @contextmanager
     def reading(self) -> Iterator[ConsoleTx]:
         """A read-only transaction (SQLite: deferred, does not wait for the write lock)."""
-        raise NotImplementedError
-        yield  # pragma: no cover
+        with self.store._read() as conn:
+            core = SqlTx(conn)
+            try:
+                yield ConsoleTx(core)
+            finally:
+                core._close()

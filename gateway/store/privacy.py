@@ -4,7 +4,10 @@
   deletes the sent outbox rows and logs that still carry them, keeping every message row so
   the counts (texts in and out per municipality and day) survive.
 - `export_resident` gathers everything stored about one phone number, as JSON-safe data.
-- `delete_resident` erases it.
+- `delete_resident` erases it. The console's notes, read marks and presence rows of the
+  resident's conversations go with the conversations (ON DELETE CASCADE; SQLite connections
+  have foreign keys on). The console's audit log is kept: it never holds a phone number or
+  a text, only ids, actions and who did them.
 
 Texts that are still held (the resident never named a municipality) are not purged: they
 have not reached anyone yet. Parked outbox rows are kept until an operator deals with them.
@@ -23,6 +26,7 @@ from gateway.store.schema import (
     conversations,
     email_messages,
     messages,
+    notes,
     outbox,
     processed_emails,
     residents,
@@ -105,6 +109,13 @@ def export_resident(store: SqlStore, phone: str) -> dict[str, Any]:
                 ),
             ),
             "outbox": _rows(conn, sa.select(outbox).where(_outbox_of(phone))),
+            # staff's internal notes on the resident's conversations (console)
+            "notes": _rows(
+                conn,
+                sa.select(notes)
+                .where(notes.c.conversation_id.in_(conversation_ids))
+                .order_by(notes.c.id),
+            ),
         }
 
 
@@ -120,6 +131,7 @@ def delete_resident(store: SqlStore, phone: str) -> dict[str, int]:
                 )
             ).rowcount,
             "messages": conn.execute(sa.delete(messages).where(messages.c.phone == phone)).rowcount,
+            # (and with them, by ON DELETE CASCADE: notes, read marks, presence)
             "conversations": conn.execute(
                 sa.delete(conversations).where(conversations.c.phone == phone)
             ).rowcount,

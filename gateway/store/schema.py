@@ -106,9 +106,15 @@ conversations = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("last_activity_at", UTCDateTime(), nullable=False),
     sa.Column("closed_at", UTCDateTime(), nullable=True),
+    # the resident's newest text in the conversation (the console's "unread"), kept by the store
+    sa.Column("last_inbound_at", UTCDateTime(), nullable=True),
     sa.UniqueConstraint("token"),
     sa.CheckConstraint("status IN ('open', 'closed')", name="status"),
     sa.Index(None, "phone", "status"),
+    # the console's conversation list (newest activity first), per scope and filter
+    sa.Index(None, "municipality_id", "status", "last_activity_at", "id"),
+    sa.Index(None, "agent_address", "status", "last_activity_at"),
+    sa.Index(None, "status", "last_activity_at", "id"),
 )
 
 messages = sa.Table(
@@ -132,6 +138,7 @@ messages = sa.Table(
     sa.Column("error_code", sa.Integer(), nullable=True),  # provider error code (e.g. 30003)
     sa.Column("agent_address", sa.String(320), nullable=True),  # outbound: who wrote it
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("via", sa.String(16), nullable=True),  # outbound: "email" | "console"
     sa.UniqueConstraint("provider_sid"),
     sa.CheckConstraint("direction IN ('in', 'out')", name="direction"),
     sa.Index(None, "phone", "held"),
@@ -217,4 +224,126 @@ sms_starts = sa.Table(
     sa.Column("segments", sa.Integer(), nullable=False),
     sa.CheckConstraint("segments >= 0", name="segments"),
     sa.Index(None, "started_at"),
+)
+
+
+# --- the staff console (issue 9) ---------------------------------------------------------
+
+# Console accounts; `email` is stored lower-cased (and unique as such).
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("password_hash", sa.Text(), nullable=False),
+    sa.Column("totp_secret", sa.String(128), nullable=True),
+    sa.Column("disabled", sa.Boolean(), nullable=False),
+    sa.Column("must_change_password", sa.Boolean(), nullable=False),
+    sa.Column("language", sa.String(8), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("email"),
+    sa.CheckConstraint("role IN ('agent', 'supervisor', 'admin')", name="role"),
+    sa.CheckConstraint("email = lower(email)", name="email_lower"),
+)
+
+# Which municipalities an agent or supervisor works for (admins see all of them anyway).
+user_municipalities = sa.Table(
+    "user_municipalities",
+    metadata,
+    sa.Column(
+        "user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("municipality_id", sa.String(100), primary_key=True),
+)
+
+# Internal notes on a conversation (never texted).
+notes = sa.Table(
+    "notes",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "conversation_id",
+        BigId,
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("body", sa.Text(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "conversation_id"),
+)
+
+# Each user's read mark per conversation (unread = a resident text newer than it).
+conversation_reads = sa.Table(
+    "conversation_reads",
+    metadata,
+    sa.Column(
+        "user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column(
+        "conversation_id",
+        BigId,
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("last_read_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "conversation_id"),
+)
+
+# Who has a conversation open right now (viewing, or typing a reply); keyed by conversation
+# first, which is how it is read.
+presence = sa.Table(
+    "presence",
+    metadata,
+    sa.Column(
+        "conversation_id",
+        BigId,
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("seen_at", UTCDateTime(), nullable=False),
+    sa.CheckConstraint("state IN ('viewing', 'replying')", name="state"),
+)
+
+# What staff did. No foreign keys: the log outlives erased conversations (and it never
+# holds a phone number or a text, so an erasure leaves nothing personal in it).
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("user_id", BigId, nullable=True),
+    sa.Column("user_email", sa.String(320), nullable=True),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("conversation_id", BigId, nullable=True),
+    sa.Column("municipality_id", sa.String(100), nullable=True),
+    sa.Column("remote_addr", sa.String(64), nullable=True),
+    sa.Column("detail", JSONText(), nullable=False),
+    sa.Index(None, "action", "at"),
+    sa.Index(None, "conversation_id"),
+    sa.Index(None, "municipality_id", "id"),
+)
+
+# Form submission keys already handled (a double submit does nothing twice).
+console_requests = sa.Table(
+    "console_requests",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("user_id", BigId, nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Settings every console instance shares (the session-signing secret).
+console_settings = sa.Table(
+    "console_settings",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text(), nullable=False),
 )

@@ -69,6 +69,7 @@ from gateway.store.base import (
 from gateway.store.base import Store as _StoreProtocol
 from gateway.store.group import GroupCommit
 from gateway.store.schema import (
+    UTCDateTime,
     conversations,
     email_messages,
     imap_checkpoints,
@@ -149,6 +150,25 @@ _TOUCH = (
     .where(conversations.c.id == _P("cid"), conversations.c.last_activity_at < _P("at"))
     .values(last_activity_at=_P("at"))
 )
+
+
+def _touch_inbound() -> sa.Executable:
+    """`_TOUCH` for a resident's text: last_activity_at AND last_inbound_at forward, in one
+    UPDATE (the webhook's hot path pays one statement, as before)."""
+    at = sa.bindparam("at", type_=UTCDateTime())
+    activity, inbound = conversations.c.last_activity_at, conversations.c.last_inbound_at
+    inbound_behind = sa.or_(inbound.is_(None), inbound < at)
+    return (
+        conversations.update()
+        .where(conversations.c.id == _P("cid"), sa.or_(activity < at, inbound_behind))
+        .values(
+            last_activity_at=sa.case((activity < at, at), else_=activity),
+            last_inbound_at=sa.case((inbound_behind, at), else_=inbound),
+        )
+    )
+
+
+_TOUCH_INBOUND = _touch_inbound()
 _CONVERSATION = sa.select(conversations).where(conversations.c.id == _P("cid"))
 _CONVERSATION_FOR_UPDATE = _CONVERSATION.with_for_update()
 _SET_CHAIN = (
@@ -406,6 +426,7 @@ def _message(row: sa.Row[Any]) -> StoredMessage:
         status=m["status"],
         error_code=None if m["error_code"] is None else int(m["error_code"]),
         agent_address=m["agent_address"],
+        via=m["via"],
     )
 
 
@@ -543,6 +564,7 @@ class SqlTx:
         *,
         status: str | None = None,
         agent_address: str | None = None,
+        via: str | None = None,
     ) -> int:
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
@@ -557,9 +579,10 @@ class SqlTx:
             False,
             status=status,
             agent_address=agent_address,
+            via=via,
         )
         if conversation_id is not None:
-            self._touch(conversation_id, _aware(received_at, "received_at"))
+            self._touch(conversation_id, _aware(received_at, "received_at"), direction == "in")
         return message_id
 
     def message_by_provider_sid(self, sid: str) -> StoredMessage | None:
@@ -611,6 +634,7 @@ class SqlTx:
         *,
         status: str | None = None,
         agent_address: str | None = None,
+        via: str | None = None,
     ) -> int:
         values = {
             "phone": phone,
@@ -625,6 +649,7 @@ class SqlTx:
             "error_code": None,
             "agent_address": agent_address,
             "updated_at": _utcnow(),
+            "via": via,
         }
         return int(self._insert_unique(_INSERT_MESSAGE, provider_sid, params=values).scalar_one())
 
@@ -638,14 +663,23 @@ class SqlTx:
             .where(messages.c.id.in_(ids))
             .values(conversation_id=conversation_id, held=False)
         )
-        newest = self._exec(
-            sa.select(sa.func.max(messages.c.received_at)).where(messages.c.id.in_(ids))
-        ).scalar_one_or_none()
-        if newest is not None:
+        newest, newest_in = tuple(self._exec(
+            sa.select(
+                sa.func.max(messages.c.received_at),
+                sa.type_coerce(
+                    sa.func.max(sa.case((messages.c.direction == "in", messages.c.received_at))),
+                    UTCDateTime(),
+                ),
+            ).where(messages.c.id.in_(ids))
+        ).one())
+        if newest_in is not None:
+            self._touch(conversation_id, newest_in, True)
+        if newest is not None and newest != newest_in:
             self._touch(conversation_id, newest)
 
-    def _touch(self, conversation_id: int, at: datetime) -> None:
-        self._exec(_TOUCH, {"cid": conversation_id, "at": at})
+    def _touch(self, conversation_id: int, at: datetime, inbound: bool = False) -> None:
+        """Move last_activity_at (and, for an inbound text, last_inbound_at) forward to `at`."""
+        self._exec(_TOUCH_INBOUND if inbound else _TOUCH, {"cid": conversation_id, "at": at})
 
     def _require_conversation(self, conversation_id: int, lock: bool = False) -> sa.Row[Any]:
         stmt = _CONVERSATION_FOR_UPDATE if lock and self._pg else _CONVERSATION

@@ -1,4 +1,5 @@
-"""The web half: a Flask app factory with the Twilio webhooks, health and metrics."""
+"""The web half: a Flask app factory with the Twilio webhooks, health, metrics and the
+staff console."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from gateway.web.signature import TwilioSignature
 
 def create_app(gateway: Gateway) -> Flask:
     """Build the Flask app over an assembled `Gateway` (no globals)."""
-    app = Flask("gateway.web")
+    from gateway.web.console import init_console
+
+    app = Flask("gateway.web", static_folder=None)  # static files: /console/static/
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024  # a Twilio form is a few KB
     app.extensions["sms311"] = gateway
     # One signature checker for every request (not one RequestValidator per request).
@@ -22,4 +25,5 @@ def create_app(gateway: Gateway) -> Flask:
     app.register_blueprint(health.blueprint)
     if gateway.settings.sms.provider == "sandbox":
         app.register_blueprint(sandbox.blueprint)
+    init_console(app, gateway)
     return app

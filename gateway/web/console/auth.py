@@ -1,0 +1,211 @@
+"""Signing in and out: `/console/login` (email + password, then a TOTP code for accounts that
+have one), `/console/logout`, `/console/password` (forced after a one-time password).
+
+Login attempts are rate-limited per account and per client address, counted in the audit
+log (so the limit holds across instances): after `console.login_max_failures` failures
+within `console.login_window_minutes`, sign-in answers 429 until the window has passed.
+An unknown email costs the same argon2 work as a wrong password (no account probing).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Response, flash, redirect, render_template, request, session, url_for
+from flask.typing import ResponseReturnValue
+from flask_babel import get_locale
+from flask_babel import gettext as _
+from flask_login import current_user, login_user, logout_user
+
+from gateway import accounts
+from gateway.store.console import User
+from gateway.web.console.context import ConsoleUser, gateway, is_htmx, now, remote_addr
+
+log = logging.getLogger(__name__)
+
+_PENDING = "sms311_pending_totp"  # the account id between the password and the code
+# A real argon2 hash to verify against when the email is unknown (same cost, no probing).
+_DUMMY_HASH = accounts.hash_password("not-a-real-password-dummy")
+
+
+def unauthorized() -> Response:
+    """Not signed in: htmx requests get 401 and a redirect header, pages a redirect."""
+    target = url_for("console.login", next=_safe_next(request.full_path))
+    if is_htmx():
+        response = Response(status=401)
+        response.headers["HX-Redirect"] = target
+        return response
+    return redirect(target)  # type: ignore[return-value]
+
+
+def _safe_next(value: str | None) -> str | None:
+    """Only a path inside the console (no scheme, no host): no open redirect."""
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/console/"):
+        return None
+    if parts.path.startswith("/console/login"):
+        return None
+    return value.rstrip("?")
+
+
+def _throttled(email: str) -> bool:
+    settings = gateway().settings.console
+    since = now() - timedelta(minutes=settings.login_window_minutes)
+    with gateway().console.reading() as tx:
+        failures = tx.failed_logins(email=email or None, remote_addr=remote_addr(), since=since)
+    return failures >= settings.login_max_failures
+
+
+def _audit(account: User | None, action: str, **detail: Any) -> None:
+    with gateway().console.transaction() as tx:
+        tx.audit(
+            account.id if account else None,
+            account.email if account else detail.pop("email", None),
+            action,
+            at=now(),
+            remote_addr=remote_addr(),
+            detail=detail,
+        )
+
+
+def _start_session(account: User) -> Response:
+    session.clear()  # a new session id for the new privilege level (no fixation)
+    session.permanent = True
+    login_user(ConsoleUser(account))
+    _audit(account, "login")
+    log.info("console: sign-in by user %d", account.id)
+    if account.must_change_password:
+        return redirect(url_for("console.password"))  # type: ignore[return-value]
+    return redirect(_safe_next(request.args.get("next")) or url_for("console.conversations"))  # type: ignore[return-value]
+
+
+def login() -> ResponseReturnValue:
+    if isinstance(current_user, ConsoleUser) and request.method == "GET":
+        return redirect(url_for("console.conversations"))
+    error: str | None = None
+    status = 200
+    email = ""
+    if request.method == "POST":
+        email = (request.form.get("email") or "").strip().lower()
+        password = request.form.get("password") or ""
+        if _throttled(email):
+            _audit(None, "login_throttled", email=email)
+            minutes = int(gateway().settings.console.login_window_minutes)
+            error = _("Too many failed sign-in attempts. Try again in %(minutes)d minutes.",
+                      minutes=minutes)
+            status = 429
+        else:
+            with gateway().console.reading() as tx:
+                account = tx.user_by_email(email) if email else None
+            good = accounts.verify_password(
+                account.password_hash if account else _DUMMY_HASH, password
+            )
+            if account is None or not good or account.disabled:
+                _audit(account, "login_failed", email=email,
+                       reason="disabled" if account and good else "bad credentials")
+                error = _("Wrong email or password.")
+                status = 401
+            else:
+                if accounts.needs_rehash(account.password_hash):
+                    with gateway().console.transaction() as wtx:
+                        wtx.set_password(account.id, accounts.hash_password(password),
+                                         must_change_password=account.must_change_password,
+                                         at=now())
+                        account = wtx.get_user(account.id) or account
+                if account.totp_secret:
+                    session.clear()
+                    session[_PENDING] = account.id
+                    return redirect(
+                        url_for("console.login_code", next=request.args.get("next"))
+                    )
+                return _start_session(account)
+    return render_template("console/login.html", error=error, email=email), status
+
+
+def login_code() -> ResponseReturnValue:
+    pending = session.get(_PENDING)
+    if not isinstance(pending, int):
+        return redirect(url_for("console.login"))
+    with gateway().console.reading() as tx:
+        account = tx.get_user(pending)
+    if account is None or account.disabled or not account.totp_secret:
+        session.pop(_PENDING, None)
+        return redirect(url_for("console.login"))
+    error: str | None = None
+    status = 200
+    if request.method == "POST":
+        if _throttled(account.email):
+            error = _("Too many failed sign-in attempts. Try again later.")
+            status = 429
+        elif accounts.verify_totp(account.totp_secret, request.form.get("code") or "", now()):
+            return _start_session(account)
+        else:
+            _audit(account, "login_failed", reason="bad code")
+            error = _("That code is not valid. Enter the current code from your app.")
+            status = 401
+    return render_template("console/login_code.html", error=error), status
+
+
+def logout() -> Response:
+    who = current_user
+    if isinstance(who, ConsoleUser):
+        _audit(who.account, "logout")
+    logout_user()
+    session.clear()
+    flash(_("You are signed out."), "info")
+    return redirect(url_for("console.login"))  # type: ignore[return-value]
+
+
+def password() -> ResponseReturnValue:
+    who = current_user
+    assert isinstance(who, ConsoleUser)
+    account = who.account
+    error: str | None = None
+    status = 200
+    if request.method == "POST":
+        current = request.form.get("current_password") or ""
+        new = request.form.get("new_password") or ""
+        repeat = request.form.get("repeat_password") or ""
+        problem = accounts.check_password_policy(
+            new, email=account.email, name=account.name, language=str(get_locale())
+        )
+        if not accounts.verify_password(account.password_hash, current):
+            error, status = _("Your current password is not right."), 400
+        elif new != repeat:
+            error, status = _("The two new passwords differ."), 400
+        elif problem is not None:
+            error, status = problem, 400
+        else:
+            with gateway().console.transaction() as tx:
+                tx.set_password(account.id, accounts.hash_password(new),
+                                must_change_password=False, at=now())
+                tx.audit(account.id, account.email, "password_changed", at=now(),
+                         remote_addr=remote_addr())
+                updated = tx.get_user(account.id)
+            assert updated is not None
+            login_user(ConsoleUser(updated))  # the session follows the new password
+            flash(_("Your password is changed."), "info")
+            return redirect(url_for("console.conversations"))
+    return render_template("console/password.html", error=error,
+                           forced=account.must_change_password), status
+
+
+def language() -> Response:
+    """Switch the interface language: saved on the account, and in a cookie for sign-in."""
+    chosen = request.form.get("language")
+    if chosen not in ("en", "fr"):
+        chosen = "en"
+    who = current_user
+    if isinstance(who, ConsoleUser):
+        with gateway().console.transaction() as tx:
+            tx.set_language(who.account.id, chosen, at=now())
+    target = _safe_next(request.form.get("next")) or url_for("console.conversations")
+    response = redirect(target)
+    response.set_cookie("sms311_lang", chosen, max_age=365 * 86400, samesite="Lax",
+                        httponly=True, secure=request.is_secure, path="/console")
+    return response  # type: ignore[return-value]

@@ -1,0 +1,148 @@
+"""What the console shows, computed from values (no I/O): the timeline of a conversation,
+how long a resident has been waiting, the segment counter, the CSV export.
+
+The views fetch; these functions decide. They are unit-tested in tests/test_console_display.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from gateway import segments
+from gateway.store import StoredMessage
+from gateway.store.console import ConversationRow, Note
+
+ItemKind = Literal["in", "out", "note"]
+
+#: Delivery statuses of an outgoing SMS that mean it did not reach the phone.
+FAILED_STATUSES = frozenset({"failed", "undelivered", "not_sent", "canceled"})
+
+
+@dataclass(frozen=True)
+class TimelineItem:
+    """One line of a conversation: a resident text, an agent reply, or an internal note."""
+
+    kind: ItemKind
+    at: datetime
+    body: str
+    message: StoredMessage | None = None
+    note: Note | None = None
+
+    @property
+    def key(self) -> str:
+        if self.message is not None:
+            return f"m{self.message.id}"
+        assert self.note is not None
+        return f"n{self.note.id}"
+
+
+def timeline(messages: Iterable[StoredMessage], notes: Iterable[Note]) -> list[TimelineItem]:
+    """Messages (both directions, whichever door they came through) and notes, in time
+    order; on equal times messages come before notes and keep their stored order."""
+    items: list[tuple[datetime, int, int, TimelineItem]] = []
+    for order, message in enumerate(messages):
+        items.append(
+            (message.received_at, 0, order, TimelineItem(message.direction, message.received_at,
+                                                         message.body, message=message))
+        )
+    for order, note in enumerate(notes):
+        items.append((note.created_at, 1, order, TimelineItem("note", note.created_at,
+                                                              note.body, note=note)))
+    items.sort(key=lambda item: item[:3])
+    return [item[3] for item in items]
+
+
+def waiting_since(row: ConversationRow) -> datetime | None:
+    """When the resident's unanswered text came in: an open conversation whose newest
+    activity is the resident's text. None when nobody is waiting."""
+    if row.status != "open" or row.last_inbound_at is None:
+        return None
+    if row.last_inbound_at >= row.last_activity_at:
+        return row.last_inbound_at
+    return None
+
+
+def waited(since: datetime | None, now: datetime) -> timedelta | None:
+    if since is None:
+        return None
+    return max(now - since, timedelta(0))
+
+
+@dataclass(frozen=True)
+class SegmentCount:
+    """What the reply box says about the text being typed."""
+
+    chars: int  # characters after the gateway's own clean-up (typographic quotes…)
+    encoding: segments.Encoding
+    segments: int
+    per_segment: int  # 160 / 153 (GSM-7) or 70 / 67 (UCS-2)
+    non_gsm: tuple[str, ...]  # the characters that force UCS-2, first few, in order
+    over_limit: bool  # longer than one message: it will be split into several texts
+    will_shorten: bool  # so long that even split it is cut (the agent is told by email)
+
+
+def count(text: str) -> SegmentCount:
+    """The segment counter, computed on the text exactly as it would be sent."""
+    prepared = segments.prepare_for_sms(text)
+    encoding = segments.encoding(prepared)
+    n = segments.count_segments(prepared)
+    gsm = encoding == "GSM-7"
+    if n == 1:
+        per = segments.GSM7_SINGLE if gsm else segments.UCS2_SINGLE
+    else:
+        per = segments.GSM7_PART if gsm else segments.UCS2_PART
+    odd: list[str] = []
+    if not gsm:
+        for char in prepared:
+            if char not in segments.GSM7_BASIC and char not in segments.GSM7_EXTENSION:
+                if char not in odd:
+                    odd.append(char)
+                if len(odd) == 5:
+                    break
+    _, shortened = segments.split_for_sms(prepared) if prepared.strip() else ([], False)
+    return SegmentCount(
+        chars=len(prepared),
+        encoding=encoding,
+        segments=n,
+        per_segment=per,
+        non_gsm=tuple(odd),
+        over_limit=len(prepared) > segments.MAX_BODY_CHARS,
+        will_shorten=shortened,
+    )
+
+
+def export_csv(
+    items: Sequence[TimelineItem], *, resident: str, names: dict[str, str]
+) -> str:
+    """The conversation as CSV: time (ISO 8601, UTC), who, kind, delivery status, text.
+
+    `names` maps agent addresses / user ids ("user:<id>") to display names."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["time_utc", "from", "kind", "via", "status", "text"])
+    for item in items:
+        if item.kind == "in":
+            who, via, status = resident, "sms", ""
+        elif item.kind == "out":
+            assert item.message is not None
+            address = item.message.agent_address or ""
+            who = names.get(address, address)
+            via, status = item.message.via or "email", item.message.status or ""
+        else:
+            assert item.note is not None
+            who, via, status = item.note.user_name, "note", ""
+        writer.writerow([item.at.isoformat(), who, item.kind, via, status,
+                         _no_formula(item.body)])
+    return out.getvalue()
+
+
+def _no_formula(text: str) -> str:
+    """Cells a spreadsheet would run as a formula get a leading apostrophe (CSV injection)."""
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + text
+    return text

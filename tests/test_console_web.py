@@ -1,0 +1,501 @@
+"""The console through Flask's test client over a real SQLite store: sign-in, CSRF, headers,
+isolation by URL, replies on the outbox path, assignment, notes, export, audit, live refresh."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+
+from gateway.emails import AgentNotice, ResidentEmail
+from gateway.inbound import InboundText
+from gateway.services import Gateway
+from gateway.store import open_store
+from gateway.web import create_app
+from gateway.web.console import CONTENT_SECURITY_POLICY
+from tests.console_fixtures import PASSWORD, ConsoleClient, add_user
+from tests.gateway_fixtures import settings_in
+
+OTTAWA_PHONE = "+16135550123"
+MONTREAL_PHONE = "+15145550199"
+_sids = iter(range(1_000_000))
+
+
+def make_gateway(folder: Path, **kwargs: Any) -> Gateway:
+    settings = settings_in(folder, **kwargs)
+    store = open_store(settings.database)
+    store.upgrade()
+    store.close()
+    return Gateway.from_settings(settings)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    gw = make_gateway(tmp_path)
+    yield gw
+    gw.close()
+
+
+def text_in(gateway: Gateway, body: str, phone: str = OTTAWA_PHONE) -> None:
+    gateway.inbound.handle(InboundText(sid=f"SM{next(_sids):032d}", phone=phone, to="31100",
+                                       body=body, received_at=datetime.now(UTC)))
+
+
+def conversation_of(gateway: Gateway, phone: str, first: str, city: str) -> int:
+    text_in(gateway, first, phone)
+    text_in(gateway, city, phone)
+    with gateway.store.transaction() as tx:
+        found = tx.open_conversation(phone, "ottawa" if city == "Ottawa" else "montreal")
+    assert found is not None
+    return found.id
+
+
+def client(gateway: Gateway) -> ConsoleClient:
+    return ConsoleClient(create_app(gateway).test_client())
+
+
+def outbox(gateway: Gateway, kind: str) -> list[dict[str, Any]]:
+    return [i.payload for i in gateway.store.list_outbox(None) if i.kind == kind]
+
+
+@pytest.fixture
+def ottawa(gateway: Gateway) -> int:
+    return conversation_of(gateway, OTTAWA_PHONE, "Pothole on Bank St", "Ottawa")
+
+
+@pytest.fixture
+def montreal(gateway: Gateway) -> int:
+    return conversation_of(gateway, MONTREAL_PHONE, "Nid-de-poule rue Sherbrooke", "Montréal")
+
+
+@pytest.fixture
+def dana(gateway: Gateway) -> ConsoleClient:
+    add_user(gateway, "dana@ottawa.example", "Dana Agent")
+    console = client(gateway)
+    assert console.login("dana@ottawa.example").status_code == 302
+    return console
+
+
+# -- sign-in -------------------------------------------------------------------------------
+
+
+def test_login_page_labels_in_english_and_french(gateway: Gateway) -> None:
+    page = client(gateway).get("/console/login").get_data(as_text=True)
+    assert re.search(r'<label for="email">Email</label>', page)
+    assert re.search(r'<label for="password">Password</label>', page)
+    assert ">Sign in</button>" in page and '<html lang="en">' in page
+    french = client(gateway).get("/console/login", headers={"Accept-Language": "fr-CA,fr;q=0.9"})
+    text = french.get_data(as_text=True)
+    assert '<html lang="fr">' in text
+    assert ">Courriel</label>" in text and ">Mot de passe</label>" in text
+    assert ">Se connecter</button>" in text
+
+
+def test_wrong_password_and_unknown_email_look_the_same(gateway: Gateway) -> None:
+    add_user(gateway, "dana@ottawa.example", "Dana")
+    bad = client(gateway).login("dana@ottawa.example", "wrong password here")
+    unknown = client(gateway).login("nobody@ottawa.example", "wrong password here")
+    assert bad.status_code == unknown.status_code == 401
+    assert "Wrong email or password." in bad.get_data(as_text=True)
+    assert "Wrong email or password." in unknown.get_data(as_text=True)
+
+
+def test_login_attempts_are_rate_limited(gateway: Gateway) -> None:
+    add_user(gateway, "dana@ottawa.example", "Dana")
+    console = client(gateway)
+    for _ in range(gateway.settings.console.login_max_failures):
+        assert console.login("dana@ottawa.example", "not the password").status_code == 401
+    # Even the right password is refused while the window lasts.
+    assert console.login("dana@ottawa.example").status_code == 429
+
+
+def test_session_cookie_flags(tmp_path: Path) -> None:
+    gw = make_gateway(tmp_path, public_url="https://sms.example.ca")
+    try:
+        add_user(gw, "dana@ottawa.example", "Dana")
+        console = client(gw)
+        response = console.login("dana@ottawa.example")
+        cookie = response.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" in cookie
+    finally:
+        gw.close()
+
+
+def test_security_headers_on_console_pages(gateway: Gateway) -> None:
+    response = client(gateway).get("/console/login")
+    assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert "script-src 'self'" in CONTENT_SECURITY_POLICY and "unsafe" not in CONTENT_SECURITY_POLICY
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "<script>" not in response.get_data(as_text=True)  # no inline script at all
+
+
+def test_pages_need_a_session(gateway: Gateway, ottawa: int) -> None:
+    anonymous = client(gateway)
+    response = anonymous.get(f"/console/conversations/{ottawa}")
+    assert response.status_code == 302 and "/console/login" in response.headers["Location"]
+    htmx = anonymous.get(f"/console/conversations/{ottawa}/live", headers={"HX-Request": "true"})
+    assert htmx.status_code == 401 and "/console/login" in htmx.headers["HX-Redirect"]
+
+
+def test_next_is_followed_inside_the_console_only(gateway: Gateway, ottawa: int) -> None:
+    add_user(gateway, "dana@ottawa.example", "Dana")
+    console = client(gateway)
+    console.get("/console/login")
+    good = console.client.post(f"/console/login?next=/console/conversations/{ottawa}",
+                               data={"email": "dana@ottawa.example", "password": PASSWORD,
+                                     "csrf_token": console.csrf})
+    assert good.headers["Location"].endswith(f"/console/conversations/{ottawa}")
+    other = client(gateway)
+    other.get("/console/login")
+    evil = other.client.post("/console/login?next=https://evil.example/console/x",
+                             data={"email": "dana@ottawa.example", "password": PASSWORD,
+                                   "csrf_token": other.csrf})
+    assert "evil.example" not in evil.headers["Location"]
+
+
+def test_csrf_is_required_on_every_form(gateway: Gateway, ottawa: int, dana: ConsoleClient) -> None:
+    refused = dana.post(f"/console/conversations/{ottawa}/reply", csrf=False, text="Hello")
+    assert refused.status_code == 400
+    forged = dana.post(f"/console/conversations/{ottawa}/note", csrf=False,
+                       csrf_token="forged", note="x")
+    assert forged.status_code == 400
+    assert outbox(gateway, "sms") == []
+    # htmx requests carry the token in a header instead.
+    ok = dana.client.post(f"/console/conversations/{ottawa}/count", data={"text": "hi"},
+                          headers={"X-CSRFToken": dana.csrf, "HX-Request": "true"})
+    assert ok.status_code == 200
+    assert dana.client.post(f"/console/conversations/{ottawa}/count", data={"text": "hi"},
+                            headers={"HX-Request": "true"}).status_code == 400
+
+
+def test_webhooks_are_not_behind_csrf(gateway: Gateway) -> None:
+    # Twilio's webhook is signature-checked instead: an unsigned post is 403, not 400 (CSRF).
+    response = create_app(gateway).test_client().post("/sms/inbound", data={"From": "+1"})
+    assert response.status_code == 403
+
+
+def test_one_time_password_must_be_changed_first(gateway: Gateway) -> None:
+    add_user(gateway, "new@ottawa.example", "New Agent", must_change_password=True)
+    console = client(gateway)
+    assert console.login("new@ottawa.example").headers["Location"].endswith("/console/password")
+    assert console.get("/console/conversations").headers["Location"].endswith("/console/password")
+    console.get("/console/password")
+    changed = console.post("/console/password", current_password=PASSWORD,
+                           new_password="a much better passphrase",
+                           repeat_password="a much better passphrase")
+    assert changed.status_code == 302
+    assert console.get("/console/conversations").status_code == 200
+
+
+def test_a_new_password_ends_other_sessions(gateway: Gateway, dana: ConsoleClient) -> None:
+    assert dana.get("/console/conversations").status_code == 200
+    second = client(gateway)
+    second.login("dana@ottawa.example")
+    second.get("/console/password")
+    second.post("/console/password", current_password=PASSWORD,
+                new_password="another long passphrase", repeat_password="another long passphrase")
+    assert second.get("/console/conversations").status_code == 200  # this session follows
+    assert dana.get("/console/conversations").status_code == 302  # the old one is over
+
+
+def test_disabled_accounts_are_signed_out(gateway: Gateway, dana: ConsoleClient) -> None:
+    with gateway.console.transaction() as tx:
+        account = tx.user_by_email("dana@ottawa.example")
+        assert account is not None
+        tx.set_disabled(account.id, True, datetime.now(UTC))
+    assert dana.get("/console/conversations").status_code == 302
+    assert client(gateway).login("dana@ottawa.example").status_code == 401
+
+
+def test_totp_second_step(gateway: Gateway) -> None:
+    user = add_user(gateway, "dana@ottawa.example", "Dana")
+    secret = pyotp.random_base32()
+    with gateway.console.transaction() as tx:
+        tx.set_totp(user.id, secret, datetime.now(UTC))
+    console = client(gateway)
+    step = console.login("dana@ottawa.example")
+    assert step.headers["Location"].split("?")[0].endswith("/console/login/code")
+    assert console.get("/console/conversations").status_code == 302  # not signed in yet
+    console.get("/console/login/code")
+    assert console.post("/console/login/code", code="000000").status_code == 401
+    done = console.post("/console/login/code", code=pyotp.TOTP(secret).now())
+    assert done.status_code == 302
+    assert console.get("/console/conversations").status_code == 200
+
+
+def test_logout(gateway: Gateway, dana: ConsoleClient) -> None:
+    dana.get("/console/conversations")
+    assert dana.post("/console/logout").status_code == 302
+    assert dana.get("/console/conversations").status_code == 302
+
+
+# -- isolation ------------------------------------------------------------------------------
+
+
+def test_agents_see_only_their_municipalities(
+    gateway: Gateway, ottawa: int, montreal: int, dana: ConsoleClient
+) -> None:
+    listing = dana.get("/console/conversations").get_data(as_text=True)
+    assert "(613) 555-0123" in listing and "(514) 555-0199" not in listing
+    assert f"/console/conversations/{montreal}" not in listing
+    for path in (
+        f"/console/conversations/{montreal}",
+        f"/console/conversations/{montreal}/live",
+        f"/console/conversations/{montreal}/export",
+        f"/console/conversations/{montreal}/export.csv",
+        f"/console/conversations/{montreal}/media/1/0",
+        f"/console/conversations/{montreal}/canned",
+    ):
+        assert dana.get(path).status_code == 404, path
+    for path, form in (
+        (f"/console/conversations/{montreal}/reply", {"text": "hi", "request_key": "k1"}),
+        (f"/console/conversations/{montreal}/note", {"note": "x"}),
+        (f"/console/conversations/{montreal}/assign", {"agent": "me"}),
+        (f"/console/conversations/{montreal}/close", {}),
+        (f"/console/conversations/{montreal}/count", {"text": "hi"}),
+    ):
+        assert dana.post(path, **form).status_code == 404, path
+    searched = dana.get("/console/conversations?filter=all&q=Sherbrooke").get_data(as_text=True)
+    assert "(514) 555-0199" not in searched
+    by_number = dana.get("/console/conversations?filter=all&q=514-555-0199").get_data(as_text=True)
+    assert "(514) 555-0199" not in by_number
+    assert outbox(gateway, "sms") == []
+    with gateway.console.reading() as tx:
+        closed = tx.conversation(montreal, tx.get_user(1).scope)  # type: ignore[union-attr]
+    assert closed is None
+
+
+def test_admins_see_every_municipality(gateway: Gateway, ottawa: int, montreal: int) -> None:
+    add_user(gateway, "root@city.example", "Admin", role="admin", municipalities=())
+    admin = client(gateway)
+    admin.login("root@city.example")
+    listing = admin.get("/console/conversations").get_data(as_text=True)
+    assert "(613) 555-0123" in listing and "(514) 555-0199" in listing
+    assert admin.get(f"/console/conversations/{montreal}").status_code == 200
+
+
+def test_search_by_number_and_words(gateway: Gateway, ottawa: int, dana: ConsoleClient) -> None:
+    conversation_of(gateway, "+16135550777", "Garbage not collected", "Ottawa")
+    words = dana.get("/console/conversations?filter=all&q=pothole bank").get_data(as_text=True)
+    assert "(613) 555-0123" in words and "(613) 555-0777" not in words
+    number = dana.get("/console/conversations?filter=all&q=(613) 555-0777").get_data(as_text=True)
+    assert "(613) 555-0777" in number and "(613) 555-0123" not in number
+
+
+# -- working a conversation -----------------------------------------------------------------
+
+
+def test_conversation_page_shows_the_thread(gateway: Gateway, ottawa: int, dana: ConsoleClient) -> None:
+    page = dana.get(f"/console/conversations/{ottawa}").get_data(as_text=True)
+    assert "Pothole on Bank St" in page
+    assert "Ottawa, ON" in page and "English" in page and "Subscribed" in page
+    assert 'id="segment-counter"' in page
+
+
+def test_console_reply_goes_through_the_outbox_once(
+    gateway: Gateway, ottawa: int, dana: ConsoleClient
+) -> None:
+    path = f"/console/conversations/{ottawa}"
+    key = dana.request_key(path)
+    first = dana.post(f"{path}/reply", text="A crew is on the way.", request_key=key)
+    assert first.status_code == 302
+    again = dana.post(f"{path}/reply", text="A crew is on the way.", request_key=key)  # double click
+    assert again.status_code == 302
+    [sms] = outbox(gateway, "sms")
+    assert sms["to"] == OTTAWA_PHONE and sms["body"] == "A crew is on the way."
+    copies = [AgentNotice.from_dict(p) for p in outbox(gateway, "email")
+              if p.get("type") == "notice"]
+    [copy] = copies
+    assert copy.kind == "console_reply" and copy.to == ("311@ottawa.example",)
+    assert copy.details["text"] == "A crew is on the way."
+    with gateway.store.transaction() as tx:
+        conversation = tx.get_conversation(ottawa)
+        messages = tx.messages_of(ottawa)
+    assert conversation is not None and conversation.agent_address == "dana@ottawa.example"
+    assert copy.message_id in conversation.thread_message_ids
+    [out] = [m for m in messages if m.direction == "out"]
+    assert (out.via, out.status, out.agent_address) == ("console", "queued", "dana@ottawa.example")
+    page = dana.get(path).get_data(as_text=True)
+    assert "A crew is on the way." in page and "from the console" in page and "Queued" in page
+
+
+def test_reply_to_an_opted_out_resident_is_not_sent(
+    gateway: Gateway, ottawa: int, dana: ConsoleClient
+) -> None:
+    text_in(gateway, "STOP")
+    path = f"/console/conversations/{ottawa}"
+    page = dana.get(path).get_data(as_text=True)
+    assert "Opted out" in page
+    response = dana.post(f"{path}/reply", text="Hello?", request_key=dana.request_key(path))
+    assert response.status_code == 302
+    assert outbox(gateway, "sms") == []
+    follow = dana.get(path).get_data(as_text=True)
+    assert "texted STOP" in follow and "Not sent" in follow
+
+
+def test_assignment_is_the_sticky_agent_of_the_email_side(
+    gateway: Gateway, ottawa: int, dana: ConsoleClient
+) -> None:
+    add_user(gateway, "sam@ottawa.example", "Sam Agent")
+    path = f"/console/conversations/{ottawa}"
+    dana.get(path)
+    assert dana.post(f"{path}/assign", agent="sam@ottawa.example").status_code == 302
+    text_in(gateway, "Any news?")
+    last = ResidentEmail.from_dict([p for p in outbox(gateway, "email")
+                                    if p.get("type", "resident") == "resident"][-1])
+    assert last.to == ("sam@ottawa.example",) and last.cc == ("311@ottawa.example",)
+    # Not to someone outside the municipality.
+    assert dana.post(f"{path}/assign", agent="mallory@evil.example").status_code == 400
+    assert dana.post(f"{path}/assign", agent="me").status_code == 302
+    mine = dana.get("/console/conversations?filter=mine").get_data(as_text=True)
+    assert "(613) 555-0123" in mine
+    assert dana.post(f"{path}/assign", agent="").status_code == 302
+    unassigned = dana.get("/console/conversations?filter=unassigned").get_data(as_text=True)
+    assert "(613) 555-0123" in unassigned
+
+
+def test_notes_close_and_reopen(gateway: Gateway, ottawa: int, dana: ConsoleClient) -> None:
+    path = f"/console/conversations/{ottawa}"
+    dana.get(path)
+    dana.post(f"{path}/note", note="Called the roads department")
+    assert outbox(gateway, "sms") == []  # a note is never texted
+    assert "Called the roads department" in dana.get(path).get_data(as_text=True)
+    dana.post(f"{path}/close")
+    assert "(613) 555-0123" in dana.get("/console/conversations?filter=closed").get_data(as_text=True)
+    assert "(613) 555-0123" not in dana.get("/console/conversations?filter=open").get_data(as_text=True)
+    dana.post(f"{path}/reopen")
+    assert "(613) 555-0123" in dana.get("/console/conversations?filter=open").get_data(as_text=True)
+
+
+def test_live_refresh_answers_204_until_something_changes(
+    gateway: Gateway, ottawa: int, dana: ConsoleClient
+) -> None:
+    page = dana.get(f"/console/conversations/{ottawa}").get_data(as_text=True)
+    live = re.search(r'hx-get="([^"]*/live\?v=[^"]+)"', page)
+    assert live
+    url = live.group(1).replace("&amp;", "&")
+    assert dana.get(url).status_code == 204
+    text_in(gateway, "It is getting bigger")
+    changed = dana.get(url)
+    assert changed.status_code == 200 and "It is getting bigger" in changed.get_data(as_text=True)
+    listing = dana.get("/console/conversations").get_data(as_text=True)
+    list_url = re.search(r'hx-get="([^"]*/conversations/live[^"]*)"', listing)
+    assert list_url
+    list_live = list_url.group(1).replace("&amp;", "&")
+    assert dana.get(list_live).status_code == 204
+    conversation_of(gateway, "+16135550888", "Streetlight out", "Ottawa")
+    assert "(613) 555-0888" in dana.get(list_live).get_data(as_text=True)
+
+
+def test_presence_of_another_agent(gateway: Gateway, ottawa: int, dana: ConsoleClient) -> None:
+    add_user(gateway, "sam@ottawa.example", "Sam Agent")
+    sam = client(gateway)
+    sam.login("sam@ottawa.example")
+    sam.get(f"/console/conversations/{ottawa}")
+    page = dana.get(f"/console/conversations/{ottawa}").get_data(as_text=True)
+    assert "Sam Agent is viewing" in page
+    sam.client.post(f"/console/conversations/{ottawa}/count", data={"text": "We are"},
+                    headers={"X-CSRFToken": sam.csrf, "HX-Request": "true"})
+    assert "Sam Agent is replying" in dana.get(f"/console/conversations/{ottawa}").get_data(as_text=True)
+
+
+def test_segment_counter_says_when_accents_cost_more(
+    gateway: Gateway, ottawa: int, dana: ConsoleClient
+) -> None:
+    dana.get(f"/console/conversations/{ottawa}")
+    plain = dana.client.post(f"/console/conversations/{ottawa}/count", data={"text": "On it"},
+                             headers={"X-CSRFToken": dana.csrf}).get_data(as_text=True)
+    assert 'data-encoding="GSM-7"' in plain and "160 characters per message" in plain
+    accent = dana.client.post(f"/console/conversations/{ottawa}/count",
+                              data={"text": "Ce sera prêt à midi"},
+                              headers={"X-CSRFToken": dana.csrf}).get_data(as_text=True)
+    assert 'data-encoding="UCS-2"' in accent and "70 characters" in accent and "ê" in accent
+    assert "GSM-7 alphabet" in accent
+    # é and è are in the GSM-7 alphabet: no switch for them.
+    gsm = dana.client.post(f"/console/conversations/{ottawa}/count",
+                           data={"text": "Réparé, très bien"},
+                           headers={"X-CSRFToken": dana.csrf}).get_data(as_text=True)
+    assert 'data-encoding="GSM-7"' in gsm
+
+
+def test_canned_replies_fill_the_reply_box(tmp_path: Path) -> None:
+    from tests.gateway_fixtures import TEST_MAP
+
+    with_canned = TEST_MAP.replace(
+        "    languages: [en, fr]\n  - id: montreal",
+        "    languages: [en, fr]\n    canned_replies:\n"
+        "      - {title: Crew sent, text: A crew has been sent.}\n  - id: montreal", 1)
+    gw = make_gateway(tmp_path, municipality_map=with_canned)
+    try:
+        conversation = conversation_of(gw, OTTAWA_PHONE, "Pothole", "Ottawa")
+        add_user(gw, "dana@ottawa.example", "Dana")
+        console = client(gw)
+        console.login("dana@ottawa.example")
+        page = console.get(f"/console/conversations/{conversation}").get_data(as_text=True)
+        assert "Crew sent" in page
+        box = console.get(f"/console/conversations/{conversation}/canned?canned=0")
+        assert "A crew has been sent.</textarea>" in box.get_data(as_text=True)
+    finally:
+        gw.close()
+
+
+# -- supervisors -----------------------------------------------------------------------------
+
+
+def test_export_is_for_supervisors_and_audited(
+    gateway: Gateway, ottawa: int, dana: ConsoleClient
+) -> None:
+    assert dana.get(f"/console/conversations/{ottawa}/export").status_code == 403
+    assert dana.get("/console/audit").status_code == 403
+    dana.get(f"/console/conversations/{ottawa}")  # a read, audited
+    add_user(gateway, "sup@ottawa.example", "Sue Supervisor", role="supervisor")
+    sue = client(gateway)
+    sue.login("sup@ottawa.example")
+    printable = sue.get(f"/console/conversations/{ottawa}/export")
+    assert printable.status_code == 200 and "Pothole on Bank St" in printable.get_data(as_text=True)
+    csv_export = sue.get(f"/console/conversations/{ottawa}/export.csv")
+    assert csv_export.headers["Content-Type"].startswith("text/csv")
+    assert "Pothole on Bank St" in csv_export.get_data(as_text=True)
+    audit = sue.get("/console/audit").get_data(as_text=True)
+    assert "export" in audit and "sup@ottawa.example" in audit
+    assert re.search(r"dana@ottawa\.example</td>\s*<td>read</td>", audit)
+    # Sign-ins concern no municipality: only admins see them.
+    add_user(gateway, "root@city.example", "Admin", role="admin", municipalities=())
+    admin = client(gateway)
+    admin.login("root@city.example")
+    everything = admin.get("/console/audit").get_data(as_text=True)
+    assert re.search(r"dana@ottawa\.example</td>\s*<td>login</td>", everything)
+
+
+def test_audit_records_read_reply_assign_close(
+    gateway: Gateway, ottawa: int, dana: ConsoleClient
+) -> None:
+    path = f"/console/conversations/{ottawa}"
+    dana.post(f"{path}/reply", text="Hello", request_key=dana.request_key(path))
+    dana.post(f"{path}/assign", agent="me")
+    dana.post(f"{path}/close")
+    with gateway.console.reading() as tx:
+        entries = tx.audit_log(tx.get_user(1).scope, conversation_id=ottawa)  # type: ignore[union-attr]
+    actions = [e.action for e in entries]
+    for action in ("read", "reply", "assign", "close"):
+        assert action in actions
+    assert all("Hello" not in str(e.detail) for e in entries)  # no texts in the audit log
+
+
+def test_french_interface_for_a_french_user(gateway: Gateway, ottawa: int) -> None:
+    add_user(gateway, "dana@ottawa.example", "Dana")
+    console = client(gateway)
+    console.login("dana@ottawa.example")
+    console.get("/console/conversations")
+    console.post("/console/language", language="fr", next="/console/conversations")
+    page = console.get("/console/conversations").get_data(as_text=True)
+    assert '<html lang="fr">' in page and "Conversations" in page and "Ouvertes" in page
+    with gateway.console.reading() as tx:
+        account = tx.user_by_email("dana@ottawa.example")
+    assert account is not None and account.language == "fr"
