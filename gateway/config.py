@@ -104,6 +104,9 @@ _SENDER_RE = re.compile(r"[0-9]{3,8}|\+[1-9][0-9]{6,14}|MG[0-9a-fA-F]{32}")
 @dataclass(frozen=True)
 class WebSettings:
     listen: str = "127.0.0.1:8311"
+    # Reverse proxies in front of the web half whose X-Forwarded-For / -Proto to believe
+    # (0: none). The console's per-address sign-in limit needs the client's real address.
+    trusted_proxies: int = 0
 
 
 @dataclass(frozen=True)
@@ -601,7 +604,12 @@ SCHEMA = _Section(
         "fallback_mailbox": _Leaf("str", check=_check_address),
         "log_level": _Leaf("str", check=_one_of(LOG_LEVELS, upper=True)),
         "state_dir": _Leaf("str", check=_check_not_empty),
-        "web": _Section({"listen": _Leaf("str", check=_check_listen)}),
+        "web": _Section(
+            {
+                "listen": _Leaf("str", check=_check_listen),
+                "trusted_proxies": _Leaf("int", check=_check_not_negative),
+            }
+        ),
         "sms": _Section(
             {
                 "provider": _Leaf("str", check=_one_of(SMS_PROVIDERS)),

@@ -12,14 +12,16 @@ from typing import Any
 import pyotp
 import pytest
 
+from gateway.config import load_settings
 from gateway.emails import AgentNotice, ResidentEmail
 from gateway.inbound import InboundText
 from gateway.services import Gateway
 from gateway.store import open_store
+from gateway.store.console import Scope
 from gateway.web import create_app
 from gateway.web.console import CONTENT_SECURITY_POLICY
 from tests.console_fixtures import PASSWORD, ConsoleClient, add_user
-from tests.gateway_fixtures import settings_in
+from tests.gateway_fixtures import settings_in, write_settings
 
 OTTAWA_PHONE = "+16135550123"
 MONTREAL_PHONE = "+15145550199"
@@ -499,3 +501,36 @@ def test_french_interface_for_a_french_user(gateway: Gateway, ottawa: int) -> No
     with gateway.console.reading() as tx:
         account = tx.user_by_email("dana@ottawa.example")
     assert account is not None and account.language == "fr"
+
+
+def test_one_address_failing_for_many_accounts_is_limited_too(tmp_path: Path) -> None:
+    gw = make_gateway(tmp_path, extra="console:\n  login_max_failures: 1\n")
+    try:
+        add_user(gw, "dana@ottawa.example", "Dana")
+        console = client(gw)
+        for n in range(10):  # ten times the per-account limit, each for another account
+            assert console.login(f"guess{n}@ottawa.example", "not it").status_code == 401
+        assert console.login("dana@ottawa.example").status_code == 429
+    finally:
+        gw.close()
+
+
+def test_client_address_behind_a_trusted_proxy(tmp_path: Path) -> None:
+    config = write_settings(tmp_path)
+    config.write_text(config.read_text().replace(
+        'web: {listen: "127.0.0.1:8311"}', 'web: {listen: "127.0.0.1:8311", trusted_proxies: 1}'))
+    store = open_store(load_settings(config, environ={}).database)
+    store.upgrade()
+    store.close()
+    gw = Gateway.from_settings(load_settings(config, environ={}))
+    try:
+        console = client(gw)
+        console.get("/console/login")
+        console.client.post("/console/login", data={
+            "email": "x@ottawa.example", "password": "nope", "csrf_token": console.csrf},
+            headers={"X-Forwarded-For": "203.0.113.7"})
+        with gw.console.reading() as tx:
+            [entry] = tx.audit_log(Scope(None))
+        assert entry.action == "login_failed" and entry.remote_addr == "203.0.113.7"
+    finally:
+        gw.close()

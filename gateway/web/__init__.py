@@ -26,4 +26,11 @@ def create_app(gateway: Gateway) -> Flask:
     if gateway.settings.sms.provider == "sandbox":
         app.register_blueprint(sandbox.blueprint)
     init_console(app, gateway)
+    proxies = gateway.settings.web.trusted_proxies
+    if proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=0
+        )
     return app

@@ -2,8 +2,10 @@
 have one), `/console/logout`, `/console/password` (forced after a one-time password).
 
 Login attempts are rate-limited per account and per client address, counted in the audit
-log (so the limit holds across instances): after `console.login_max_failures` failures
-within `console.login_window_minutes`, sign-in answers 429 until the window has passed.
+log (so the limit holds across instances): after `console.login_max_failures` failures for
+one account, or ten times as many from one address, within `console.login_window_minutes`,
+sign-in answers 429 until the window has passed (behind a reverse proxy, set
+`web.trusted_proxies` so the address is the client's, not the proxy's).
 An unknown email costs the same argon2 work as a wrong password (no account probing).
 """
 
@@ -26,6 +28,7 @@ from gateway.web.console.context import ConsoleUser, gateway, is_htmx, now, remo
 
 log = logging.getLogger(__name__)
 
+ADDRESS_FACTOR = 10  # one address (an office behind NAT) may fail for several accounts
 _PENDING = "sms311_pending_totp"  # the account id between the password and the code
 # A real argon2 hash to verify against when the email is unknown (same cost, no probing).
 _DUMMY_HASH = accounts.hash_password("not-a-real-password-dummy")
@@ -54,11 +57,16 @@ def _safe_next(value: str | None) -> str | None:
 
 
 def _throttled(email: str) -> bool:
+    """Too many failures for this account, or (ten times as many) from this address."""
     settings = gateway().settings.console
     since = now() - timedelta(minutes=settings.login_window_minutes)
     with gateway().console.reading() as tx:
-        failures = tx.failed_logins(email=email or None, remote_addr=remote_addr(), since=since)
-    return failures >= settings.login_max_failures
+        by_account = tx.failed_logins(email=email, remote_addr=None, since=since) if email else 0
+        by_address = tx.failed_logins(email=None, remote_addr=remote_addr(), since=since)
+    return (
+        by_account >= settings.login_max_failures
+        or by_address >= settings.login_max_failures * ADDRESS_FACTOR
+    )
 
 
 def _audit(account: User | None, action: str, **detail: Any) -> None:

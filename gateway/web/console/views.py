@@ -33,12 +33,12 @@ from flask_babel import gettext as _
 from flask_login import current_user
 
 from gateway import accounts, emails
-from gateway.agent_reply import prepare_text, queue_reply
+from gateway.agent_reply import QueuedReply, prepare_text, queue_reply
 from gateway.inbound import PROVINCE_TIMEZONES
 from gateway.logs import mask_phone
 from gateway.municipalities import Municipality
 from gateway.store import Conversation, StoreUnavailable
-from gateway.store.console import LIST_FILTERS, ConsoleTx, ListFilter
+from gateway.store.console import LIST_FILTERS, ConsoleTx, ListFilter, User
 from gateway.web.console import auth, display
 from gateway.web.console.context import (
     ConsoleUser,
@@ -339,23 +339,22 @@ def reply(conversation_id: int) -> Response:
         return redirect(target)  # type: ignore[return-value]
     at = now()
     settings = gateway().settings
-    with gateway().console.transaction() as tx:
-        found = _in_scope(tx, conversation_id)
-        if key and not tx.claim_request(key, account.id, at):
-            flash(_("This reply was already sent."), "info")
-            return redirect(target)  # type: ignore[return-value]
-        municipality = _municipality(found.municipality_id)
-        mailbox = municipality.mailbox if municipality else settings.fallback_mailbox
-        queued = queue_reply(tx.core, settings, found, agent=account.email, text=text, now=at,
-                             via="console", agent_name=account.name, mailbox=mailbox)
-        tx.core.set_agent(found.id, account.email)
-        tx.core.touch_conversation(found.id, at)
-        tx.touch_presence(account.id, found.id, "viewing", at)
-        tx.mark_read(account.id, found.id, at)
-        tx.audit(account.id, account.email, "reply", at=at, conversation_id=found.id,
-                 municipality_id=found.municipality_id, remote_addr=remote_addr(),
-                 detail={"parts": queued.parts, "shortened": queued.shortened,
-                         "opted_out": queued.opted_out})
+    try:
+        with gateway().console.transaction() as tx:
+            found = _in_scope(tx, conversation_id)
+            if key and not tx.claim_request(key, account.id, at):
+                flash(_("This reply was already sent."), "info")
+                return redirect(target)  # type: ignore[return-value]
+            municipality = _municipality(found.municipality_id)
+            mailbox = municipality.mailbox if municipality else settings.fallback_mailbox
+            queued = queue_reply(tx.core, settings, found, agent=account.email, text=text,
+                                 now=at, via="console", agent_name=account.name,
+                                 mailbox=mailbox)
+            _after_reply(tx, found, account, queued, at)
+    except ValueError as exc:  # nothing was committed (nowhere to file the copy, …)
+        log.warning("console: reply refused: %s", exc)
+        flash(_("Not sent: %(reason)s", reason=str(exc)), "error")
+        return redirect(target)  # type: ignore[return-value]
     gateway().outbox_changed()
     log.info("console: reply by user %d to %s, conversation %d", account.id,
              mask_phone(found.phone), found.id)
@@ -367,6 +366,21 @@ def reply(conversation_id: int) -> Response:
     else:
         flash(_("Reply queued for sending."), "info")
     return redirect(target)  # type: ignore[return-value]
+
+
+def _after_reply(
+    tx: ConsoleTx, found: Conversation, account: User, queued: QueuedReply, at: datetime
+) -> None:
+    """The replier becomes the sticky agent (as an email reply makes its sender), and the
+    reply is audited, in the reply's transaction."""
+    tx.core.set_agent(found.id, account.email)
+    tx.core.touch_conversation(found.id, at)
+    tx.touch_presence(account.id, found.id, "viewing", at)
+    tx.mark_read(account.id, found.id, at)
+    tx.audit(account.id, account.email, "reply", at=at, conversation_id=found.id,
+             municipality_id=found.municipality_id, remote_addr=remote_addr(),
+             detail={"parts": queued.parts, "shortened": queued.shortened,
+                     "opted_out": queued.opted_out})
 
 
 @blueprint.post("/conversations/<int:conversation_id>/note")
