@@ -37,6 +37,7 @@ from gateway.config import load_municipality_map, load_settings
 from gateway.store import open_store
 from gateway.store.console import ConsoleStore
 from tests.gateway_fixtures import free_port, write_settings
+from tests.loop import MailServer
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "bench passphrase 1234"
@@ -67,8 +68,18 @@ def timed(get: Callable[[], requests.Response], n: int) -> list[float]:
 
 
 def run(conversations: int, n: int, database: str | None, folder: Path) -> list[Figure]:
+    mail = MailServer().start()  # /healthz (the baseline) checks that SMTP answers
+    try:
+        return _run(conversations, n, database, folder, mail.port)
+    finally:
+        mail.stop()
+
+
+def _run(conversations: int, n: int, database: str | None, folder: Path,
+         smtp_port: int) -> list[Figure]:
     port = free_port()
     config = write_settings(folder, web_port=port, public_url=f"http://127.0.0.1:{port}",
+                            smtp_port=smtp_port,
                             municipality_map=(REPO / "municipality_map.yaml").read_text(),
                             database=database)
     settings = load_settings(config, environ={})
@@ -82,12 +93,13 @@ def run(conversations: int, n: int, database: str | None, folder: Path) -> list[
     console = ConsoleStore(store)
     now = datetime.now(UTC)
     with console.transaction() as tx:
-        tx.add_user("agent@bench.example", "Agent", "agent", [municipalities[0]],
-                    accounts.hash_password(PASSWORD), must_change_password=False, at=now)
+        agent = tx.add_user("agent@bench.example", "Agent", "agent", [municipalities[0]],
+                            accounts.hash_password(PASSWORD), must_change_password=False,
+                            at=now)
         tx.add_user("admin@bench.example", "Admin", "admin", [],
                     accounts.hash_password(PASSWORD), must_change_password=False, at=now)
-        page = tx.list_conversations(tx.get_user(1).scope, "open",  # type: ignore[union-attr]
-                                     user_id=1, user_email="agent@bench.example")
+        page = tx.list_conversations(agent.scope, "open", user_id=agent.id,
+                                     user_email=agent.email)
         word = "pothole"
     assert page.rows, "the seeded municipality has no open conversation"
     conversation_id = page.rows[0].id

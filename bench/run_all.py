@@ -11,7 +11,9 @@ The figures (each script also runs alone, with more options and detail):
    with an aiosmtpd server, a real Dovecot, the SMTP ingress and the fake Twilio API;
 4. outbound pacing (bench/bench_pacing.py): the pacer alone, and end to end through the
    dispatcher to the fake Twilio API;
-5. the matcher on the full census directory (bench/bench_matcher.py).
+5. the matcher on the full census directory (bench/bench_matcher.py);
+7. the console's list and conversation pages at 100,000 conversations (bench/bench_console.py),
+   p99 next to /healthz on the same server.
 
 The machine is shared and noisy: compare each figure with its baseline, not across runs.
 Exit status 0 (with --strict: 1 when a target is missed; the table says which).
@@ -31,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import bench_loop, bench_matcher, bench_pacing, bench_webhook
+from bench import bench_console, bench_loop, bench_matcher, bench_pacing, bench_webhook
 from bench.common import REPO, Figure
 
 HEADER = ("figure", "measured", "baseline (same run)", "ratio", "target", "met?")
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         ("pacing", lambda: pacing(seconds / 2)),
         ("webhook ingest", lambda: webhook(seconds, args.profile)),
         ("the loop through sms311 run", lambda: loop(seconds)),
+        ("the console at 100,000 conversations", lambda: console(args.quick)),
     ]
     for name, section in sections:
         print(f"== {name}", flush=True)
@@ -147,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     print(table(figures))
     missed = [f.name for f in figures if f.met is False]
     return 1 if missed and args.strict else 0
+
+
+def console(quick: bool) -> list[Figure]:
+    folder = Path(tempfile.mkdtemp(prefix="sms311-bench-console-"))
+    try:
+        return bench_console.run(100_000, 50 if quick else 200, None, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def loop(seconds: float) -> list[Figure]:

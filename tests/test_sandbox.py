@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,8 +81,23 @@ def test_play_resident_in_the_sandbox(tmp_path: Path) -> None:
                        "A crew is on the way.", cwd=tmp_path)
         assert reply.returncode == 0, reply.stderr
         assert ">> to +16135550123: A crew is on the way." in reply.stdout
+
+        # The staff console: the printed accounts sign in and see the conversation.
+        accounts = (sandbox / "console-accounts.txt").read_text().split()
+        assert accounts[0] == "agent@ottawa.example"
+        assert oct((sandbox / "console-accounts.txt").stat().st_mode & 0o777) == "0o600"
+        session = requests.Session()
+        base = f"http://127.0.0.1:{web_port}/console"
+        token = re.search(r'name="csrf_token" value="([^"]+)"',
+                          session.get(f"{base}/login", timeout=5).text)
+        assert token
+        signed_in = session.post(f"{base}/login", timeout=10, data={
+            "email": accounts[0], "password": accounts[1], "csrf_token": token.group(1)})
+        assert signed_in.status_code == 200 and "(613) 555-0123" in signed_in.text
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=15)
     assert process.returncode == 0, output
     assert "sandbox text" in output  # it told the user what to try
+    assert f"http://127.0.0.1:{web_port}/console/" in output
+    assert f"agent@ottawa.example  password: {accounts[1]}" in output
