@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from alembic import command
 
 from gateway.store import SqlStore, open_store
+from gateway.store import console as console_module
 from gateway.store.console import (
     ConsoleStore,
     ConsoleTx,
@@ -252,6 +253,33 @@ def test_keyset_paging_with_equal_timestamps(console: ConsoleStore) -> None:
     assert set(seen) | {expected[15]} == set(expected)
 
 
+@pytest.mark.parametrize("branches", [40, 1])
+def test_paging_across_municipalities_and_statuses(
+    console: ConsoleStore, branches: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40: one UNION ALL branch per (municipality, status); 1: a single sorted query
+    monkeypatch.setattr(console_module, "_MAX_BRANCHES", branches)
+    made = []
+    with console.transaction() as tx:
+        for i in range(30):
+            city = ("ottawa", "gatineau", "toronto", None)[i % 4]
+            at = T0 + timedelta(minutes=(i * 11) % 7)
+            cid = _conversation(tx, f"+1819555{i:04d}", city, at)
+            if i % 3 == 0:
+                tx.core.close_conversation(cid, at)
+            made.append((at, cid, city, "closed" if i % 3 == 0 else "open"))
+    newest_first = sorted(made, key=lambda m: (m[0], m[1]), reverse=True)
+    two = Scope(frozenset({"ottawa", "gatineau"}))
+    for scope in (two, ALL, OTTAWA):
+        for which in ("all", "open", "closed", "unassigned"):
+            expected = [cid for at, cid, city, status in newest_first
+                        if scope.allows(city) and (which in ("all", "unassigned")
+                                                   or status == which)
+                        and (which != "unassigned" or status == "open")]
+            for limit in (1, 4, 50):
+                assert _ids(console, scope, which, limit=limit) == expected, (scope, which)
+
+
 def test_unread_follows_new_texts_and_read_marks(console: ConsoleStore) -> None:
     agent = _user(console, "a@ottawa.example")
     other = _user(console, "b@ottawa.example")
@@ -295,7 +323,11 @@ def test_phone_search() -> None:
     assert phone_digits("1+613") is None and phone_digits("") is None
 
 
-def test_phone_and_word_search(console: ConsoleStore) -> None:
+@pytest.mark.parametrize("probe", [1000, 2, 1])
+def test_phone_and_word_search(console: ConsoleStore, probe: int,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # probe 1000: every conversation is tested one by one; 1 and 2: the one-pass fallback
+    monkeypatch.setattr(console_module, "_PROBE", probe)
     with console.transaction() as tx:
         a = _conversation(tx, PHONE, "ottawa", T0, "Big POTHOLE on Bank St")
         tx.core.add_message(PHONE, a, "in", "near the 100% school", [], None, T0)
@@ -319,6 +351,16 @@ def test_phone_and_word_search(console: ConsoleStore) -> None:
     assert _ids(console, OTTAWA, query="y_2") == [b]
     assert _ids(console, OTTAWA, query="   ") == [c, b, a]
     assert _ids(console, OTTAWA, "closed", query="pothole") == []
+    assert _ids(console, OTTAWA, "all", query="pot", limit=1) == [c, a]  # paged
+    assert _ids(console, OTTAWA, "open", query="school near") == [a]
+    assert _ids(console, Scope(frozenset({"toronto"})), query="pothole") == []
+    with console.transaction() as tx:
+        d = _conversation(tx, "+18195550111", "ottawa", T0 + timedelta(3), "Devant l'ÉCOLE Saint-Jean")
+    assert _ids(console, OTTAWA, query="saint-JEAN cole") == [d]
+    # non-ASCII letters: case-insensitive on PostgreSQL; SQLite's LIKE folds ASCII only
+    pg = console.store.engine.dialect.name == "postgresql"
+    assert _ids(console, OTTAWA, query="école") == ([d] if pg else [])
+    assert _ids(console, OTTAWA, query="ÉCOLE") == [d]
 
 
 # --- counts, timeline version, reopen -------------------------------------------------------
@@ -557,12 +599,14 @@ def test_migration_backfills_last_inbound_at(empty_store: SqlStore) -> None:
             conn.execute(old_conversations.insert().values(
                 id=cid, token=f"tok{cid}", phone=PHONE, municipality_id="ottawa", subject="s",
                 status="open", thread_message_ids=[], created_at=T0, last_activity_at=T0))
-        rows = [(1, "in", T0), (1, "in", T0 + timedelta(hours=3)), (1, "out", T0 + timedelta(5)),
-                (2, "out", T0), (None, "in", T0 + timedelta(9))]
-        for i, (cid, direction, at) in enumerate(rows):
+        rows: list[tuple[int | None, str, datetime]] = [
+            (1, "in", T0), (1, "in", T0 + timedelta(hours=3)), (1, "out", T0 + timedelta(5)),
+            (2, "out", T0), (None, "in", T0 + timedelta(9))]
+        for i, (conversation, direction, at) in enumerate(rows):
             conn.execute(old_messages.insert().values(
-                id=i + 1, phone=PHONE, conversation_id=cid, direction=direction, body="b",
-                media=[], provider_sid=None, held=cid is None, received_at=at, updated_at=at))
+                id=i + 1, phone=PHONE, conversation_id=conversation, direction=direction,
+                body="b", media=[], provider_sid=None, held=conversation is None, received_at=at,
+                updated_at=at))
     empty_store.upgrade()
     assert _last_inbound(empty_store, 1) == T0 + timedelta(hours=3)
     assert _last_inbound(empty_store, 2) is None

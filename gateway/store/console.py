@@ -266,11 +266,14 @@ def _dialect_insert(pg: bool, table: sa.Table) -> Any:
 @dataclass(frozen=True)
 class _Search:
     """A list search: `conditions` on one conversation (correlated to `conversations`),
-    and `matching`, the ids of every conversation that matches (one pass)."""
+    and `matching`, the ids of (at least) every conversation that matches, in one pass."""
 
     conditions: list[sa.ColumnElement[bool]]
     matching: sa.Select[Any]
+    probe: bool = True  # test the newest `_PROBE` conversations first
 
+
+_CUSTOM_PLANS = sa.text("SET LOCAL plan_cache_mode = force_custom_plan")
 
 # The newest message's text of the (outer query's) conversation, truncated.
 _PREVIEW = (
@@ -486,7 +489,8 @@ class ConsoleTx:
         digits = phone_digits(query)
         if digits is not None:
             phone = c.phone.like(f"%{digits}%")
-            return statuses, where, _Search([phone], sa.select(c.id).where(phone))
+            # (no probe: a scan of the numbers costs about what testing 1,000 candidates does)
+            return statuses, where, _Search([], sa.select(c.id).where(phone), probe=False)
         words = query.split()[:MAX_SEARCH_WORDS]
         if not words:
             return statuses, where, None
@@ -495,19 +499,10 @@ class ConsoleTx:
         per_conversation: list[sa.ColumnElement[bool]] = [
             sa.select(m.id).where(m.conversation_id == c.id, match).exists() for match in matches
         ]
-        if len(matches) == 1:
-            matching = sa.select(m.conversation_id).where(matches[0])
-        else:  # one pass over the texts: conversations with every word in some text
-            matching = (
-                sa.select(m.conversation_id)
-                .where(m.conversation_id.is_not(None), sa.or_(*matches))
-                .group_by(m.conversation_id)
-                .having(
-                    sa.and_(
-                        *(sa.func.max(sa.case((match, 1), else_=0)) == 1 for match in matches)
-                    )
-                )
-            )
+        # one pass over the texts for the longest word (likely the rarest); the other words
+        # are then tested on those conversations only (the conditions go with it)
+        longest = max(range(len(words)), key=lambda i: len(words[i]))
+        matching = sa.select(m.conversation_id).where(matches[longest])
         return statuses, where, _Search(per_conversation, matching)
 
     @staticmethod
@@ -572,11 +567,42 @@ class ConsoleTx:
     ) -> list[int]:
         """The ids of one page of search results, newest first.
 
-        First the newest `_PROBE` conversations of the list are tested one by one (through
-        the index, each text looked up by conversation): a common word or number fills
-        the page from them. If it does not (and there were more), one pass over the texts
-        (or numbers) finds every match, and those in the list are sorted. Without a text
-        index that pass reads every message: the cost of a rare word (see bench/)."""
+        Words: first the newest `_PROBE` conversations of the list are tested one by one
+        (through the index, each text looked up by conversation): a common word fills the
+        page from them. If it does not (and there were more), one pass over the texts
+        finds the conversations with the longest word, the other words are tested on
+        those, and those in the list are sorted. Without a text index that pass reads every
+        message: the cost of a rare word (see bench/console_seed.py). Numbers: straight to
+        one pass over the conversations' numbers (about the price of the probe)."""
+        c = conversations.c
+        if self._pg:
+            # psycopg prepares a statement run 5 times, and PostgreSQL then switches to a
+            # generic plan, blind to the pattern: for `phone LIKE $1` in one municipality it
+            # reads the whole municipality (3x slower, measured). Plan each search afresh.
+            self._exec(_CUSTOM_PLANS)
+        if search.probe:
+            ids = self._probe(scope, statuses, where, search, size, by_agent)
+            if ids is not None:
+                return ids
+        stmt = sa.select(c.id).where(c.id.in_(search.matching), *search.conditions, *where)
+        allowed = _in_scope(scope, c.municipality_id)
+        if allowed is not None:
+            stmt = stmt.where(allowed)
+        stmt = stmt.where(c.status.in_(statuses))
+        stmt = stmt.order_by(c.last_activity_at.desc(), c.id.desc()).limit(size)
+        return [int(i) for i in self._exec(stmt).scalars()]
+
+    def _probe(
+        self,
+        scope: Scope,
+        statuses: Sequence[str],
+        where: Sequence[sa.ColumnElement[bool]],
+        search: _Search,
+        size: int,
+        by_agent: bool,
+    ) -> list[int] | None:
+        """The page from the newest `_PROBE` conversations of the list, or None if they do
+        not decide it (fewer matches than a page, and more conversations after them)."""
         candidates = self._page(scope, statuses, where, _PROBE, by_agent)
         c = conversations.c
         probe = (
@@ -590,15 +616,7 @@ class ConsoleTx:
         if len(ids) == size:
             return ids
         examined = self._exec(sa.select(sa.func.count()).select_from(candidates)).scalar_one()
-        if examined < _PROBE:
-            return ids  # that was the whole list
-        stmt = sa.select(c.id).where(c.id.in_(search.matching), *where)
-        allowed = _in_scope(scope, c.municipality_id)
-        if allowed is not None:
-            stmt = stmt.where(allowed)
-        stmt = stmt.where(c.status.in_(statuses))
-        stmt = stmt.order_by(c.last_activity_at.desc(), c.id.desc()).limit(size)
-        return [int(i) for i in self._exec(stmt).scalars()]
+        return ids if examined < _PROBE else None  # (fewer: that was the whole list)
 
     def list_conversations(
         self,
