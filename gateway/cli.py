@@ -501,7 +501,7 @@ def _user_set(args: argparse.Namespace, settings: Settings) -> int:
         role = cast("Role", args.role or user.role)
         _needs_municipality(role, user.municipalities if municipalities is None else municipalities)
         if name is not None and name != user.name:
-            _set_name(tx, user.id, name, now)
+            tx.set_name(user.id, name, now)
             changes["name"] = name
         if role != user.role:
             tx.set_role(user.id, role, now)
@@ -526,15 +526,6 @@ def _user_set(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(f"updated {user.email}: {shown}")
     return 0
-
-
-def _set_name(tx: ConsoleTx, user_id: int, name: str, at: datetime) -> None:
-    # ConsoleTx has no public setter for the name yet: use it once it has one.
-    set_name: Callable[[int, str, datetime], None] | None = getattr(tx, "set_name", None)
-    if set_name is not None:
-        set_name(user_id, name, at)
-    else:
-        tx._update_user(user_id, at, name=name)
 
 
 def _checked_name(value: str) -> str:

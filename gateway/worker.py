@@ -464,23 +464,33 @@ async def retention_loop(
     first_after: float = RETENTION_FIRST_AFTER,
     every: float = RETENTION_EVERY,
 ) -> None:
-    """Blank message texts older than `privacy.retention_days`, daily (counts are kept)."""
+    """Blank message texts older than `privacy.retention_days`, daily (counts are kept);
+    and forget the console's day-old form keys and presence marks."""
     from gateway.store.privacy import purge_texts
     from gateway.store.sql import SqlStore
 
     days = gateway.settings.privacy.retention_days
-    if days <= 0 or not isinstance(gateway.store, SqlStore):
+    if not isinstance(gateway.store, SqlStore):
         return
     await _sleep_or(stop, first_after)
     while not stop.is_set():
-        cutoff = datetime.now(UTC) - timedelta(days=days)
+        now = datetime.now(UTC)
         try:
-            result = await asyncio.to_thread(purge_texts, gateway.store, cutoff)
+            if days > 0:
+                result = await asyncio.to_thread(
+                    purge_texts, gateway.store, now - timedelta(days=days)
+                )
+                log.info(
+                    "retention purge (%d days): %d texts blanked, %d sent outbox rows deleted",
+                    days, result.texts_blanked, result.outbox_deleted,
+                )
+            await asyncio.to_thread(_prune_console, gateway, now - timedelta(days=1))
         except StoreUnavailable as exc:
             log.warning("retention purge postponed: store unavailable: %s", exc)
-        else:
-            log.info(
-                "retention purge (%d days): %d texts blanked, %d sent outbox rows deleted",
-                days, result.texts_blanked, result.outbox_deleted,
-            )
         await _sleep_or(stop, every)
+
+
+def _prune_console(gateway: Gateway, before: datetime) -> None:
+    with gateway.console.transaction() as tx:
+        gone = tx.prune(before)
+    log.debug("console housekeeping: %d old form keys and presence marks removed", gone)

@@ -25,7 +25,8 @@ def note(id: int, at: datetime, body: str = "n") -> Note:
 def row(**kw: object) -> ConversationRow:
     values: dict[str, object] = dict(
         id=1, phone="+16135550123", municipality_id="ottawa", status="open", agent_address=None,
-        created_at=T0, last_activity_at=T0, last_inbound_at=T0, preview="", unread=False,
+        created_at=T0, last_activity_at=T0, last_inbound_at=T0, last_reply_at=None, preview="",
+        unread=False,
         language="en", opted_out=False,
     )
     values.update(kw)
@@ -46,10 +47,14 @@ def test_timeline_keeps_stored_order_of_messages_at_the_same_time() -> None:
     assert [i.key for i in items] == ["m5", "m3"]
 
 
-def test_waiting_only_when_the_residents_text_is_the_newest_activity() -> None:
+def test_waiting_only_while_the_residents_last_text_is_unanswered() -> None:
     assert display.waiting_since(row()) == T0
-    answered = row(last_activity_at=T0 + timedelta(minutes=5))
+    # Held texts delivered when the municipality was named: activity is later, still waiting.
+    assert display.waiting_since(row(last_activity_at=T0 + timedelta(minutes=5))) == T0
+    answered = row(last_reply_at=T0 + timedelta(minutes=5))
     assert display.waiting_since(answered) is None
+    again = row(last_reply_at=T0 - timedelta(minutes=5))  # answered, then a new text
+    assert display.waiting_since(again) == T0
     assert display.waiting_since(row(status="closed")) is None
     assert display.waiting_since(row(last_inbound_at=None)) is None
     assert display.waited(T0, T0 + timedelta(minutes=7)) == timedelta(minutes=7)

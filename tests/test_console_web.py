@@ -534,3 +534,18 @@ def test_client_address_behind_a_trusted_proxy(tmp_path: Path) -> None:
         assert entry.action == "login_failed" and entry.remote_addr == "203.0.113.7"
     finally:
         gw.close()
+
+
+def test_waiting_until_an_agent_answers(gateway: Gateway, ottawa: int, dana: ConsoleClient) -> None:
+    def waiting_cell() -> str:
+        page = dana.get("/console/conversations").get_data(as_text=True)
+        row = re.search(r'<tr class="[^"]*" data-conversation="%d">(.*?)</tr>' % ottawa, page, re.S)
+        assert row, page
+        return re.findall(r"<td>(.*?)</td>", row.group(1), re.S)[2].strip()
+
+    assert "second" in waiting_cell() or "minute" in waiting_cell()  # the held text waits
+    path = f"/console/conversations/{ottawa}"
+    dana.post(f"{path}/reply", text="On it", request_key=dana.request_key(path))
+    assert "—" in waiting_cell()
+    text_in(gateway, "Thanks, any ETA?")
+    assert "second" in waiting_cell() or "minute" in waiting_cell()

@@ -126,3 +126,46 @@ def test_the_worker_purges_daily(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert bodies(gateway.store)[0] == (PHONE, "")  # type: ignore[arg-type]
     gateway.close()
+
+
+def test_the_worker_forgets_old_console_form_keys_even_without_retention(tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway.services import Gateway
+    from gateway.worker import retention_loop
+    from tests.console_fixtures import add_user
+    from tests.gateway_fixtures import settings_in
+
+    settings = settings_in(tmp_path / "gw", extra="privacy: {retention_days: 0}\n")
+    sqlite = open_store(settings.database)
+    sqlite.upgrade()
+    sqlite.close()
+    gateway = Gateway.from_settings(settings)
+    user = add_user(gateway, "dana@ottawa.example", "Dana")
+    now = datetime.now(UTC)
+    with gateway.console.transaction() as tx:
+        assert tx.claim_request("old-key", user.id, now - timedelta(days=2))
+        assert tx.claim_request("new-key", user.id, now)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(retention_loop(gateway, stop, first_after=0, every=3600))
+        for _ in range(250):
+            await asyncio.sleep(0.02)
+            if keys() == ["new-key"]:
+                break
+        stop.set()
+        await task
+
+    def keys() -> list[str]:
+        from gateway.store.schema import console_requests
+
+        with gateway.store.engine.connect() as conn:  # type: ignore[attr-defined]
+            return list(conn.execute(sa.select(console_requests.c.key)).scalars())
+
+    asyncio.run(scenario())
+    assert keys() == ["new-key"]
+    with gateway.console.transaction() as tx:
+        assert tx.claim_request("old-key", user.id, now)  # forgotten: claimable again
+        assert not tx.claim_request("new-key", user.id, now)  # still remembered
+    gateway.close()

@@ -122,6 +122,7 @@ class ConversationRow:
     created_at: datetime
     last_activity_at: datetime
     last_inbound_at: datetime | None  # the resident's last text in this conversation
+    last_reply_at: datetime | None  # the agents' last reply (either door) in it
     preview: str  # the newest message's text, at most 140 characters ("" if none)
     unread: bool  # a resident text newer than this user's read mark (or never read)
     language: str  # the resident's
@@ -285,6 +286,14 @@ _PREVIEW = (
     .scalar_subquery()
 )
 
+# When an agent last answered (either door) in the outer query's conversation.
+_LAST_REPLY = (
+    sa.select(sa.func.max(messages.c.received_at))
+    .where(messages.c.conversation_id == conversations.c.id, messages.c.direction == "out")
+    .correlate(conversations)
+    .scalar_subquery()
+)
+
 
 class ConsoleTx:
     """The console's operations inside one transaction; `core` is the gateway's `Tx` on the
@@ -421,6 +430,12 @@ class ConsoleTx:
             password_hash=password_hash,
             must_change_password=bool(must_change_password),
         )
+
+    def set_name(self, user_id: int, name: str, at: datetime) -> None:
+        name = name.strip()
+        if not name:
+            raise ValueError("a user's name cannot be empty")
+        self._update_user(user_id, at, name=name)
 
     def set_disabled(self, user_id: int, disabled: bool, at: datetime) -> None:
         self._update_user(user_id, at, disabled=bool(disabled))
@@ -660,6 +675,7 @@ class ConsoleTx:
             sa.select(
                 conversations,
                 _PREVIEW.label("preview"),
+                _LAST_REPLY.label("last_reply_at"),
                 residents.c.language.label("resident_language"),
                 residents.c.opted_out.label("resident_opted_out"),
                 reads.c.last_read_at,
@@ -687,6 +703,7 @@ class ConsoleTx:
                     created_at=m["created_at"],
                     last_activity_at=m["last_activity_at"],
                     last_inbound_at=inbound,
+                    last_reply_at=m["last_reply_at"],
                     preview=m["preview"] or "",
                     unread=inbound is not None and (read is None or inbound > read),
                     language=m["resident_language"] or "en",
@@ -1000,6 +1017,15 @@ class ConsoleTx:
             .returning(console_requests.c.key)
         )
         return self._exec(stmt).first() is not None
+
+    def prune(self, before: datetime) -> int:
+        """Forget what only matters for minutes: form-submission keys and presence marks
+        older than `before` (the worker does it daily). Returns how many rows went."""
+        moment = _aware(before, "before")
+        gone = self._exec(console_requests.delete().where(
+            console_requests.c.created_at < moment)).rowcount
+        gone += self._exec(presence.delete().where(presence.c.seen_at < moment)).rowcount
+        return int(gone)
 
     def console_secret(self) -> str:
         """The session-signing secret shared by every instance: created (64 random hex

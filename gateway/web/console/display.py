@@ -58,11 +58,11 @@ def timeline(messages: Iterable[StoredMessage], notes: Iterable[Note]) -> list[T
 
 
 def waiting_since(row: ConversationRow) -> datetime | None:
-    """When the resident's unanswered text came in: an open conversation whose newest
-    activity is the resident's text. None when nobody is waiting."""
+    """When the resident's unanswered text came in: an open conversation whose last
+    resident text is newer than every agent reply. None when nobody is waiting."""
     if row.status != "open" or row.last_inbound_at is None:
         return None
-    if row.last_inbound_at >= row.last_activity_at:
+    if row.last_reply_at is None or row.last_reply_at < row.last_inbound_at:
         return row.last_inbound_at
     return None
 
