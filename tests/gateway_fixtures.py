@@ -151,3 +151,16 @@ class Resident:
         if silent:
             assert replies == [], f"after {text!r} expected no reply, got {replies!r}"
         return replies
+
+
+def migrated_gateway(folder: Path, **kwargs: Any) -> Any:
+    """A `Gateway` over a freshly migrated SQLite store in `folder` (settings as
+    `write_settings` takes them). Close it with `.close()`."""
+    from gateway.services import Gateway
+    from gateway.store import open_store
+
+    settings = settings_in(folder, **kwargs)
+    store = open_store(settings.database)
+    store.upgrade()
+    store.close()
+    return Gateway.from_settings(settings)

@@ -24,8 +24,8 @@ from gateway.mail.types import MailOrigin
 from gateway.replies import parse_reply
 from gateway.reply_service import ReplyService
 from gateway.services import Gateway
-from gateway.store import Conversation, StoredMessage, open_store
-from tests.gateway_fixtures import settings_in
+from gateway.store import Conversation, StoredMessage
+from tests.gateway_fixtures import migrated_gateway
 
 PHONE = "+16135550123"
 MAILBOX = "311@ottawa.example"
@@ -38,11 +38,7 @@ ORIGIN = MailOrigin(kind="imap", mailbox="INBOX", uidvalidity=1, uid=1)
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    settings = settings_in(tmp_path)
-    store = open_store(settings.database)
-    store.upgrade()
-    store.close()
-    gw = Gateway.from_settings(settings)
+    gw: Gateway = migrated_gateway(tmp_path)
     yield gw
     gw.close()
 

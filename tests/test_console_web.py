@@ -21,7 +21,7 @@ from gateway.store.console import Scope
 from gateway.web import create_app
 from gateway.web.console import CONTENT_SECURITY_POLICY
 from tests.console_fixtures import PASSWORD, ConsoleClient, add_user
-from tests.gateway_fixtures import settings_in, write_settings
+from tests.gateway_fixtures import migrated_gateway, write_settings
 
 OTTAWA_PHONE = "+16135550123"
 MONTREAL_PHONE = "+15145550199"
@@ -29,11 +29,8 @@ _sids = iter(range(1_000_000))
 
 
 def make_gateway(folder: Path, **kwargs: Any) -> Gateway:
-    settings = settings_in(folder, **kwargs)
-    store = open_store(settings.database)
-    store.upgrade()
-    store.close()
-    return Gateway.from_settings(settings)
+    gateway: Gateway = migrated_gateway(folder, **kwargs)
+    return gateway
 
 
 @pytest.fixture
@@ -539,7 +536,7 @@ def test_client_address_behind_a_trusted_proxy(tmp_path: Path) -> None:
 def test_waiting_until_an_agent_answers(gateway: Gateway, ottawa: int, dana: ConsoleClient) -> None:
     def waiting_cell() -> str:
         page = dana.get("/console/conversations").get_data(as_text=True)
-        row = re.search(r'<tr class="[^"]*" data-conversation="%d">(.*?)</tr>' % ottawa, page, re.S)
+        row = re.search(rf'<tr class="[^"]*" data-conversation="{ottawa}">(.*?)</tr>', page, re.S)
         assert row, page
         return re.findall(r"<td>(.*?)</td>", row.group(1), re.S)[2].strip()
 
