@@ -3,6 +3,7 @@ isolation by URL, replies on the outbox path, assignment, notes, export, audit, 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from gateway.web import create_app
 from gateway.web.console import CONTENT_SECURITY_POLICY
 from tests.console_fixtures import PASSWORD, ConsoleClient, add_user
 from tests.gateway_fixtures import migrated_gateway, write_settings
+from tests.postgres import migrated_schema, throwaway_database_name
 
 OTTAWA_PHONE = "+16135550123"
 MONTREAL_PHONE = "+15145550199"
@@ -33,11 +35,22 @@ def make_gateway(folder: Path, **kwargs: Any) -> Gateway:
     return gateway
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    gw = make_gateway(tmp_path)
-    yield gw
-    gw.close()
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    with throwaway_database_name("sms311_console") as name:
+        yield name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gateway]:
+    """The console's tests run on both stores (the scale-out one too)."""
+    with contextlib.ExitStack() as stack:
+        database = None
+        if request.param == "postgresql":
+            database = stack.enter_context(migrated_schema(request.getfixturevalue("pg_database")))
+        gw = make_gateway(tmp_path, database=database)
+        stack.callback(gw.close)
+        yield gw
 
 
 def text_in(gateway: Gateway, body: str, phone: str = OTTAWA_PHONE) -> None:
