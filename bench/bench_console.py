@@ -1,13 +1,14 @@
 """The console's list and conversation pages at 100,000 conversations.
 
     .venv/bin/python bench/bench_console.py [--conversations 100000] [--requests 200]
-                                            [--database postgresql://…]
+                                            [--postgres]
 
 Seeds a database (bench/console_seed.py: conversations spread over the map's
 municipalities, 3 messages each), starts `sms311 web` on it, signs in an agent of one
 municipality and an admin (every municipality), and times, one request after another,
 each page an agent uses — the open list (page 1 and a page deep down, by cursor), a word
-search, a number search, the live-refresh poll of the list, a conversation and its poll —
+search, a number search, a word no text has (the worst case: every text is read), the
+live-refresh poll of the list, a conversation and its poll —
 next to `GET /healthz` in the same run (the baseline: the same server, the same
 connection, a request that touches the database once). Prints p50/p99 and the ratio of
 each p99 to /healthz's.
@@ -124,9 +125,11 @@ def _run(conversations: int, n: int, database: str | None, folder: Path,
             pages: list[tuple[str, str]] = [
                 ("/healthz (baseline)", "/healthz"),
                 ("list: open, page 1", "/console/conversations"),
-                ("list: 20 pages deep", f"/console/conversations?cursor={cursor}"),
+                ("list: 20 pages deep" if cursor else "list: page 2",
+                 f"/console/conversations?cursor={cursor or ''}"),
                 ("list: word search", f"/console/conversations?filter=all&q={word}"),
                 ("list: number search", f"/console/conversations?filter=all&q={phone_digits}"),
+                ("list: word found nowhere", "/console/conversations?filter=all&q=xylophone"),
                 ("list: live poll", "/console/conversations/live?v=x"),
                 ("conversation page", f"/console/conversations/{conversation_id}"),
                 ("conversation: live poll", f"/console/conversations/{conversation_id}/live"),
@@ -159,11 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--conversations", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--database", help="a PostgreSQL URL (default: SQLite in a temp dir)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="a throwaway database on the test PostgreSQL server "
+                        "(GATEWAY_TEST_POSTGRES_URL, as the tests use) instead of SQLite")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="sms311-bench-console-"))
     try:
-        run(args.conversations, args.requests, args.database, folder)
+        if args.postgres:
+            from tests.postgres import throwaway_database
+
+            with throwaway_database("sms311_bench") as url:
+                run(args.conversations, args.requests, url, folder)
+        else:
+            run(args.conversations, args.requests, None, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return 0

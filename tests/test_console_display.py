@@ -100,3 +100,10 @@ def test_export_csv_columns_and_formula_guard() -> None:
     assert rows[2][1:] == ["Dana", "out", "console", "delivered", "On our way"]
     assert rows[3][1:] == ["Dana", "note", "note", "", "Called the resident"]
     assert rows[1][0] == T0.isoformat()
+
+
+def test_clean_removes_what_nobody_types() -> None:
+    assert display.clean("  a\x00b\x07c  ") == "a b c"
+    assert display.clean("line\r\nnext\ttab", multiline=True) == "line\nnext\ttab"
+    assert display.clean("line\nnext") == "line next"
+    assert display.clean("x" * 50, limit=10) == "x" * 10

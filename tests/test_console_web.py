@@ -292,6 +292,15 @@ def test_admins_see_every_municipality(gateway: Gateway, ottawa: int, montreal: 
     assert admin.get(f"/console/conversations/{montreal}").status_code == 200
 
 
+def test_a_garbled_cursor_shows_the_first_page(
+    gateway: Gateway, ottawa: int, dana: ConsoleClient
+) -> None:
+    for cursor in ("None", "!!!", "eyJ4IjogMX0", "x" * 300):
+        response = dana.get(f"/console/conversations?cursor={cursor}")
+        assert response.status_code == 200, cursor
+        assert "(613) 555-0123" in response.get_data(as_text=True)
+
+
 def test_search_by_number_and_words(gateway: Gateway, ottawa: int, dana: ConsoleClient) -> None:
     conversation_of(gateway, "+16135550777", "Garbage not collected", "Ottawa")
     words = dana.get("/console/conversations?filter=all&q=pothole bank").get_data(as_text=True)
@@ -559,3 +568,48 @@ def test_waiting_until_an_agent_answers(gateway: Gateway, ottawa: int, dana: Con
     assert "—" in waiting_cell()
     text_in(gateway, "Thanks, any ETA?")
     assert "second" in waiting_cell() or "minute" in waiting_cell()
+
+
+@pytest.mark.parametrize("query", ["%", "_", "100%_done", "\x00", "a\x00b", "'; DROP TABLE users; --",
+                                   "é" * 300, "+", "()", "1", "0" * 40, "\ud800".encode("utf-8", "surrogatepass").decode("utf-8", "replace")])
+def test_hostile_searches_answer_a_page(
+    gateway: Gateway, ottawa: int, dana: ConsoleClient, query: str
+) -> None:
+    response = dana.get("/console/conversations", query_string={"filter": "all", "q": query})
+    assert response.status_code == 200, query
+    live = dana.get("/console/conversations/live", query_string={"filter": "all", "q": query})
+    assert live.status_code == 200, query
+
+
+def test_control_characters_in_forms_do_not_break_the_store(
+    gateway: Gateway, ottawa: int, dana: ConsoleClient
+) -> None:
+    path = f"/console/conversations/{ottawa}"
+    dana.get(path)
+    assert dana.post(f"{path}/note", note="Called\x00 back\r\nline two").status_code == 302
+    with gateway.console.reading() as tx:
+        [note] = tx.notes_of(ottawa)
+    assert note.body == "Called  back\nline two"
+    reply = dana.post(f"{path}/reply", text="On\x00 it", request_key="k\x00ey")
+    assert reply.status_code == 302
+    assert [p["body"] for p in outbox(gateway, "sms")] == ["On  it"]  # as an email reply would be
+    stranger = client(gateway)
+    assert stranger.login("dana\x00@ottawa.example", "x").status_code == 401
+
+
+def test_odd_numbers_in_query_strings(gateway: Gateway, ottawa: int) -> None:
+    add_user(gateway, "sup@ottawa.example", "Sue", role="supervisor")
+    sue = client(gateway)
+    sue.login("sup@ottawa.example")
+    for value in ("²", "٣", "9" * 40, "-1", ""):
+        assert sue.get("/console/audit", query_string={"conversation": value}).status_code == 200
+        assert sue.get("/console/audit", query_string={"before": value}).status_code == 200
+        canned = sue.get(f"/console/conversations/{ottawa}/canned", query_string={"canned": value})
+        assert canned.status_code == 200
+
+
+def test_conversation_ids_beyond_any_row_are_404(gateway: Gateway, dana: ConsoleClient) -> None:
+    for conversation_id in ("0", "99999999999999999999999", "9223372036854775808"):
+        assert dana.get(f"/console/conversations/{conversation_id}").status_code == 404
+        assert dana.post(f"/console/conversations/{conversation_id}/note",
+                         note="x").status_code == 404

@@ -24,6 +24,7 @@ from flask_login import current_user, login_user, logout_user
 
 from gateway import accounts
 from gateway.store.console import User
+from gateway.web.console import display
 from gateway.web.console.context import ConsoleUser, gateway, is_htmx, now, remote_addr
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def login() -> ResponseReturnValue:
     status = 200
     email = ""
     if request.method == "POST":
-        email = (request.form.get("email") or "").strip().lower()
+        email = display.clean(request.form.get("email") or "", limit=320).lower()
         password = request.form.get("password") or ""
         if _throttled(email):
             _audit(None, "login_throttled", email=email)

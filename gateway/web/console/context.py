@@ -54,7 +54,7 @@ def load_user(gateway: Gateway, session_id: str) -> ConsoleUser | None:
     """Flask-Login's user loader: None (signed out) unless the account exists, is enabled
     and still has the password the session was opened with."""
     ident, _, print_ = session_id.partition(":")
-    if not ident.isdigit():
+    if not (ident.isascii() and ident.isdigit() and len(ident) <= 18):
         return None
     try:
         with gateway.console.reading() as tx:

@@ -41,6 +41,17 @@ class TimelineItem:
         return f"n{self.note.id}"
 
 
+def clean(text: str, *, multiline: bool = False, limit: int = 10_000) -> str:
+    """A form field without the characters no person types and databases refuse (NUL,
+    other control characters; line breaks and tabs kept in `multiline` text), stripped,
+    at most `limit` characters."""
+    kept = "\n\t" if multiline else ""
+    text = text[: limit * 2].replace("\r\n", "\n")
+    return "".join(
+        c if (c.isprintable() or c in kept) else " " for c in text
+    ).strip()[:limit]
+
+
 def timeline(messages: Iterable[StoredMessage], notes: Iterable[Note]) -> list[TimelineItem]:
     """Messages (both directions, whichever door they came through) and notes, in time
     order; on equal times messages come before notes and keep their stored order."""

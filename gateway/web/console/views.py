@@ -131,6 +131,13 @@ def _common() -> dict[str, Any]:
     }
 
 
+def _whole(value: str) -> int | None:
+    """A small non-negative whole number from a query string, or None ("²" is not one)."""
+    if value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return None
+
+
 def _municipality(municipality_id: str | None) -> Municipality | None:
     return gateway().directory().get(municipality_id) if municipality_id else None
 
@@ -150,7 +157,12 @@ def _timezone(conversation: Conversation) -> str:
     return PROVINCE_TIMEZONES.get(municipality.province, DEFAULT_TIMEZONE)
 
 
+MAX_ID = 2**63 - 1  # the widest id either database stores
+
+
 def _in_scope(tx: ConsoleTx, conversation_id: int) -> Conversation:
+    if not 0 < conversation_id <= MAX_ID:
+        abort(404)
     conversation = tx.conversation(conversation_id, user().scope)
     if conversation is None:
         abort(404)
@@ -164,7 +176,7 @@ def _list_args() -> tuple[ListFilter, str, str | None]:
     which = request.args.get("filter", "open")
     if which not in LIST_FILTERS:
         which = "open"
-    query = (request.args.get("q") or "").strip()[:200]
+    query = display.clean(request.args.get("q") or "", limit=200)
     cursor = request.args.get("cursor") or None
     return which, query, cursor  # type: ignore[return-value]
 
@@ -172,8 +184,13 @@ def _list_args() -> tuple[ListFilter, str, str | None]:
 def _list_context(tx: ConsoleTx) -> dict[str, Any]:
     account = user()
     which, query, cursor = _list_args()
-    page = tx.list_conversations(account.scope, which, user_id=account.id,
-                                 user_email=account.email, query=query, cursor=cursor)
+    try:
+        page = tx.list_conversations(account.scope, which, user_id=account.id,
+                                     user_email=account.email, query=query, cursor=cursor)
+    except ValueError:  # a cursor garbled by hand (or from another version): page 1
+        cursor = None
+        page = tx.list_conversations(account.scope, which, user_id=account.id,
+                                     user_email=account.email, query=query)
     counts = tx.counts(account.scope, user_id=account.id, user_email=account.email)
     at = now()
     rows = [
@@ -316,7 +333,7 @@ def canned(conversation_id: int) -> str:
     replies = municipality.canned_replies if municipality else ()
     index = request.args.get("canned", "")
     text = ""
-    if index.isdigit() and int(index) < len(replies):
+    if _whole(index) is not None and int(index) < len(replies):
         text = replies[int(index)].text
     return render_template("console/_reply_box.html", conversation=found, text=text,
                            counter=display.count(text))
@@ -327,7 +344,8 @@ def canned(conversation_id: int) -> str:
 def reply(conversation_id: int) -> Response:
     account = user()
     text = prepare_text(request.form.get("text") or "")
-    key = (request.form.get("request_key") or "")[:64]
+    key = "".join(c for c in (request.form.get("request_key") or "")[:64]
+                  if c.isascii() and (c.isalnum() or c in "-_"))
     target = url_for("console.conversation", conversation_id=conversation_id)
     if not text:
         with gateway().console.reading() as tx:
@@ -387,7 +405,7 @@ def _after_reply(
 @login_required
 def note(conversation_id: int) -> Response:
     account = user()
-    body = (request.form.get("note") or "").strip()[:MAX_NOTE_CHARS]
+    body = display.clean(request.form.get("note") or "", multiline=True, limit=MAX_NOTE_CHARS)
     at = now()
     with gateway().console.transaction() as tx:
         found = _in_scope(tx, conversation_id)
@@ -532,8 +550,8 @@ def audit() -> str:
     with gateway().console.reading() as tx:
         entries = tx.audit_log(
             account.scope,
-            conversation_id=int(conversation_id) if conversation_id.isdigit() else None,
-            before_id=int(before) if before.isdigit() else None,
+            conversation_id=_whole(conversation_id),
+            before_id=_whole(before),
             limit=100,
         )
     return render_template("console/audit.html", entries=entries,
