@@ -485,13 +485,13 @@ def test_export_is_for_supervisors_and_audited(
     assert "Pothole on Bank St" in csv_export.get_data(as_text=True)
     audit = sue.get("/console/audit").get_data(as_text=True)
     assert "export" in audit and "sup@ottawa.example" in audit
-    assert re.search(r"dana@ottawa\.example</td>\s*<td>read</td>", audit)
+    assert re.search(r'dana@ottawa\.example</td>\s*<td data-action="read">read</td>', audit)
     # Sign-ins concern no municipality: only admins see them.
     add_user(gateway, "root@city.example", "Admin", role="admin", municipalities=())
     admin = client(gateway)
     admin.login("root@city.example")
     everything = admin.get("/console/audit").get_data(as_text=True)
-    assert re.search(r"dana@ottawa\.example</td>\s*<td>login</td>", everything)
+    assert re.search(r'dana@ottawa\.example</td>\s*<td data-action="login">signed in</td>', everything)
 
 
 def test_audit_records_read_reply_assign_close(
@@ -613,3 +613,17 @@ def test_conversation_ids_beyond_any_row_are_404(gateway: Gateway, dana: Console
         assert dana.get(f"/console/conversations/{conversation_id}").status_code == 404
         assert dana.post(f"/console/conversations/{conversation_id}/note",
                          note="x").status_code == 404
+
+
+def test_errors_are_console_pages(gateway: Gateway, montreal: int, dana: ConsoleClient) -> None:
+    missing = dana.get(f"/console/conversations/{montreal}")
+    assert missing.status_code == 404
+    page = missing.get_data(as_text=True)
+    assert "not one of your municipalities" in page and "Error 404" in page
+    assert missing.headers["Content-Security-Policy"]
+    expired = dana.post(f"/console/conversations/{montreal}/note", csrf=False, note="x")
+    assert expired.status_code == 400 and "Reload the page" in expired.get_data(as_text=True)
+    french = dana.get(f"/console/conversations/{montreal}", headers={"Accept-Language": "fr"})
+    assert "Erreur 404" in french.get_data(as_text=True)
+    htmx = dana.get(f"/console/conversations/{montreal}/live", headers={"HX-Request": "true"})
+    assert htmx.status_code == 404 and htmx.get_data() == b""

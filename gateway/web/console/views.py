@@ -28,9 +28,12 @@ from flask import (
     request,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_login import current_user
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
 
 from gateway import accounts, emails
 from gateway.agent_reply import QueuedReply, prepare_text, queue_reply
@@ -96,6 +99,33 @@ def _store_down(exc: StoreUnavailable) -> tuple[str, int]:
     log.warning("console: the database is unavailable: %s", exc)
     return render_template("console/error.html", code=503,
                            message=_("The database is unavailable; try again in a moment.")), 503
+
+
+_ERRORS = {
+    400: lambda: _("This request could not be understood. Reload the page and try again."),
+    403: lambda: _("Your role does not allow this."),
+    404: lambda: _("There is no such page, or it is not one of your municipalities."),
+    405: lambda: _("This request could not be understood. Reload the page and try again."),
+    502: lambda: _("The picture could not be fetched from the SMS provider."),
+}
+
+
+def _error_page(exc: HTTPException) -> ResponseReturnValue:
+    """Console errors as console pages (translated, styled, same headers); htmx gets the
+    status alone."""
+    code = exc.code or 500
+    if is_htmx():
+        return Response(status=code)
+    if isinstance(exc, CSRFError):
+        message = _("The form had expired or did not come from the console. Reload the page "
+                    "and try again.")
+    else:
+        message = _ERRORS.get(code, lambda: str(exc.description))()
+    return render_template("console/error.html", code=code, message=message), code
+
+
+for _code in _ERRORS:
+    blueprint.register_error_handler(_code, _error_page)
 
 
 @blueprint.app_template_filter("national")
