@@ -627,3 +627,13 @@ def test_errors_are_console_pages(gateway: Gateway, montreal: int, dana: Console
     assert "Erreur 404" in french.get_data(as_text=True)
     htmx = dana.get(f"/console/conversations/{montreal}/live", headers={"HX-Request": "true"})
     assert htmx.status_code == 404 and htmx.get_data() == b""
+
+
+def test_status_and_assignment_refresh_live(gateway: Gateway, ottawa: int, dana: ConsoleClient) -> None:
+    page = dana.get(f"/console/conversations/{ottawa}").get_data(as_text=True)
+    url = re.search(r'hx-get="([^"]*/live\?v=[^"]+)"', page).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    with gateway.store.transaction() as tx:  # another agent, by email, takes it and closes it
+        tx.set_agent(ottawa, "jane@ottawa.example")
+        tx.close_conversation(ottawa, datetime.now(UTC))
+    live = dana.get(url).get_data(as_text=True)
+    assert "jane@ottawa.example" in live and "Closed" in live

@@ -158,6 +158,7 @@ def _common() -> dict[str, Any]:
         "can_export": bool(account and accounts.can_export(account.role)),
         "can_audit": bool(account and accounts.can_view_audit(account.role)),
         "municipality_label": _municipality_label,
+        "timezone_of": _timezone_of,
     }
 
 
@@ -181,7 +182,12 @@ def _municipality_label(municipality_id: str | None) -> str:
 
 
 def _timezone(conversation: Conversation) -> str:
-    municipality = _municipality(conversation.municipality_id)
+    return _timezone_of(conversation.municipality_id)
+
+
+def _timezone_of(municipality_id: str | None) -> str:
+    """Times are shown in the municipality's own time zone (Toronto's when unknown)."""
+    municipality = _municipality(municipality_id)
     if municipality is None:
         return DEFAULT_TIMEZONE
     return PROVINCE_TIMEZONES.get(municipality.province, DEFAULT_TIMEZONE)
