@@ -96,12 +96,15 @@ def ensure_sandbox_accounts(gateway: Gateway) -> list[tuple[str, str]]:
     `state_dir/console-accounts.txt` (readable by the owner only): (email, password) pairs.
     Accounts whose municipality is not in the map are left out."""
     from gateway import accounts
-    from gateway.store.console import UserExists
 
     path = gateway.settings.state_dir / "console-accounts.txt"
     if path.exists():
         pairs = [line.split(" ", 1) for line in path.read_text("utf-8").splitlines() if line]
-        return [(email, password) for email, password in pairs]
+        with gateway.console.reading() as tx:
+            kept = all(tx.user_by_email(email) is not None for email, _ in pairs)
+        if pairs and kept:
+            return [(email, password) for email, password in pairs]
+        path.unlink()  # the database was made anew: so are the accounts
     directory = gateway.directory()
     password = accounts.new_one_time_password()
     created: list[tuple[str, str]] = []
@@ -109,12 +112,15 @@ def ensure_sandbox_accounts(gateway: Gateway) -> list[tuple[str, str]]:
         for email, name, role, municipalities in SANDBOX_ACCOUNTS:
             if any(directory.get(m) is None for m in municipalities):
                 continue
-            try:
+            existing = tx.user_by_email(email)
+            if existing is not None:  # left from an earlier run: give it the new password
+                tx.set_password(existing.id, accounts.hash_password(password),
+                                must_change_password=False, at=datetime.now(UTC))
+            else:
                 tx.add_user(email, name, role, municipalities, accounts.hash_password(password),
                             must_change_password=False, at=datetime.now(UTC))
-            except UserExists:
-                continue
             created.append((email, password))
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.write_text("".join(f"{e} {p}\n" for e, p in created), encoding="utf-8")
     return created

@@ -101,3 +101,40 @@ def test_play_resident_in_the_sandbox(tmp_path: Path) -> None:
     assert "sandbox text" in output  # it told the user what to try
     assert f"http://127.0.0.1:{web_port}/console/" in output
     assert f"agent@ottawa.example  password: {accounts[1]}" in output
+
+
+def test_sandbox_console_accounts_follow_the_database(tmp_path: Path) -> None:
+    from gateway import accounts
+    from gateway.sandbox import ensure_sandbox_accounts
+    from tests.gateway_fixtures import migrated_gateway
+
+    map_text = (REPO / "municipality_map.yaml").read_text()
+    gateway = migrated_gateway(tmp_path / "a", municipality_map=map_text)
+    try:
+        first = ensure_sandbox_accounts(gateway)
+        assert [e for e, _ in first] == ["agent@ottawa.example", "supervisor@ottawa.example",
+                                         "admin@gateway.example"]
+        assert ensure_sandbox_accounts(gateway) == first  # kept between runs
+        with gateway.console.reading() as tx:
+            agent = tx.user_by_email("agent@ottawa.example")
+        assert agent is not None and accounts.verify_password(agent.password_hash, first[0][1])
+        (gateway.settings.state_dir / "console-accounts.txt").unlink()
+        second = ensure_sandbox_accounts(gateway)  # file lost: new password, same accounts
+        assert second[0][1] != first[0][1]
+        with gateway.console.reading() as tx:
+            agent = tx.user_by_email("agent@ottawa.example")
+        assert agent is not None and accounts.verify_password(agent.password_hash, second[0][1])
+    finally:
+        gateway.close()
+    # A new database with the old file beside it: the accounts are made again.
+    other = migrated_gateway(tmp_path / "b", municipality_map=map_text)
+    try:
+        state = other.settings.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        (state / "console-accounts.txt").write_text("agent@ottawa.example stale-password\n")
+        made = ensure_sandbox_accounts(other)
+        assert made[0][1] != "stale-password"
+        with other.console.reading() as tx:
+            assert tx.user_by_email("admin@gateway.example") is not None
+    finally:
+        other.close()
