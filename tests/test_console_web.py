@@ -637,3 +637,35 @@ def test_status_and_assignment_refresh_live(gateway: Gateway, ottawa: int, dana:
         tx.close_conversation(ottawa, datetime.now(UTC))
     live = dana.get(url).get_data(as_text=True)
     assert "jane@ottawa.example" in live and "Closed" in live
+
+
+def test_a_locked_database_answers_a_503_page_then_recovers(tmp_path: Path) -> None:
+    import sqlite3
+
+    from gateway.services import DirectoryHolder
+    from gateway.sms import make_provider
+
+    settings = load_settings(write_settings(tmp_path), environ={})
+    store = open_store(settings.database)
+    store.upgrade()
+    store.close()
+    gw = Gateway(settings=settings, store=open_store(settings.database, busy_timeout=0.5),
+                 directory=DirectoryHolder(settings.municipality_map),
+                 provider=make_provider(settings.sms, settings.state_dir))
+    try:
+        conversation = conversation_of(gw, OTTAWA_PHONE, "Pothole", "Ottawa")
+        add_user(gw, "dana@ottawa.example", "Dana")
+        dana = client(gw)
+        dana.login("dana@ottawa.example")
+        locker = sqlite3.connect(str(tmp_path / "gateway.db"), isolation_level=None, timeout=10)
+        try:
+            locker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+            down = dana.get(f"/console/conversations/{conversation}")
+            assert down.status_code == 503
+            assert "The database is unavailable" in down.get_data(as_text=True)
+        finally:
+            locker.rollback()
+            locker.close()
+        assert dana.get(f"/console/conversations/{conversation}").status_code == 200
+    finally:
+        gw.close()
