@@ -266,6 +266,7 @@ def bench(
             "mine p1": page("mine"),
             "unassigned p1": page("unassigned"),
             "word 'pothole'": page("all", "pothole"),
+            "word, rare '#4821'": page("all", "#4821"),  # a reply's reference: ~3 texts
             "words 'raccoon sidewalk'": page("all", "raccoon sidewalk"),
             "word, no match": page("all", "xylophone"),
             "phone (full)": page("all", phone),

@@ -648,3 +648,195 @@ def test_erasure_takes_the_console_rows_and_keeps_the_audit_log(
         audited = conn.execute(sa.select(audit_log.c.conversation_id)).scalars().all()
         assert sorted(audited) == sorted([conv, kept])
         assert conn.execute(sa.select(residents.c.phone)).scalars().all() == [OTHER]
+
+
+# --- the trigram text index (migration 0005) ------------------------------------------------
+
+
+def _pg(store: SqlStore) -> bool:
+    return store.engine.dialect.name == "postgresql"
+
+
+def _text_index(store: SqlStore) -> bool:
+    """Whether the text index exists; on SQLite, also that it agrees with the messages
+    (FTS5's integrity-check compares an external-content index with its table)."""
+    with store.engine.begin() as conn:
+        if _pg(store):
+            return bool(conn.execute(
+                sa.text("SELECT to_regclass('ix_messages_body_trgm') IS NOT NULL")).scalar())
+        if not conn.execute(sa.text(
+                "SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'")).scalar():
+            return False
+        conn.execute(sa.text("INSERT INTO messages_fts(messages_fts) VALUES ('integrity-check')"))
+        return True
+
+
+def _indexed(store: SqlStore, word: str) -> list[int]:
+    """The message ids the SQLite index lists for `word` (not checked against the texts)."""
+    with store.engine.connect() as conn:
+        return sorted(conn.execute(
+            sa.text("SELECT rowid FROM messages_fts WHERE messages_fts MATCH :q"),
+            {"q": console_module._fts_phrase(word)}).scalars())
+
+
+def _word_pass_sql(console: ConsoleStore, word: str) -> str:
+    with console.reading() as tx:
+        return str(tx._word_pass(word).compile(console.store.engine))
+
+
+def test_rare_word_is_found_through_the_index(console: ConsoleStore,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console_module, "_PROBE", 1)  # straight to the one pass
+    store = console.store
+    assert _text_index(store)
+    with console.transaction() as tx:
+        rare = _conversation(tx, PHONE, "ottawa", T0, "A SINKHOLE opened on Elgin St")
+        for i in range(5):
+            _conversation(tx, f"+1613555{i:04d}", "ottawa", T0 + timedelta(i + 1), f"pothole {i}")
+    sql = _word_pass_sql(console, "sinkhole")
+    if _pg(store):
+        assert "ILIKE" in sql.upper() and "COLLATE" not in sql.upper()  # the index's collation
+        with store.engine.begin() as conn:  # (a tiny table: forbid the sequential scan)
+            conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            plan = "\n".join(conn.execute(sa.text(
+                "EXPLAIN SELECT conversation_id FROM messages WHERE body ILIKE '%sinkhole%'"
+            )).scalars())
+        assert "ix_messages_body_trgm" in plan
+    else:
+        assert "MATCH" in sql and "LIKE" not in sql.upper()
+        assert len(_indexed(store, "SINKhole")) == 1  # (trigram folds case)
+    assert "LIKE" in _word_pass_sql(console, "st").upper()  # two letters: no trigram
+    for query in ("sinkhole", "SinkHole", "inkho", "sinkhole elgin", "elgin sinkhole"):
+        assert _ids(console, OTTAWA, query=query) == [rare], query
+    assert _ids(console, OTTAWA, query="sinkhole pothole") == []
+    assert _ids(console, OTTAWA, query="xylophone") == []
+    assert _ids(console, OTTAWA, query="pothole", limit=2) == _ids(console, OTTAWA,
+                                                                   query="pothole")[:5]
+
+
+def test_the_index_follows_new_blanked_and_erased_texts(
+    console: ConsoleStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.store.privacy import purge_texts
+
+    monkeypatch.setattr(console_module, "_PROBE", 1)
+    store = console.store
+    with console.transaction() as tx:
+        old = _conversation(tx, PHONE, "ottawa", T0, "old text about a sinkhole")
+        other = _conversation(tx, OTHER, "ottawa", T0 + timedelta(1), "nothing here")
+    assert _ids(console, OTTAWA, query="sinkhole") == [old]
+    with console.transaction() as tx:  # a text after the migration: the insert trigger
+        tx.core.add_message(OTHER, other, "in", "another sinkhole, and a streetlight", [], None,
+                            T0 + timedelta(days=400))
+    assert _text_index(store)
+    assert _ids(console, OTTAWA, query="sinkhole") == [other, old]
+    assert _ids(console, OTTAWA, query="streetlight") == [other]
+    # the privacy purge blanks the old texts (UPDATE of body): the update trigger
+    assert purge_texts(store, T0 + timedelta(days=30)).texts_blanked == 2
+    assert _text_index(store)
+    assert _ids(console, OTTAWA, query="sinkhole") == [other]
+    assert _ids(console, OTTAWA, query="nothing") == []
+    if not _pg(store):
+        assert len(_indexed(store, "sinkhole")) == 1 and _indexed(store, "nothing") == []
+    # erasure deletes the resident's texts: the delete trigger
+    delete_resident(store, OTHER)
+    assert _text_index(store)
+    assert _ids(console, OTTAWA, query="sinkhole") == []
+    assert _ids(console, OTTAWA, query="streetlight") == []
+    if not _pg(store):
+        assert _indexed(store, "sinkhole") == [] and _indexed(store, "streetlight") == []
+
+
+@pytest.mark.parametrize("probe", [1000, 1])
+def test_fts_syntax_in_a_word_is_literal(console: ConsoleStore, probe: int,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console_module, "_PROBE", probe)
+    texts = ['she said "hi there" twice', "a*b*c stars", "NEAR(the school)", "this OR that",
+             "co-op housing", "col:umn ^caret {brace} AND NOT", 'one " quote']
+    with console.transaction() as tx:
+        ids = [_conversation(tx, f"+1613555{i:04d}", "ottawa", T0 + timedelta(i), text)
+               for i, text in enumerate(texts)]
+    hi, star, near, either, coop, syntax, quote = ids
+    cases = {
+        '"hi': [hi], '"hi there"': [hi], 'said "hi': [hi], 'twice"': [], '""': [],
+        "a*b*c": [star], "a*b": [star], "*b*": [star], "***": [],
+        "NEAR": [near], "near(the": [near], "NEAR(": [near], "school)": [near],
+        "OR": [either], "this OR": [either], " OR that ": [either], "OR-": [],
+        "co-op": [coop], "-op": [coop], "-": [coop], "--": [], "co-": [coop],
+        "col:umn": [syntax], "^caret": [syntax], "{brace}": [syntax], "AND NOT": [syntax],
+        '" quote': [quote], '"': [hi, quote][::-1],
+    }
+    for query, expected in cases.items():
+        assert _ids(console, OTTAWA, query=query) == sorted(expected, reverse=True), query
+
+
+def test_migration_builds_the_index_from_existing_texts_and_downgrades(
+    empty_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(console_module, "_PROBE", 1)
+    with empty_store.engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0004")
+    assert not _text_index(empty_store)
+    console = ConsoleStore(empty_store)
+    with console.transaction() as tx:  # (at 0004 the tables are schema.py's)
+        before = _conversation(tx, PHONE, "ottawa", T0, "a sinkhole before the index")
+    assert _ids(console, OTTAWA, query="sinkhole") == [before]  # the LIKE pass
+    empty_store.upgrade()
+    assert _text_index(empty_store)
+    if not _pg(empty_store):
+        assert len(_indexed(empty_store, "sinkhole")) == 1  # backfilled
+    assert _ids(console, OTTAWA, query="sinkhole") == [before]
+    with console.transaction() as tx:
+        after = _conversation(tx, OTHER, "ottawa", T0 + timedelta(1), "a sinkhole after it")
+    assert _ids(console, OTTAWA, query="sinkhole") == [after, before]
+    # and back down: 0005 drops the index (and the triggers); the search still works
+    with empty_store.engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0004")
+    assert not _text_index(empty_store)
+    if not _pg(empty_store):
+        with empty_store.engine.connect() as conn:
+            assert conn.execute(sa.text(
+                "SELECT name FROM sqlite_master WHERE name LIKE 'messages_fts%'")).all() == []
+    with console.transaction() as tx:
+        tx.core.add_message(PHONE, before, "in", "streetlight out", [], None, T0)
+    assert _ids(console, OTTAWA, query="sinkhole") == [after, before]
+    assert _ids(console, OTTAWA, query="streetlight") == [before]
+    empty_store.upgrade()
+    assert _text_index(empty_store)
+    assert _ids(console, OTTAWA, query="streetlight") == [before]
+
+
+def test_postgres_without_pg_trgm_migrates_and_searches(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A role that may not create the extension (no CREATE on the database): the migration
+    succeeds without the index (and says so), the search reads every text."""
+    from tests.postgres import connect, throwaway_database_name
+
+    monkeypatch.setattr(console_module, "_PROBE", 1)
+    role = f"sms311_noext_{secrets.token_hex(4)}"
+    with throwaway_database_name() as dbname:
+        with connect(dbname) as conn:
+            conn.execute(f'CREATE ROLE "{role}" LOGIN')
+            conn.execute(f'REVOKE CREATE ON DATABASE "{dbname}" FROM PUBLIC')
+            conn.execute(f'CREATE SCHEMA app AUTHORIZATION "{role}"')
+        try:
+            url = sa.make_url(backends.PG_URL).set(
+                username=role, database=dbname, query={"options": "-csearch_path=app"})
+            store = open_store(url.render_as_string(hide_password=False))
+            try:
+                with caplog.at_level("WARNING"):
+                    store.upgrade()
+                assert "pg_trgm" in caplog.text
+                assert not _text_index(store)
+                console = ConsoleStore(store)
+                with console.transaction() as tx:
+                    a = _conversation(tx, PHONE, "ottawa", T0, "A SINKHOLE on Bank St")
+                assert _ids(console, OTTAWA, query="sinkhole") == [a]
+                assert _ids(console, OTTAWA, query="sinkhole bank") == [a]
+                assert _ids(console, OTTAWA, query="xylophone") == []
+            finally:
+                store.close()
+        finally:
+            with connect(dbname) as conn:
+                conn.execute("DROP SCHEMA app CASCADE")
+                conn.execute(f'DROP ROLE "{role}"')

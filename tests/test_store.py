@@ -177,9 +177,25 @@ def test_check_schema_on_unknown_revision(store: SqlStore) -> None:
     assert err.value.current == "f00dfeed"
 
 
+_TEXT_INDEX_TABLES = frozenset({"messages_fts", "messages_fts_data", "messages_fts_idx",
+                                "messages_fts_config"})
+
+
+def _not_in_schema_module(obj: Any, name: str | None, type_: str, reflected: bool,
+                          compare_to: Any) -> bool:
+    # Migration 0005's trigram text index is raw DDL, not in schema.py: SQLite's FTS5 table
+    # and its shadow tables (its triggers are not compared), PostgreSQL's GIN index.
+    # Ignore exactly those.
+    if type_ == "table" and reflected:
+        return name not in _TEXT_INDEX_TABLES
+    return not (type_ == "index" and reflected and name == "ix_messages_body_trgm")
+
+
 def test_migrations_match_schema_module(store: SqlStore) -> None:
     with store.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_object": _not_in_schema_module}
+        )
         assert compare_metadata(context, metadata) == []
 
 
@@ -847,7 +863,9 @@ def test_migration_0002_keeps_and_backfills_data(empty_store: SqlStore) -> None:
         conv = tx.create_conversation(PHONE, "gatineau", "tok-new", "s")
     assert new > max(ids["m_old"], ids["m_live"], ids["m_held"]) and conv.id > live.id
     with store.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_object": _not_in_schema_module}
+        )
         assert compare_metadata(context, metadata) == []
 
     # and back down to 0001 without losing what it had (no foreign-key action fires)

@@ -177,6 +177,11 @@ _SECRET_KEY = "session_secret"  # noqa: S105 - the settings row's name, not a se
 _PHONE_SEPARATORS = str.maketrans("", "", " \t-().")
 _DIGITS = re.compile(r"[0-9]{3,}")
 _LIKE_ESCAPE = "\\"
+_TRIGRAM = 3  # the shortest word the text index (migration 0005) can find
+# migration 0005's text index: SQLite's FTS5 table over messages.body, PostgreSQL's GIN index
+_FTS = sa.table("messages_fts", sa.column("rowid"), sa.column("body"))
+_FTS_PRESENT = sa.text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages_fts'")
+_TRGM_PRESENT = sa.text("SELECT to_regclass('ix_messages_body_trgm') IS NOT NULL")
 
 
 def _email(email: str) -> str:
@@ -222,6 +227,12 @@ def _like_pattern(word: str) -> str:
         word.replace(_LIKE_ESCAPE, _LIKE_ESCAPE * 2).replace("%", "\\%").replace("_", "\\_")
     )
     return f"%{escaped}%"
+
+
+def _fts_phrase(word: str) -> str:
+    """`word` as an FTS5 string (a phrase: with the trigram tokenizer, the texts that hold
+    it anywhere); everything in it is literal ("", *, NEAR, OR, -, ...)."""
+    return '"' + word.replace('"', '""') + '"'
 
 
 def _encode_cursor(at: datetime, conversation_id: int) -> str:
@@ -270,8 +281,9 @@ class _Search:
     and `matching`, the ids of (at least) every conversation that matches, in one pass."""
 
     conditions: list[sa.ColumnElement[bool]]
-    matching: sa.Select[Any]
+    matching: sa.Select[Any] | None  # None: `ConsoleTx._word_pass(word)` (after the probe)
     probe: bool = True  # test the newest `_PROBE` conversations first
+    word: str = ""  # the word of the one pass (the longest)
 
 
 _CUSTOM_PLANS = sa.text("SET LOCAL plan_cache_mode = force_custom_plan")
@@ -516,9 +528,30 @@ class ConsoleTx:
         ]
         # one pass over the texts for the longest word (likely the rarest); the other words
         # are then tested on those conversations only (the conditions go with it)
-        longest = max(range(len(words)), key=lambda i: len(words[i]))
-        matching = sa.select(m.conversation_id).where(matches[longest])
-        return statuses, where, _Search(per_conversation, matching)
+        longest = max(words, key=len)
+        return statuses, where, _Search(per_conversation, None, word=longest)
+
+    def _text_index(self) -> bool:
+        """Whether migration 0005 made the trigram text index (it may not have: an SQLite
+        without FTS5's trigram tokenizer, no privilege to create PostgreSQL's pg_trgm)."""
+        return bool(self._exec(_TRGM_PRESENT if self._pg else _FTS_PRESENT).scalar())
+
+    def _word_pass(self, word: str) -> sa.Select[Any]:
+        """The ids of (at least) every conversation with a text holding `word` (a superset
+        is enough: the search's conditions then test each word by LIKE). Through the
+        trigram index for a word of three or more characters, else one LIKE pass."""
+        m = messages.c
+        if len(word) < _TRIGRAM or not self._text_index():
+            return sa.select(m.conversation_id).where(self._word_match(word))
+        if self._pg:
+            # ILIKE in the database's collation (the index's): it folds at least the ASCII
+            # letters the condition's "C" collation does, so it finds at least those texts
+            return sa.select(m.conversation_id).where(
+                m.body.ilike(_like_pattern(word), escape=_LIKE_ESCAPE)
+            )
+        # FTS5's trigram tokenizer folds case (Unicode), more than SQLite's LIKE (ASCII)
+        found = sa.select(_FTS.c.rowid).where(_FTS.c.body.match(_fts_phrase(word)))
+        return sa.select(m.conversation_id).where(m.id.in_(found))
 
     @staticmethod
     def _page(
@@ -586,9 +619,11 @@ class ConsoleTx:
         (through the index, each text looked up by conversation): a common word fills the
         page from them. If it does not (and there were more), one pass over the texts
         finds the conversations with the longest word, the other words are tested on
-        those, and those in the list are sorted. Without a text index that pass reads every
-        message: the cost of a rare word (see bench/console_seed.py). Numbers: straight to
-        one pass over the conversations' numbers (about the price of the probe)."""
+        those, and those in the list are sorted. That pass goes through the trigram text
+        index (migration 0005: FTS5 on SQLite, pg_trgm's GIN on PostgreSQL) for a word of
+        three or more characters; for a shorter word, or without the index, it reads every
+        message (see bench/console_seed.py). Numbers: straight to one pass over the
+        conversations' numbers (about the price of the probe)."""
         c = conversations.c
         if self._pg:
             # psycopg prepares a statement run 5 times, and PostgreSQL then switches to a
@@ -599,7 +634,10 @@ class ConsoleTx:
             ids = self._probe(scope, statuses, where, search, size, by_agent)
             if ids is not None:
                 return ids
-        stmt = sa.select(c.id).where(c.id.in_(search.matching), *search.conditions, *where)
+        matching = search.matching
+        if matching is None:
+            matching = self._word_pass(search.word)
+        stmt = sa.select(c.id).where(c.id.in_(matching), *search.conditions, *where)
         allowed = _in_scope(scope, c.municipality_id)
         if allowed is not None:
             stmt = stmt.where(allowed)
