@@ -34,6 +34,7 @@ Roles (`gateway.store.console.Role`: agent | supervisor | admin; any other strin
 
 from __future__ import annotations
 
+import hmac
 import re
 import secrets
 import unicodedata
@@ -213,19 +214,29 @@ def totp_uri(email: str, secret: str, issuer: str = TOTP_ISSUER) -> str:
 _CODE_SEPARATORS = re.compile(r"[\s\-\u00a0\u2009\u202f]+")
 
 
-def verify_totp(secret: str, code: str, at: datetime) -> bool:
-    """True if `code` is the TOTP of `secret` at `at` or one 30-second step either side."""
+def totp_step(secret: str, code: str, at: datetime) -> int | None:
+    """The 30-second time step whose TOTP of `secret` is `code`, at `at` or one step either
+    side; None when it is none of them (or the code or secret is garbled). Spaces and
+    dashes in the code are ignored. The caller accepts a step once (`claim_totp_step`)."""
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError("`at` must be an aware datetime")
     digits = _CODE_SEPARATORS.sub("", code or "")
     if len(digits) != 6 or not digits.isascii() or not digits.isdigit():
-        return False
+        return None
     try:
-        return pyotp.TOTP(secret).verify(
-            digits, for_time=int(at.timestamp()), valid_window=TOTP_VALID_WINDOW
-        )
+        totp = pyotp.TOTP(secret)
+        now_step = int(at.timestamp()) // totp.interval
+        for step in range(now_step - TOTP_VALID_WINDOW, now_step + TOTP_VALID_WINDOW + 1):
+            if hmac.compare_digest(totp.at(step * totp.interval), digits):
+                return step
     except (ValueError, TypeError):  # a garbled secret (binascii.Error is a ValueError)
-        return False
+        return None
+    return None
+
+
+def verify_totp(secret: str, code: str, at: datetime) -> bool:
+    """True if `code` is the TOTP of `secret` at `at` or one 30-second step either side."""
+    return totp_step(secret, code, at) is not None
 
 
 # ------------------------------------------------------------------------------------------

@@ -229,3 +229,19 @@ def test_roles(role: str, export: bool, audit: bool, manage: bool, assign: bool)
     assert can_view_audit(role) is audit
     assert can_manage_users(role) is manage
     assert can_assign_others(role) is assign
+
+
+def test_totp_step_names_the_step_the_code_belongs_to() -> None:
+    from gateway.accounts import totp_step
+
+    secret = new_totp_secret()
+    at = datetime(2026, 12, 3, 12, 0, 15, tzinfo=UTC)
+    step = int(at.timestamp()) // 30
+    totp = pyotp.TOTP(secret)
+    assert totp_step(secret, totp.at(step * 30), at) == step
+    assert totp_step(secret, totp.at((step - 1) * 30), at) == step - 1  # the clock drifts
+    assert totp_step(secret, totp.at((step + 1) * 30), at) == step + 1
+    assert totp_step(secret, totp.at((step + 2) * 30), at) is None
+    code = totp.at(step * 30)
+    assert totp_step(secret, f"{code[:3]} {code[3:]}", at) == step
+    assert totp_step("not base32!", code, at) is None

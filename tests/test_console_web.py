@@ -669,3 +669,25 @@ def test_a_locked_database_answers_a_503_page_then_recovers(tmp_path: Path) -> N
         assert dana.get(f"/console/conversations/{conversation}").status_code == 200
     finally:
         gw.close()
+
+
+def test_a_totp_code_is_good_once(gateway: Gateway) -> None:
+    user = add_user(gateway, "dana@ottawa.example", "Dana")
+    secret = pyotp.random_base32()
+    with gateway.console.transaction() as tx:
+        tx.set_totp(user.id, secret, datetime.now(UTC))
+    code = pyotp.TOTP(secret).now()
+    first = client(gateway)
+    first.login("dana@ottawa.example")
+    first.get("/console/login/code")
+    assert first.post("/console/login/code", code=code).status_code == 302
+    second = client(gateway)  # the same code, seen over a shoulder, within its 30 seconds
+    second.login("dana@ottawa.example")
+    second.get("/console/login/code")
+    assert second.post("/console/login/code", code=code).status_code == 401
+    assert second.get("/console/conversations").status_code == 302
+    with gateway.console.transaction() as tx:  # a new secret starts afresh
+        tx.set_totp(user.id, secret, datetime.now(UTC))
+        assert tx.claim_totp_step(user.id, 1)
+        assert not tx.claim_totp_step(user.id, 1)
+        assert tx.claim_totp_step(user.id, 2)

@@ -453,7 +453,18 @@ class ConsoleTx:
         self._update_user(user_id, at, disabled=bool(disabled))
 
     def set_totp(self, user_id: int, secret: str | None, at: datetime) -> None:
-        self._update_user(user_id, at, totp_secret=secret)
+        self._update_user(user_id, at, totp_secret=secret, totp_last_step=None)
+
+    def claim_totp_step(self, user_id: int, step: int) -> bool:
+        """Accept a TOTP code of time step `step` for this account, once: True (and the step
+        remembered) unless a code of this step or a later one was accepted already."""
+        u = users.c
+        result = self._exec(
+            users.update()
+            .where(u.id == user_id, sa.or_(u.totp_last_step.is_(None), u.totp_last_step < step))
+            .values(totp_last_step=step)
+        )
+        return bool(result.rowcount == 1)
 
     def set_language(self, user_id: int, language: str | None, at: datetime) -> None:
         """`language`: "en", "fr", or None (follow the browser)."""

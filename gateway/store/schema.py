@@ -239,6 +239,7 @@ users = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("password_hash", sa.Text(), nullable=False),
     sa.Column("totp_secret", sa.String(128), nullable=True),
+    sa.Column("totp_last_step", sa.BigInteger(), nullable=True),  # last accepted code's step
     sa.Column("disabled", sa.Boolean(), nullable=False),
     sa.Column("must_change_password", sa.Boolean(), nullable=False),
     sa.Column("language", sa.String(8), nullable=True),

@@ -151,13 +151,23 @@ def login_code() -> ResponseReturnValue:
         if _throttled(account.email):
             error = _("Too many failed sign-in attempts. Try again later.")
             status = 429
-        elif accounts.verify_totp(account.totp_secret, request.form.get("code") or "", now()):
+        elif _code_accepted(account, request.form.get("code") or ""):
             return _start_session(account)
         else:
-            _audit(account, "login_failed", reason="bad code")
+            _audit(account, "login_failed", reason="bad or already used code")
             error = _("That code is not valid. Enter the current code from your app.")
             status = 401
     return render_template("console/login_code.html", error=error), status
+
+
+def _code_accepted(account: User, code: str) -> bool:
+    """A valid code, not used before (a code is good once, even within its window)."""
+    assert account.totp_secret is not None
+    step = accounts.totp_step(account.totp_secret, code, now())
+    if step is None:
+        return False
+    with gateway().console.transaction() as tx:
+        return tx.claim_totp_step(account.id, step)
 
 
 def logout() -> Response:
