@@ -198,6 +198,10 @@ def test_one_time_password_must_be_changed_first(gateway: Gateway) -> None:
     assert console.login("new@ottawa.example").headers["Location"].endswith("/console/password")
     assert console.get("/console/conversations").headers["Location"].endswith("/console/password")
     console.get("/console/password")
+    refused = console.post("/console/password", current_password=PASSWORD,
+                           new_password="short", repeat_password="short")
+    assert refused.status_code == 400
+    assert "The new password must be at least 12 characters." in refused.get_data(as_text=True)
     changed = console.post("/console/password", current_password=PASSWORD,
                            new_password="a much better passphrase",
                            repeat_password="a much better passphrase")

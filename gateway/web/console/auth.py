@@ -198,7 +198,7 @@ def password() -> ResponseReturnValue:
         elif new != repeat:
             error, status = _("The two new passwords differ."), 400
         elif problem is not None:
-            error, status = problem, 400
+            error, status = _("The new password %(reason)s.", reason=problem), 400
         else:
             with gateway().console.transaction() as tx:
                 tx.set_password(account.id, accounts.hash_password(new),
