@@ -195,8 +195,8 @@ class ConsoleSettings:
     # Signs the session cookies; None: a secret generated once and kept in the database
     # (shared by every instance). At least 32 characters when set.
     secret_key: str | None = field(default=None, repr=False)
-    session_hours: float = 12.0  # a sign-in lasts this long
-    login_max_failures: int = 5  # failed sign-ins (per email or address) before a pause …
+    session_hours: float = 12.0  # a sign-in lasts this long without a request
+    login_max_failures: int = 5  # failed sign-ins per account (x10 per address): a pause …
     login_window_minutes: float = 15.0  # … counted over this window
     poll_seconds: float = 3.0  # how often open pages refresh
     presence_seconds: float = 20.0  # "Dana is viewing" lasts this long without a refresh
