@@ -88,9 +88,7 @@ def prepare_text(text: str) -> str:
     are read. Quotes and signatures are NOT cut (nothing is quoted in the console), and
     "#close" is not a command here. Typographic quotes and dashes are left to
     `segments.split_for_sms`, exactly as for email."""
-    # replies keeps these two steps private; they are the whole of its tidying once the
-    # quoted history and signature are cut.
-    return replies._tidy(replies._normalise(text[:MAX_TEXT_CHARS]))
+    return replies.tidy_text(text[:MAX_TEXT_CHARS])
 
 
 def _address(value: str | None) -> str:

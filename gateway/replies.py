@@ -1190,6 +1190,13 @@ def _normalise(text: str) -> str:
     return _CONTROL_RE.sub(" ", text.replace("\t", "    "))
 
 
+def tidy_text(text: str) -> str:
+    """Text someone typed, tidied the way a reply's visible text is (line ends, invisible and
+    control characters, no-break spaces, tabs, trailing spaces, runs of blank lines) —
+    nothing is cut: for text that has no quoted history or signature (the console's)."""
+    return _tidy(_normalise(text))
+
+
 def _visible(plain: str, *, quotes_certain: bool) -> tuple[str, bool]:
     lines = _normalise(plain[: MAX_TEXT_BYTES * 2]).split("\n")
     kept = _cut_history(lines, quotes_certain=quotes_certain)

@@ -31,7 +31,7 @@ from flask_wtf.csrf import CSRFProtect
 from gateway.services import Gateway
 from gateway.store import StoreUnavailable
 from gateway.web.console import auth, views
-from gateway.web.console.context import ConsoleUser, console_store, load_user
+from gateway.web.console.context import ConsoleUser, load_user
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _load_secret(app: Flask, gateway: Gateway) -> bool:
         app.secret_key = configured
         return True
     try:
-        with console_store(gateway).transaction() as tx:
+        with gateway.console.transaction() as tx:
             app.secret_key = tx.console_secret()
         return True
     except StoreUnavailable:

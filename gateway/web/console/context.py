@@ -13,7 +13,7 @@ from flask_login import UserMixin, current_user
 
 from gateway.services import Gateway
 from gateway.store import StoreUnavailable
-from gateway.store.console import ConsoleStore, Scope, User
+from gateway.store.console import Scope, User
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,10 +64,6 @@ def load_user(gateway: Gateway, session_id: str) -> ConsoleUser | None:
     if account is None or account.disabled or fingerprint(account.password_hash) != print_:
         return None
     return ConsoleUser(account)
-
-
-def console_store(gateway: Gateway) -> ConsoleStore:
-    return gateway.console
 
 
 def gateway() -> Gateway:

@@ -9,6 +9,7 @@ in the audit log in the same transaction as the change it makes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
@@ -220,13 +221,13 @@ def _list_args() -> tuple[ListFilter, str, str | None]:
 def _list_context(tx: ConsoleTx) -> dict[str, Any]:
     account = user()
     which, query, cursor = _list_args()
+    listing = functools.partial(tx.list_conversations, account.scope, which,
+                                user_id=account.id, user_email=account.email, query=query)
     try:
-        page = tx.list_conversations(account.scope, which, user_id=account.id,
-                                     user_email=account.email, query=query, cursor=cursor)
+        page = listing(cursor=cursor)
     except ValueError:  # a cursor garbled by hand (or from another version): page 1
         cursor = None
-        page = tx.list_conversations(account.scope, which, user_id=account.id,
-                                     user_email=account.email, query=query)
+        page = listing()
     counts = tx.counts(account.scope, user_id=account.id, user_email=account.email)
     at = now()
     rows = [
@@ -288,8 +289,8 @@ def _conversation_context(tx: ConsoleTx, conversation: Conversation) -> dict[str
     items = display.timeline(messages, notes)
     since = at - timedelta(seconds=gateway().settings.console.presence_seconds)
     others = tx.presence(conversation.id, since=since, excluding_user=account.id)
-    names = {u.email: u.name for u in tx.users_of(conversation.municipality_id)} if (
-        conversation.municipality_id) else {}
+    colleagues = tx.users_of(conversation.municipality_id) if conversation.municipality_id else []
+    names = {u.email: u.name for u in colleagues}
     version = tx.timeline_version(conversation.id) + "|" + ",".join(
         f"{p.user_id}:{p.state}" for p in others
     )
@@ -303,8 +304,7 @@ def _conversation_context(tx: ConsoleTx, conversation: Conversation) -> dict[str
         "timezone": _timezone(conversation),
         "municipality": municipality,
         "version": hashlib.sha256(version.encode()).hexdigest()[:16],
-        "assignable": tx.users_of(conversation.municipality_id)
-        if conversation.municipality_id else [],
+        "assignable": colleagues,
         "canned": municipality.canned_replies if municipality else (),
         "failed_statuses": display.FAILED_STATUSES,
     }
@@ -334,15 +334,22 @@ def conversation(conversation_id: int) -> str:
 @blueprint.get("/conversations/<int:conversation_id>/live")
 @login_required
 def conversation_live(conversation_id: int) -> Response | str:
+    """The live part of the conversation page: 204 when nothing changed. Each poll renews
+    the viewer's presence; the read mark moves only when there is something new to read."""
     account = user()
     at = now()
-    with gateway().console.transaction() as tx:
-        found = _in_scope(tx, conversation_id)
-        tx.touch_presence(account.id, found.id, "viewing", at)
-        tx.mark_read(account.id, found.id, at)
     with gateway().console.reading() as tx:
+        found = _in_scope(tx, conversation_id)
         context = _conversation_context(tx, found)
-    if request.args.get("v") == context["version"]:
+    changed = request.args.get("v") != context["version"]
+    try:
+        with gateway().console.transaction() as tx:
+            tx.touch_presence(account.id, found.id, "viewing", at)
+            if changed:
+                tx.mark_read(account.id, found.id, at)
+    except KeyError:  # erased (a privacy request) since the read
+        abort(404)
+    if not changed:
         return Response(status=204)
     return render_template("console/_timeline.html", **context)
 
@@ -468,16 +475,15 @@ def assign(conversation_id: int) -> Response:
         found = _in_scope(tx, conversation_id)
         if wanted == "me":
             wanted = account.email
-        if wanted:
-            allowed = {u.email for u in tx.users_of(found.municipality_id)} if (
-                found.municipality_id) else set()
-            if wanted != account.email and (
-                wanted not in allowed or not accounts.can_assign_others(account.role)
-            ):
-                abort(400)
-            if wanted == account.email and found.municipality_id and wanted not in allowed \
-                    and account.role != "admin":
-                abort(400)
+        # Anyone who can see the conversation's municipality (an admin, for themselves, any).
+        allowed = {u.email for u in tx.users_of(found.municipality_id)} if (
+            found.municipality_id) else set()
+        if wanted and wanted not in allowed and not (
+            wanted == account.email and account.role == "admin"
+        ):
+            abort(400)
+        if wanted and wanted != account.email and not accounts.can_assign_others(account.role):
+            abort(403)
         tx.core.set_agent(found.id, wanted or None)
         tx.audit(account.id, account.email, "assign", at=at, conversation_id=found.id,
                  municipality_id=found.municipality_id, remote_addr=remote_addr(),
@@ -540,8 +546,7 @@ def media(conversation_id: int, message_id: int, index: int) -> Response:
 # -- supervisors: export, audit -------------------------------------------------------------
 
 
-def _export_items(conversation_id: int) -> tuple[Conversation, list[display.TimelineItem],
-                                               dict[str, Any]]:
+def _export_context(conversation_id: int) -> tuple[Conversation, dict[str, Any]]:
     account = user()
     at = now()
     with gateway().console.transaction() as tx:
@@ -553,21 +558,22 @@ def _export_items(conversation_id: int) -> tuple[Conversation, list[display.Time
                  detail={"format": "csv" if request.path.endswith(".csv") else "print"})
     with gateway().console.reading() as tx:
         context = _conversation_context(tx, found)
-    return found, context["items"], context
+    return found, context
 
 
 @blueprint.get("/conversations/<int:conversation_id>/export")
 @login_required
 def export(conversation_id: int) -> str:
-    _, _items, context = _export_items(conversation_id)
+    _, context = _export_context(conversation_id)
     return render_template("console/export.html", exported_at=now(), **context)
 
 
 @blueprint.get("/conversations/<int:conversation_id>/export.csv")
 @login_required
 def export_csv(conversation_id: int) -> Response:
-    found, items, context = _export_items(conversation_id)
-    text = display.export_csv(items, resident=_national(found.phone), names=context["names"])
+    found, context = _export_context(conversation_id)
+    text = display.export_csv(context["items"], resident=_national(found.phone),
+                              names=context["names"])
     response = Response(text, content_type="text/csv; charset=utf-8")
     response.headers["Content-Disposition"] = (
         f'attachment; filename="conversation-{found.id}.csv"'
@@ -594,4 +600,4 @@ def audit() -> str:
                            conversation_filter=conversation_id)
 
 
-__all__ = ["blueprint", "is_htmx"]
+__all__ = ["blueprint"]
