@@ -213,20 +213,31 @@ def format_national(e164: str, region: str = "CA") -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
 
 
+def local_name(name: str, name_fr: str | None, language: str) -> str:
+    """The municipality's name in the resident's language: its French name (`name_fr`,
+    "Montréal") in French when it has one, else `name` ("Montreal")."""
+    return name_fr if language == "fr" and name_fr else name
+
+
 def thread_subject(
     municipality_name: str,
     resident_national: str,
     language: str,
     reference: str | int | None = None,
+    *,
+    name_fr: str | None = None,
 ) -> str:
     """The subject of every email of one conversation (so mail clients thread them).
 
     "311 text from (613) 555-0123 — Ottawa" (en) or
-    "Texto 311 de (514) 555-0123 — Montréal" (fr); with `reference` (e.g. the
-    conversation id) a short " [#42]" is appended. Always one line.
+    "Texto 311 de (514) 555-0123 — Montréal" (fr); the place is `local_name` (the
+    French name `name_fr`, accents intact, in French); with `reference` (e.g. the
+    conversation id) a short " [#42]" is appended. Always one line; `compose` encodes
+    what is not ASCII as RFC 2047 encoded-words, which mail clients decode back.
     """
+    place = local_name(municipality_name, name_fr, language)
     subject = _words(language)["subject"].format(
-        number=one_line(resident_national), place=one_line(municipality_name)
+        number=one_line(resident_national), place=one_line(place)
     )
     if reference is not None and one_line(str(reference)):
         subject += f" [#{_bare(str(reference))}]"
@@ -280,7 +291,7 @@ class _Threaded(Protocol):
     """What a resident email and an agent notice share: the envelope and the threading."""
 
     @property
-    def conversation_id(self) -> int: ...
+    def conversation_id(self) -> int | None: ...
     @property
     def from_address(self) -> str: ...
     @property
@@ -317,8 +328,9 @@ def _thread_fields_to_dict(email: _Threaded) -> dict[str, Any]:
 def _thread_fields_from_dict(data: Mapping[str, Any]) -> dict[str, Any]:
     """The inverse of `_thread_fields_to_dict`, as constructor keywords."""
     in_reply_to = data.get("in_reply_to")
+    conversation_id = data["conversation_id"]
     return {
-        "conversation_id": int(data["conversation_id"]),
+        "conversation_id": int(conversation_id) if conversation_id is not None else None,
         "from_address": str(data["from_address"]),
         "to": tuple(str(a) for a in data["to"]),
         "cc": tuple(str(a) for a in data.get("cc", ())),
@@ -558,9 +570,16 @@ def compose(
 
 # -- notices to the agent ------------------------------------------------------------------
 
-NoticeKind = Literal["shortened", "opted_out", "delivery_failed", "not_sent", "console_reply"]
+NoticeKind = Literal[
+    "shortened", "opted_out", "delivery_failed", "not_sent", "console_reply", "not_texted"
+]
 NOTICE_KINDS: tuple[NoticeKind, ...] = (
-    "shortened", "opted_out", "delivery_failed", "not_sent", "console_reply",
+    "shortened", "opted_out", "delivery_failed", "not_sent", "console_reply", "not_texted",
+)  # fmt: skip
+# Why an agent's reply email was not texted at all ("not_texted" notices).
+NotTextedWhy = Literal["below_signature", "empty", "not_agent", "unroutable", "unreadable"]
+NOT_TEXTED_WHY: tuple[NotTextedWhy, ...] = (
+    "below_signature", "empty", "not_agent", "unroutable", "unreadable",
 )  # fmt: skip
 ConsoleOutcome = Literal["texted", "opted_out"]
 CONSOLE_OUTCOMES: tuple[ConsoleOutcome, ...] = ("texted", "opted_out")
@@ -629,11 +648,20 @@ class AgentNotice:
       "opted_out": not texted, the resident texted STOP), parts (SMS queued, 0 when
       opted out), optionally shortened (bool: the reply had to be cut to fit).
 
+    - "not_texted": an agent's reply EMAIL that was not texted at all: why (one of
+      `NOT_TEXTED_WHY`: "below_signature" — the answer was below the signature line;
+      "empty" — nothing left once quotes and signature were cut; "not_agent" — the
+      sender may not answer this municipality's residents; "unroutable" — not an
+      answer to any conversation; "unreadable" — binary data or the wrong charset),
+      optionally sender and municipality (names shown for "not_agent"), and
+      reply_excerpt. `conversation_id` is None for "unroutable" (the notice then
+      answers the agent's own email: its In-Reply-To/References and subject).
+
     `date` (the Date header) is fixed when the notice is made, so a retried notice is
     the same email.
     """
 
-    conversation_id: int
+    conversation_id: int | None
     from_address: str
     to: tuple[str, ...]
     reply_to: str
@@ -766,6 +794,8 @@ def _notice_lines(notice: AgentNotice, language: str) -> str:
         )
     if notice.kind == "console_reply":
         return _console_reply_lines(details, fr)
+    if notice.kind == "not_texted":
+        return _not_texted_lines(details, fr)
     # not_sent
     code = _int(details.get("error_code"))
     reason = str(details.get("reason") or "")
@@ -776,6 +806,74 @@ def _notice_lines(notice: AgentNotice, language: str) -> str:
     reason = reason or error_text(code, "en") or ""
     why = f": {one_line(reason)}" if reason.strip() else ""
     return f"Your reply was not texted{why}."
+
+
+def _not_texted_lines(details: Mapping[str, Any], fr: bool) -> str:
+    """The "not_texted" explanation: why the agent's email was not texted, and what to do."""
+    why = details.get("why")
+    sender = one_line(str(details.get("sender") or ""))
+    sender = sender or ("cette adresse" if fr else "this address")
+    city = one_line(str(details.get("municipality") or ""))
+    city = city or ("cette municipalité" if fr else "this municipality")
+    if fr:
+        said = "Votre réponse n'a PAS été envoyée par texto"
+        if why == "below_signature":
+            return (
+                f"{said} : elle était sous la ligne de signature (« -- », « Envoyé de mon "
+                "iPhone » ou un bloc nom/titre/téléphone), et tout ce qui suit une signature "
+                "est retiré. Écrivez votre réponse au-dessus de votre signature et renvoyez-la."
+            )
+        if why == "not_agent":
+            return (
+                f"{said} : {sender} ne fait pas partie des agents qui peuvent répondre aux "
+                f"résidents de {city}. Répondez depuis votre adresse d'agent de {city}, ou "
+                "demandez à l'administrateur de la passerelle de vous ajouter."
+            )
+        if why == "unroutable":
+            return (
+                "Votre courriel n'a PAS été envoyé par texto : il ne répond à aucune "
+                "conversation connue de la passerelle (l'adresse de réponse et les références "
+                "du fil manquent ou sont inconnues). Pour écrire à une personne, répondez au "
+                "courriel de sa conversation."
+            )
+        if why == "unreadable":
+            return (
+                f"{said} : son texte est illisible (données binaires ou mauvais jeu de "
+                "caractères). Renvoyez-la en texte ordinaire."
+            )
+        return (
+            f"{said} : il ne restait rien à envoyer une fois l'historique cité et la signature "
+            "retirés. Écrivez votre réponse en haut du courriel, au-dessus du message cité, et "
+            "renvoyez-la."
+        )
+    said = "Your reply was NOT texted"
+    if why == "below_signature":
+        return (
+            f"{said}: it was below the signature line (\"-- \", \"Sent from my iPhone\" or a "
+            "name/title/phone block), and everything below a signature is cut. Write your "
+            "answer above your signature and send it again."
+        )
+    if why == "not_agent":
+        return (
+            f"{said}: {sender} is not one of the agents who may answer {city}'s residents. "
+            f"Answer from your {city} agent address, or ask the gateway's operator to add you."
+        )
+    if why == "unroutable":
+        return (
+            "Your email was NOT texted: it does not answer any conversation the gateway knows "
+            "(the reply address and the thread references are missing or unknown). To write "
+            "to a resident, reply to the email of their conversation."
+        )
+    if why == "unreadable":
+        return (
+            f"{said}: its text cannot be read (binary data or the wrong character set). "
+            "Send it again as plain text."
+        )
+    return (
+        f"{said}: nothing was left to text once the quoted history and the signature were "
+        "cut. Write your answer at the top of the email, above the quoted message, and send "
+        "it again."
+    )
 
 
 def _console_reply_lines(details: Mapping[str, Any], fr: bool) -> str:
@@ -893,7 +991,8 @@ def compose_notice(notice: AgentNotice) -> EmailMessage:
         message["References"] = " ".join(references)
     message["Auto-Submitted"] = "auto-generated"
     message["X-Auto-Response-Suppress"] = "All"
-    message[CONVERSATION_HEADER] = _bare(str(notice.conversation_id))
+    if notice.conversation_id is not None:
+        message[CONVERSATION_HEADER] = _bare(str(notice.conversation_id))
     message[NOTICE_HEADER] = notice.kind
     message.set_content(_notice_body(notice), cte="quoted-printable")
     return message

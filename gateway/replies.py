@@ -41,6 +41,7 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import getaddresses
 from html.parser import HTMLParser
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from gateway.emails import is_token
@@ -58,6 +59,13 @@ _LONG_LINE = 1_000  # lines longer than this are never separators, attributions 
 CLOSE_COMMANDS = frozenset({"#close", "#fermer"})
 OWN_HEADER_PREFIX = "x-sms311-"
 RECIPIENT_HEADERS = ("To", "Cc", "Delivered-To", "X-Original-To", "Envelope-To")
+
+
+EmptyBecause = Literal["below_signature", "nothing"]
+#: Why a reply's visible text is empty: what was written above the quoted history starts with
+#: a signature line ("-- ", "Sent from my iPhone", a signature block), so the answer, if any,
+#: was below it; or nothing is left above (or between) the quoted history at all.
+EMPTY_BECAUSE: tuple[EmptyBecause, ...] = ("below_signature", "nothing")
 
 
 class MalformedEmail(ValueError):
@@ -78,6 +86,8 @@ class ParsedReply:
     automatic: str | None  # why it must never be texted, e.g. "auto-reply: Auto-Submitted"
     text: str  # the visible reply only, plain text, whitespace tidied
     close_requested: bool  # "#close" / "#fermer" alone on a line (removed from `text`)
+    # When `text` is empty: where the writing went (see `EMPTY_BECAUSE`), else None.
+    empty_because: EmptyBecause | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,9 +135,10 @@ def parse_reply(
 def _read(msg: EmailMessage, token_re: re.Pattern[str], own: Sequence[str]) -> ParsedReply:
     body, is_html, flowed, delsp = _body(msg)
     if is_html:
-        text, close = _visible(html_to_text(body), quotes_certain=True)
+        text, close, empty = _visible(html_to_text(body), quotes_certain=True)
     else:
-        text, close = _visible(_unflow(body, delsp) if flowed else body, quotes_certain=False)
+        plain = _unflow(body, delsp) if flowed else body
+        text, close, empty = _visible(plain, quotes_certain=False)
     message_ids = _message_ids(_header_values(msg, "Message-ID"))
     return ParsedReply(
         message_id=message_ids[0] if message_ids else None,
@@ -140,6 +151,7 @@ def _read(msg: EmailMessage, token_re: re.Pattern[str], own: Sequence[str]) -> P
         automatic=automatic_reason(msg, own_addresses=own),
         text=text,
         close_requested=close,
+        empty_because=empty,
     )
 
 
@@ -1197,7 +1209,8 @@ def tidy_text(text: str) -> str:
     return _tidy(_normalise(text))
 
 
-def _visible(plain: str, *, quotes_certain: bool) -> tuple[str, bool]:
+def _visible(plain: str, *, quotes_certain: bool) -> tuple[str, bool, EmptyBecause | None]:
+    """(visible text, close requested, why the text is empty or None)."""
     lines = _normalise(plain[: MAX_TEXT_BYTES * 2]).split("\n")
     kept = _cut_history(lines, quotes_certain=quotes_certain)
     close = False
@@ -1208,7 +1221,10 @@ def _visible(plain: str, *, quotes_certain: bool) -> tuple[str, bool]:
             continue
         without_commands.append(line)
     text = _tidy("\n".join(_cut_signature(without_commands)))
-    return text, close
+    empty: EmptyBecause | None = None
+    if not text:
+        empty = "below_signature" if _tidy("\n".join(without_commands)) else "nothing"
+    return text, close, empty
 
 
 def visible_text(plain: str) -> str:

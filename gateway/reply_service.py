@@ -2,12 +2,27 @@
 
 `ReplyService` is the `ReplySink` both listeners call. In ONE store transaction it
 records the email as handled (keyed by the hash of its bytes, so a message seen again
-after a crash, a UIDVALIDITY change or a second delivery is never texted twice),
-routes it (reply token, else In-Reply-To/References), checks the sender is an agent
+after a crash, a UIDVALIDITY change or a second delivery is never texted twice; and by
+its Message-ID, so a second copy with other bytes — one per recipient, or by both
+doors — is not texted either), routes it (reply token, else In-Reply-To/References:
+mail to `email.from_address` is routed the same way), checks the sender is an agent
 of that municipality, keeps only the visible reply, and queues the SMS (or, when the
 resident opted out, a notice to the agent) through `gateway.agent_reply.queue_reply`,
-the path the web console's replies take too. The listener then files the email in
-Processed or Failed according to the returned `Disposition`.
+the path the web console's replies take too. A texted reply's Message-ID joins the
+conversation's thread, so the resident's next email answers it.
+
+Nothing is lost or unexplained when a reply is NOT texted:
+
+- the email is kept, whole, in the store's Failed list (`gateway.store.reply_mail`;
+  `sms311 failed list|show|retry|delete`), whichever door it came by;
+- when the sender is an agent (of this municipality, or of another one), they get a
+  short bilingual "not_texted" notice saying why (below the signature line, nothing
+  left once quotes were cut, not an agent of this municipality, not an answer to any
+  conversation, unreadable), in the conversation's thread or, when there is none, in
+  reply to their own email. Strangers get no email from us (no backscatter).
+
+The listener then files the email in Processed or Failed according to the returned
+`Disposition` (`kept` says whether a failed email is in the Failed list).
 """
 
 from __future__ import annotations
@@ -17,15 +32,26 @@ import hashlib
 import logging
 import unicodedata
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parseaddr
+from typing import Any
 
-from gateway import replies
-from gateway.agent_reply import queue_reply
+from gateway import emails, replies
+from gateway.agent_reply import EXCERPT_CHARS, queue_reply
 from gateway.mail.types import Disposition, MailOrigin
+from gateway.municipalities import Municipality
+from gateway.notices import enqueue_notice, sender_domain
 from gateway.services import Gateway
 from gateway.store import Conversation, DuplicateEmail, StoreUnavailable, Tx
+from gateway.store.reply_mail import (
+    get_failed_email,
+    keep_failed_email,
+    reply_seen,
+    resolve_failed_email,
+    update_processed_email,
+)
+from gateway.store.sql import SqlTx
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +108,17 @@ def is_agent(sender: str, agents: tuple[str, ...]) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class _Decision:
+    """What `_decide` found: the disposition, and what a failure's notice needs."""
+
+    disposition: Disposition
+    reply: replies.ParsedReply | None = None
+    conversation: Conversation | None = None
+    tell: emails.NotTextedWhy | None = None  # send the sender a "not_texted" notice
+    municipality: Municipality | None = None  # the sender's (for "not_agent"/"unroutable")
+
+
 class ReplyService:
     """Turns agents' reply emails into queued SMS; see the module docstring."""
 
@@ -101,23 +138,63 @@ class ReplyService:
 
     async def __call__(self, raw: bytes, origin: MailOrigin) -> Disposition:
         disposition = await asyncio.to_thread(self.handle, raw, origin)
-        if self._on_queued is not None and disposition.outcome == "processed":
-            self._on_queued()
+        self._queued(disposition)
         return disposition
+
+    def _queued(self, disposition: Disposition) -> None:
+        if self._on_queued is not None and disposition.outcome in ("processed", "failed"):
+            self._on_queued()  # an SMS, or a notice to the agent, is waiting
 
     def handle(self, raw: bytes, origin: MailOrigin) -> Disposition:
         """Decide and record, in one transaction; safe to call again with the same bytes."""
         key = "sha256:" + hashlib.sha256(raw).hexdigest()
+        return self._handle(raw, origin, key, retry_of=None)
+
+    def retry(self, failed_id: int) -> Disposition:
+        """Hand a kept failed reply (`sms311 failed retry ID`) to the pipeline again, as if it
+        had just arrived (the cause may be fixed: an agent added to the map, …). When it is
+        now texted (or ignored), it is marked resolved. No second notice goes to the agent
+        when it fails again. Raises KeyError when there is no such kept email."""
+        with self._gateway.store.transaction() as tx:
+            kept = get_failed_email(_sql(tx), failed_id)
+        if kept is None:
+            raise KeyError(failed_id)
+        origin = MailOrigin(**{k: v for k, v in kept.origin.items() if k in _ORIGIN_FIELDS})
+        disposition = self._handle(kept.raw, origin, kept.key, retry_of=failed_id)
+        self._queued(disposition)
+        return disposition
+
+    def _handle(
+        self, raw: bytes, origin: MailOrigin, key: str, *, retry_of: int | None
+    ) -> Disposition:
         store = self._gateway.store
         try:
             with store.transaction() as tx:
                 seen = tx.processed_email(key)
-                if seen is not None:
+                if seen is not None and not (retry_of is not None and seen[0] == "failed"):
+                    if retry_of is not None:  # texted meanwhile: nothing left to do
+                        resolve_failed_email(
+                            _sql(tx), retry_of, f"already {seen[0]}: {seen[1]}", now=self._now()
+                        )
                     return Disposition(seen[0], f"already handled: {seen[1]}")
-                disposition = self._decide(tx, raw)
-                tx.record_processed_email(
-                    key, disposition.outcome, disposition.reason, asdict(origin)
-                )
+                decision = self._decide(tx, raw)
+                disposition = decision.disposition
+                if disposition.outcome == "failed":
+                    self._keep(tx, key, raw, origin, decision, notify=retry_of is None)
+                    disposition = replace(disposition, kept=True)
+                elif retry_of is not None:
+                    resolve_failed_email(
+                        _sql(tx), retry_of, f"{disposition.outcome}: {disposition.reason}",
+                        now=self._now(),
+                    )  # fmt: skip
+                if seen is None:
+                    tx.record_processed_email(
+                        key, disposition.outcome, disposition.reason, asdict(origin)
+                    )
+                else:
+                    update_processed_email(
+                        _sql(tx), key, disposition.outcome, disposition.reason
+                    )
         except DuplicateEmail:
             with store.transaction() as tx:
                 seen = tx.processed_email(key)
@@ -126,58 +203,116 @@ class ReplyService:
         except StoreUnavailable:
             raise  # the listener keeps the email and tries again later
         except Exception as exc:
-            # A bug must not block the mailbox behind one email for ever: file it in Failed
-            # (nothing was committed, so a fixed version can be handed it again).
+            # A bug must not block the mailbox behind one email for ever: keep it in the
+            # Failed list (nothing else was committed, so a fixed version can retry it).
             log.exception("reply email via %s: internal error", origin.kind)
-            return Disposition("failed", f"internal error: {type(exc).__name__}")
+            disposition = Disposition("failed", f"internal error: {type(exc).__name__}")
+            disposition = self._keep_alone(key, raw, origin, disposition)
         log.log(
             logging.WARNING if disposition.outcome == "failed" else logging.INFO,
-            "reply email via %s: %s (%s)", origin.kind, disposition.outcome, disposition.reason,
-        )
+            "reply email via %s: %s (%s)%s", origin.kind, disposition.outcome,
+            disposition.reason, " [kept in the Failed list]" if disposition.kept else "",
+        )  # fmt: skip
         self._gateway.metrics.replies_read.labels(disposition.outcome).inc()
         return disposition
 
+    def _keep_alone(
+        self, key: str, raw: bytes, origin: MailOrigin, disposition: Disposition
+    ) -> Disposition:
+        """Keep an email the pipeline could not decide, in a transaction of its own."""
+        try:
+            with self._gateway.store.transaction() as tx:
+                keep_failed_email(
+                    _sql(tx), key, raw, disposition.reason, asdict(origin), now=self._now()
+                )
+        except StoreUnavailable:
+            raise
+        except Exception:
+            log.exception("reply email via %s: could not keep it in the Failed list", origin.kind)
+            return disposition
+        return replace(disposition, kept=True)
+
     # -- the decision ---------------------------------------------------------------------
 
-    def _decide(self, tx: Tx, raw: bytes) -> Disposition:
+    def _decide(self, tx: Tx, raw: bytes) -> _Decision:
         settings = self._gateway.settings
         try:
             reply = replies.parse_reply(
                 raw, reply_address=settings.email.reply_address, own_addresses=self._own
             )
         except replies.MalformedEmail as exc:
-            return Disposition("failed", f"malformed email: {exc}")
+            return _Decision(Disposition("failed", f"malformed email: {exc}"))
         if reply.automatic:
-            return Disposition("ignored", f"automatic message, not texted: {reply.automatic}")
+            return _Decision(
+                Disposition("ignored", f"automatic message, not texted: {reply.automatic}"),
+                reply,
+            )
+        if reply.message_id is not None:
+            earlier = reply_seen(_sql(tx), reply.message_id)
+            if earlier is not None:
+                return _Decision(
+                    Disposition(
+                        "ignored",
+                        f"conversation {earlier}: a second copy of a reply already texted "
+                        "(same Message-ID)",
+                    ),
+                    reply,
+                )
 
         conversation = self._route(tx, reply)
         if conversation is None:
-            return Disposition("failed", "unroutable: no reply token and no known thread")
+            home = self._municipality_of(reply.sender)
+            return _Decision(
+                Disposition("failed", "unroutable: no reply token and no known thread"),
+                reply, tell="unroutable" if home is not None else None, municipality=home,
+            )  # fmt: skip
         agents = self._agents(conversation)
         if not is_agent(reply.sender, agents):
-            return Disposition(
-                "failed",
-                f"sender is not an agent of conversation {conversation.id} "
-                f"({conversation.municipality_id or 'fallback'})",
-            )
+            home = self._municipality_of(reply.sender)
+            return _Decision(
+                Disposition(
+                    "failed",
+                    f"sender is not an agent of conversation {conversation.id} "
+                    f"({conversation.municipality_id or 'fallback'})",
+                ),
+                reply, conversation, tell="not_agent" if home is not None else None,
+                municipality=self._gateway.directory().get(conversation.municipality_id or ""),
+            )  # fmt: skip
         now = self._now()
         if not reply.text and not reply.close_requested:
-            return Disposition("failed", "empty reply once quotes and signature are cut")
+            below = reply.empty_because == "below_signature"
+            return _Decision(
+                Disposition(
+                    "failed",
+                    "empty reply once quotes and signature are cut"
+                    + (" (the answer was below the signature line)" if below else ""),
+                ),
+                reply, conversation, tell="below_signature" if below else "empty",
+            )  # fmt: skip
         garbage = not_text_reason(reply.text)
         if garbage is not None:
-            return Disposition("failed", f"unreadable: {garbage}")
+            return _Decision(
+                Disposition("failed", f"unreadable: {garbage}"), reply, conversation,
+                tell="unreadable",
+            )  # fmt: skip
 
         tx.set_agent(conversation.id, reply.sender)
         reason = "closed by the agent"
         if reply.text:
             reason = self._text_back(tx, conversation, reply.sender, reply.text, now)
+        if reply.message_id is not None:
+            # the resident's next email answers this reply (In-Reply-To / References)
+            tx.record_thread_email(conversation.id, reply.message_id, direction="in")
         if reply.close_requested:
             tx.close_conversation(conversation.id, now)
             if reply.text:
                 reason += "; conversation closed"
         else:
             tx.touch_conversation(conversation.id, now)
-        return Disposition("processed", f"conversation {conversation.id}: {reason}")
+        return _Decision(
+            Disposition("processed", f"conversation {conversation.id}: {reason}"),
+            reply, conversation,
+        )  # fmt: skip
 
     def _route(self, tx: Tx, reply: replies.ParsedReply) -> Conversation | None:
         for token in reply.tokens:
@@ -189,10 +324,26 @@ class ReplyService:
 
     def _agents(self, conversation: Conversation) -> tuple[str, ...]:
         if conversation.municipality_id is None:
-            fallback = self._gateway.settings.fallback_mailbox
-            return (fallback, "@" + fallback.rpartition("@")[2]) if fallback else ()
+            return self._fallback_agents()
         municipality = self._gateway.directory().get(conversation.municipality_id)
         return municipality.agents if municipality else ()
+
+    def _fallback_agents(self) -> tuple[str, ...]:
+        fallback = self._gateway.settings.fallback_mailbox
+        return (fallback, "@" + fallback.rpartition("@")[2]) if fallback else ()
+
+    def _municipality_of(self, sender: str) -> Municipality | None:
+        """The first municipality `sender` is an agent of (None: nobody's agent; the
+        fallback mailbox's agents count, as a municipality named after the mailbox)."""
+        if not sender:
+            return None
+        for municipality in self._gateway.directory().municipalities:
+            if municipality.agents and is_agent(sender, municipality.agents):
+                return municipality
+        fallback = self._gateway.settings.fallback_mailbox
+        if fallback and is_agent(sender, self._fallback_agents()):
+            return Municipality(id="", name=fallback, province="", mailbox=fallback)
+        return None
 
     def _text_back(
         self, tx: Tx, conversation: Conversation, agent: str, text: str, now: datetime
@@ -204,3 +355,73 @@ class ReplyService:
             via="email",
         )  # fmt: skip
         return queued.reason
+
+    # -- a reply that was not texted --------------------------------------------------------
+
+    def _keep(
+        self, tx: Tx, key: str, raw: bytes, origin: MailOrigin, decision: _Decision,
+        *, notify: bool,
+    ) -> None:  # fmt: skip
+        """Keep the failed email in the Failed list; tell its sender why when they are an
+        agent (`decision.tell`) and this is its first handling (`notify`)."""
+        reply, conversation = decision.reply, decision.conversation
+        keep_failed_email(
+            _sql(tx), key, raw, decision.disposition.reason, asdict(origin), now=self._now(),
+            sender=reply.sender if reply else None, subject=reply.subject if reply else None,
+            conversation_id=conversation.id if conversation else None,
+        )  # fmt: skip
+        if notify and decision.tell is not None and reply is not None and reply.sender:
+            self._tell(tx, reply, conversation, decision.tell, decision.municipality)
+
+    def _tell(
+        self,
+        tx: Tx,
+        reply: replies.ParsedReply,
+        conversation: Conversation | None,
+        why: emails.NotTextedWhy,
+        municipality: Municipality | None,
+    ) -> None:
+        """Queue a "not_texted" notice to the reply's sender, answering their email."""
+        settings = self._gateway.settings
+        details: dict[str, Any] = {"why": why, "sender": reply.sender}
+        if municipality is not None:
+            details["municipality"] = municipality.name
+        if reply.text and why in ("not_agent", "unroutable"):
+            details["reply_excerpt"] = reply.text[:EXCERPT_CHARS]
+        if conversation is not None:
+            resident = tx.get_resident(conversation.phone)
+            thread = conversation.thread_message_ids
+            if reply.message_id is not None and reply.message_id not in thread:
+                thread = (*thread, reply.message_id)  # the notice answers the agent's email
+            enqueue_notice(
+                tx, settings, replace(conversation, thread_message_ids=thread), reply.sender,
+                "not_texted", details, language=resident.language if resident else "en",
+            )  # fmt: skip
+            return
+        # Not in any conversation: answer the agent's own email, in its thread.
+        own_ids = (*reply.references, *((reply.message_id,) if reply.message_id else ()))
+        in_reply_to, references = emails.next_thread_headers(own_ids)
+        language = municipality.languages[0] if municipality and municipality.languages else "en"
+        notice = emails.AgentNotice(
+            conversation_id=None,
+            from_address=settings.email.from_address,
+            to=(reply.sender,),
+            reply_to=settings.email.from_address,
+            subject=reply.subject or "311",
+            message_id=emails.new_message_id(sender_domain(settings.email.from_address)),
+            in_reply_to=in_reply_to,
+            references=references,
+            language="fr" if language == "fr" else "en",
+            kind="not_texted",
+            details=details,
+        )
+        tx.enqueue("email", notice.to_dict())
+
+
+_ORIGIN_FIELDS = frozenset(MailOrigin.__dataclass_fields__)
+
+
+def _sql(tx: Tx) -> SqlTx:
+    if not isinstance(tx, SqlTx):  # pragma: no cover - the one implementation
+        raise TypeError(f"the Failed list needs a SqlTx, not {type(tx).__name__}")
+    return tx

@@ -25,9 +25,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
 from typing import Any, TypeVar
 
 from gateway import emails, segments
+from gateway.config import Settings
 from gateway.logs import mask_phone
 from gateway.mail.smtp import PermanentSmtpError, TemporarySmtpError, send_email
 from gateway.notices import enqueue_notice, reply_address_pattern
@@ -406,6 +408,21 @@ async def _sleep_or(stop: asyncio.Event, seconds: float, *others: asyncio.Event)
             waiter.cancel()
 
 
+def ingress_recipients(settings: Settings) -> Callable[[str], bool]:
+    """Which RCPT addresses the reply ingress takes: the reply addresses
+    (`email.reply_address` with any token) and the gateway's From address
+    (`email.from_address`: a client that ignores Reply-To, or Mutt told "no" at its
+    Reply-To prompt, answers there; such mail is routed by In-Reply-To/References)."""
+    pattern = reply_address_pattern(settings.email.reply_address)
+    own = parseaddr(settings.email.from_address)[1].strip().lower()
+
+    def accept(address: str) -> bool:
+        address = address.strip().lower()
+        return bool(pattern.match(address)) or (bool(own) and address == own)
+
+    return accept
+
+
 async def run_worker(
     gateway: Gateway, stop: asyncio.Event, dispatcher: Dispatcher | None = None
 ) -> None:
@@ -441,9 +458,8 @@ async def run_worker(
         tasks.append(OutboxListener(conninfo, dispatcher.wake).run(stop))
     ingress = None
     if email.ingress is not None:
-        pattern = reply_address_pattern(email.reply_address)
         ingress = ReplyIngress(
-            email.ingress.listen, sink, accept=lambda address: bool(pattern.match(address))
+            email.ingress.listen, sink, accept=ingress_recipients(gateway.settings)
         )
         await ingress.start()
     try:

@@ -5,6 +5,7 @@ client. Bounces and strangers' mail are filed, never texted."""
 
 from __future__ import annotations
 
+import email
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from tests.dovecot import Dovecot
 from tests.gateway_fixtures import free_port
-from tests.loop import Loop, agent_reply, first_email, wait_for
+from tests.loop import Loop, agent_reply, body_text, first_email, wait_for
 from tests.paths import shared_file
 
 pytestmark = pytest.mark.slow
@@ -88,3 +89,48 @@ def test_reply_through_the_smtp_ingress(tmp_path: Path) -> None:
         assert loop.api.messages[0]["Body"] == "Through the ingress."
     finally:
         loop.stop()
+
+
+def test_through_the_ingress_nothing_is_lost_and_the_agent_is_told(tmp_path: Path) -> None:
+    """Issue 10: mail to the From address is routed by its thread; a reply that is not
+    texted is kept (`sms311 failed`) and its agent told why, in the thread; the resident's
+    next email answers the agent's reply."""
+    ingress_port = free_port()
+    loop = Loop(tmp_path, None, ingress_port)
+    try:
+        to_city = first_email(loop)
+        from_address = to_city["From"].addresses[0].addr_spec
+        answer = agent_reply(to_city, "Crew booked for Monday.").replace(
+            b"To: " + str(to_city["Reply-To"]).encode(), b"To: " + from_address.encode()
+        )
+        assert b"reply+" not in answer.split(b"\n\n", 1)[0]  # a client that ignored Reply-To
+        below = agent_reply(to_city, "-- \nJane Doe\n311 Ottawa\n\nAlso the sidewalk.")
+        with smtplib.SMTP("127.0.0.1", ingress_port, timeout=10) as client:
+            # answered 250: kept, not lost, and the agent is told
+            client.sendmail("jane@ottawa.example", [from_address], below)
+            client.sendmail("jane@ottawa.example", [from_address], answer)
+        wait_for(lambda: len(loop.api.messages) == 1, "the SMS at the provider")
+        assert loop.api.messages[0]["Body"] == "Crew booked for Monday."
+
+        wait_for(lambda: len(loop.collector.messages) == 2, "the notice to the agent")
+        notice = loop.collector.messages[1]
+        assert notice["To"] == "jane@ottawa.example"
+        assert notice["X-SMS311-Notice"] == "not_texted"
+        assert notice["In-Reply-To"] == email.message_from_bytes(below)["Message-ID"]
+        text = body_text(notice)
+        assert "below the signature line" in text and "sous la ligne de signature" in text
+
+        listed = loop.sms311("failed", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "below the signature line" in listed.stdout
+        assert "from=jane@ottawa.example" in listed.stdout
+
+        # The resident's next text answers the agent's reply in the thread.
+        loop.text("613-555-0142", "Thank you")
+        wait_for(lambda: len(loop.collector.messages) == 3, "the follow-up email")
+        follow_up = loop.collector.messages[2]
+        assert follow_up["In-Reply-To"] == email.message_from_bytes(answer)["Message-ID"]
+        assert len(loop.api.messages) == 1
+    finally:
+        output = loop.stop()
+    assert "sidewalk" not in output and "Crew booked" not in output

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import aiosmtplib
 import pytest
 
-from gateway.mail.ingress import ReplyIngress, parse_listen
+from gateway.mail.ingress import ReplyIngress, parse_listen, too_big
 from gateway.mail.types import Disposition, MailOrigin
 
 REPLY = re.compile(r"reply\+[a-z0-9]{8,}@gateway\.example", re.IGNORECASE)
@@ -145,12 +145,15 @@ def test_too_big_is_refused_with_552() -> None:
                     with pytest.raises(smtplib.SMTPSenderRefused) as caught:
                         smtp.sendmail("agent@ottawa.example", [GOOD], big)
                     assert caught.value.smtp_code == 552
+                    # the agent's server bounces it with our explanation, naming the limit
+                    assert caught.value.smtp_error.decode() == too_big(1000)[4:]
+                    assert "1000 bytes" in too_big(1000) and "10 MB" in too_big(10_000_000)
                     smtp.rset()
                     # ...and one that does not, after DATA.
                     assert smtp.mail("agent@ottawa.example")[0] == 250
                     assert smtp.rcpt(GOOD)[0] == 250
-                    code, _text = smtp.data(big)
-                    assert code == 552
+                    code, text = smtp.data(big)
+                    assert (code, text.decode()) == (552, too_big(1000)[4:])
                     # The connection is still usable for a message of the right size.
                     assert smtp.sendmail("agent@ottawa.example", [GOOD], RAW) == {}
 
@@ -162,14 +165,16 @@ def test_too_big_is_refused_with_552() -> None:
     assert [raw for raw, _ in sink.calls] == [RAW]
 
 
-def test_outcomes_answer_250_and_a_raising_sink_answers_451() -> None:
+def test_outcomes_answer_250_and_a_raising_sink_or_an_unkept_failure_answers_451() -> None:
     def decide(n: int) -> Disposition:
         if n == 1:
-            return Disposition("failed", "sender is not an agent")
+            return Disposition("failed", "sender is not an agent", kept=True)
         if n == 2:
             return Disposition("ignored", "auto-reply")
         if n == 3:
             raise RuntimeError("database is locked")
+        if n == 4:  # failed, and the Failed list could not take it: never accept and lose it
+            return Disposition("failed", "internal error: OSError")
         return Disposition("processed", "queued 1 sms")
 
     sink = RecordingSink(decide)
@@ -177,18 +182,19 @@ def test_outcomes_answer_250_and_a_raising_sink_answers_451() -> None:
     async def scenario() -> None:
         ingress = await started(sink)
         try:
-            for _ in range(2):  # failed and ignored are still taken: 250
+            for _ in range(2):  # failed (kept) and ignored are taken: 250
                 _errors, response = await aiosmtplib.send(
                     RAW, sender="a@ottawa.example", recipients=[GOOD], port=ingress.port,
                     hostname="127.0.0.1", timeout=10,
                 )  # fmt: skip
                 assert response.startswith("2.0.0")
-            with pytest.raises(aiosmtplib.SMTPDataError) as caught:
-                await aiosmtplib.send(
-                    RAW, sender="a@ottawa.example", recipients=[GOOD], port=ingress.port,
-                    hostname="127.0.0.1", timeout=10,
-                )  # fmt: skip
-            assert caught.value.code == 451
+            for _ in range(2):  # a raising sink, then a failure that was not kept: 451
+                with pytest.raises(aiosmtplib.SMTPDataError) as caught:
+                    await aiosmtplib.send(
+                        RAW, sender="a@ottawa.example", recipients=[GOOD], port=ingress.port,
+                        hostname="127.0.0.1", timeout=10,
+                    )  # fmt: skip
+                assert caught.value.code == 451
             # The sending server retries later: taken this time.
             _errors, response = await aiosmtplib.send(
                 RAW, sender="a@ottawa.example", recipients=[GOOD], port=ingress.port,
@@ -199,7 +205,7 @@ def test_outcomes_answer_250_and_a_raising_sink_answers_451() -> None:
             await ingress.stop()
 
     run(scenario)
-    assert len(sink.calls) == 4
+    assert len(sink.calls) == 5
 
 
 async def lmtp_dialogue(port: int, recipients: list[str], body: bytes) -> dict[str, list[str]]:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from gateway.cli import main
 from gateway.store import Resident, SqlStore, open_store
 from gateway.store.privacy import delete_resident, export_resident, purge_texts
+from gateway.store.reply_mail import keep_failed_email, list_failed_emails
 from gateway.store.schema import messages
 from tests import test_store as backends
 from tests.gateway_fixtures import write_settings
@@ -37,6 +38,9 @@ def populate(store: SqlStore, phone: str, at: datetime) -> int:
         tx.record_thread_email(conversation.id, f"<{phone}@gw.example>")
         tx.enqueue("email", {"type": "resident", "resident_e164": phone, "texts": ["..."]})
         tx.hold_message(phone, "held text", [], None, at)
+        keep_failed_email(tx, f"sha256:{phone}", b"Subject: re\r\n\r\nagent reply",
+                          "empty reply", {"kind": "smtp"}, now=at,
+                          conversation_id=conversation.id)
     return message_id
 
 
@@ -53,6 +57,9 @@ def test_purge_blanks_old_texts_and_keeps_the_rows(store: SqlStore) -> None:
         store.mark_sent(item.id)
     result = purge_texts(store, NOW - timedelta(days=365), now=NOW)
     assert result.texts_blanked == 1
+    assert result.failed_emails_deleted == 1  # the old failed reply kept for the operator
+    with store.transaction() as tx:
+        assert [f.key for f in list_failed_emails(tx)] == [f"sha256:{OTHER}"]
     assert bodies(store) == [(PHONE, ""), (PHONE, "held text"),
                              (OTHER, f"pothole near {OTHER}"), (OTHER, "held text")]
     export = export_resident(store, PHONE)
@@ -69,6 +76,8 @@ def test_export_has_everything_about_one_number_and_nothing_else(store: SqlStore
     assert export["resident"][0]["phone"] == PHONE
     assert len(export["conversations"]) == 1 and len(export["messages"]) == 2
     assert len(export["outbox"]) == 1 and len(export["email_messages"]) == 1
+    assert [f["reason"] for f in export["failed_emails"]] == ["empty reply"]
+    assert "raw" not in export["failed_emails"][0]
 
 
 def test_delete_erases_one_number_only(store: SqlStore) -> None:
@@ -76,7 +85,7 @@ def test_delete_erases_one_number_only(store: SqlStore) -> None:
     populate(store, OTHER, NOW)
     counts = delete_resident(store, PHONE)
     assert counts == {"outbox": 1, "email_messages": 1, "messages": 2, "conversations": 1,
-                      "resident": 1}
+                      "resident": 1, "failed_emails": 1}
     after = export_resident(store, PHONE)
     assert not any(after[k] for k in ("resident", "conversations", "messages", "outbox"))
     assert len(export_resident(store, OTHER)["messages"]) == 2

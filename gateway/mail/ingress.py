@@ -8,17 +8,19 @@
 An aiosmtpd server (SMTP, or LMTP with `lmtp=True`) on the caller's asyncio loop that feeds
 the same reply pipeline (`ReplySink`) as the IMAP listener:
 
-- RCPT: only addresses for which `accept(address)` is true (the reply addresses) are taken;
-  any other is refused with `550 5.1.1`, so nothing can be relayed through it. At most
-  `MAX_RECIPIENTS` per message (`452 4.5.3` beyond).
-- DATA: larger than `max_size` bytes is refused with `552` (SIZE is advertised, so a
-  client announcing a bigger message is refused at MAIL FROM). The message is handed to
+- RCPT: only addresses for which `accept(address)` is true (the reply addresses and the
+  gateway's From address) are taken; any other is refused with `550 5.1.1`, so nothing
+  can be relayed through it. At most `MAX_RECIPIENTS` per message (`452 4.5.3` beyond).
+- DATA: larger than `max_size` bytes is refused with `552 5.3.4`, naming the limit (SIZE
+  is advertised, so a client announcing a bigger message is refused at MAIL FROM): the
+  agent's own server bounces it to them with that explanation. The message is handed to
   the sink once, with `MailOrigin(kind="smtp"|"lmtp", peer="host:port")`, and answered
-  `250` whatever the outcome (processed, ignored, or failed: the message was taken and
-  the failure is logged and reported on our side, not bounced to the sender). If the
-  sink raises (the store is down…), the answer is `451 4.3.0` so the sending server
-  keeps the message and retries. LMTP answers once per accepted recipient (the same
-  status for each: the message is handled once).
+  `250` when it was processed or ignored, or failed and was KEPT (`Disposition.kept`: in
+  the store's Failed list, the agent told why when they are one). A failed message that
+  could not be kept, or a sink that raises (the store is down…), gets `451 4.3.0` so the
+  sending server keeps the message and retries: nothing is accepted and then lost. LMTP
+  answers once per accepted recipient (the same status for each: the message is handled
+  once).
 - One INFO line per message: the peer, the outcome and the reason; never the body.
 """
 
@@ -108,9 +110,44 @@ class _Handler:
                 self._kind, peer, disposition.outcome, disposition.reason,
             )  # fmt: skip
             status = ACCEPTED
+            if disposition.outcome == "failed" and not disposition.kept:
+                log.warning(
+                    "%s ingress from %s: a failed reply could not be kept; answered 451, "
+                    "the sending server will retry", self._kind, peer,
+                )  # fmt: skip
+                status = TRY_LATER
         if self._kind == "lmtp":  # one reply per accepted recipient (RFC 2033 4.2)
             return "\r\n".join([status] * max(1, len(envelope.rcpt_tos)))
         return status
+
+
+def too_big(max_size: int) -> str:
+    """The 552 answer for a message over `max_size` bytes (the agent's server bounces it)."""
+    return (
+        f"552 5.3.4 Message too big for the 311 text gateway (at most {max_size // 1_000_000} MB)"
+        ": send the answer again without attachments"
+        if max_size >= 1_000_000
+        else f"552 5.3.4 Message too big for the 311 text gateway (at most {max_size} bytes)"
+    )
+
+
+class _SizeExplained:
+    """Mixin for aiosmtpd's SMTP/LMTP: its two "too big" answers name our limit."""
+
+    data_size_limit: int | None
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and status.startswith("552 Error:") and self.data_size_limit:
+            status = too_big(self.data_size_limit)
+        await super().push(status)  # type: ignore[misc]
+
+
+class _SMTP(_SizeExplained, SMTP):
+    pass
+
+
+class _LMTP(_SizeExplained, LMTP):
+    pass
 
 
 class ReplyIngress(LoopSmtpServer):
@@ -136,7 +173,7 @@ class ReplyIngress(LoopSmtpServer):
         self.handler = _Handler(sink, accept, "lmtp" if lmtp else "smtp")
 
     def make_protocol(self, loop: asyncio.AbstractEventLoop) -> SMTP:
-        protocol_class = LMTP if self.lmtp else SMTP
+        protocol_class = _LMTP if self.lmtp else _SMTP
         return protocol_class(
             self.handler,
             hostname=self.hostname,

@@ -26,10 +26,15 @@ class MailOrigin:
 
 @dataclass(frozen=True)
 class Disposition:
-    """What the pipeline did with an email: `outcome`, and `reason` (for the log and Failed)."""
+    """What the pipeline did with an email: `outcome`, and `reason` (for the log and Failed).
+
+    `kept`: a failed email is kept, whole, in the store's Failed list (so the SMTP/LMTP
+    ingress may accept it: nothing is lost); False when it could not be kept (the ingress
+    then answers 451 and the sending server keeps it)."""
 
     outcome: Outcome
     reason: str
+    kept: bool = False
 
 
 class ReplySink(Protocol):

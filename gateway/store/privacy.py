@@ -2,7 +2,8 @@
 
 - `purge_texts` blanks message texts (and media links) older than the retention period and
   deletes the sent outbox rows and logs that still carry them, keeping every message row so
-  the counts (texts in and out per municipality and day) survive.
+  the counts (texts in and out per municipality and day) survive; failed reply emails kept
+  for the operator (`sms311 failed`) that are as old are deleted.
 - `export_resident` gathers everything stored about one phone number, as JSON-safe data.
 - `delete_resident` erases it. The console's notes, read marks and presence rows of the
   resident's conversations go with the conversations (ON DELETE CASCADE; SQLite connections
@@ -25,6 +26,7 @@ import sqlalchemy as sa
 from gateway.store.schema import (
     conversations,
     email_messages,
+    failed_emails,
     messages,
     notes,
     outbox,
@@ -41,6 +43,7 @@ class PurgeResult:
     outbox_deleted: int
     webhook_log_deleted: int
     processed_emails_deleted: int
+    failed_emails_deleted: int = 0
 
 
 def purge_texts(store: SqlStore, older_than: datetime, now: datetime | None = None) -> PurgeResult:
@@ -65,7 +68,13 @@ def purge_texts(store: SqlStore, older_than: datetime, now: datetime | None = No
         deleted_processed = conn.execute(
             sa.delete(processed_emails).where(processed_emails.c.created_at < older_than)
         ).rowcount
-    return PurgeResult(int(blanked), int(deleted_outbox), int(deleted_log), int(deleted_processed))
+        deleted_failed = conn.execute(  # kept failed replies (`sms311 failed`)
+            sa.delete(failed_emails).where(failed_emails.c.received_at < older_than)
+        ).rowcount
+    return PurgeResult(
+        int(blanked), int(deleted_outbox), int(deleted_log), int(deleted_processed),
+        int(deleted_failed),
+    )  # fmt: skip
 
 
 def _rows(conn: sa.Connection, statement: sa.Select[Any]) -> list[dict[str, Any]]:
@@ -109,6 +118,13 @@ def export_resident(store: SqlStore, phone: str) -> dict[str, Any]:
                 ),
             ),
             "outbox": _rows(conn, sa.select(outbox).where(_outbox_of(phone))),
+            # agents' replies that were not texted, kept for the operator (without bytes)
+            "failed_emails": _rows(
+                conn,
+                sa.select(*(c for c in failed_emails.c if c.name != "raw")).where(
+                    failed_emails.c.conversation_id.in_(conversation_ids)
+                ),
+            ),
             # staff's internal notes on the resident's conversations (console)
             "notes": _rows(
                 conn,
@@ -125,6 +141,11 @@ def delete_resident(store: SqlStore, phone: str) -> dict[str, int]:
         conversation_ids = sa.select(conversations.c.id).where(conversations.c.phone == phone)
         counts = {
             "outbox": conn.execute(sa.delete(outbox).where(_outbox_of(phone))).rowcount,
+            "failed_emails": conn.execute(
+                sa.delete(failed_emails).where(
+                    failed_emails.c.conversation_id.in_(conversation_ids)
+                )
+            ).rowcount,
             "email_messages": conn.execute(
                 sa.delete(email_messages).where(
                     email_messages.c.conversation_id.in_(conversation_ids)

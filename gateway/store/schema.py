@@ -204,6 +204,26 @@ processed_emails = sa.Table(
     sa.Index(None, "created_at"),
 )
 
+# Reply emails that were not texted, kept whole (both doors) so the operator can list and
+# retry them (`sms311 failed ...`). No foreign key: see migration 0007.
+failed_emails = sa.Table(
+    "failed_emails",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(200), nullable=False, unique=True),  # as processed_emails.key
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.Column("origin", JSONText(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("sender", sa.String(320), nullable=True),
+    sa.Column("subject", sa.Text(), nullable=True),
+    sa.Column("conversation_id", BigId, nullable=True),
+    sa.Column("raw", sa.LargeBinary(), nullable=False),
+    sa.Column("truncated", sa.Boolean(), nullable=False),
+    sa.Column("resolved_at", UTCDateTime(), nullable=True),
+    sa.Column("resolution", sa.Text(), nullable=True),
+    sa.Index(None, "received_at"),
+)
+
 # Where the IMAP listener got to in each mailbox.
 imap_checkpoints = sa.Table(
     "imap_checkpoints",

@@ -1,0 +1,204 @@
+"""Reply emails in the store: failed replies kept whole, and replies already seen by Message-ID.
+
+    with store.transaction() as tx:
+        failed_id = keep_failed_email(tx, key, raw, reason, origin, now=now, sender=..., ...)
+    with store.transaction() as tx:
+        rows = list_failed_emails(tx)              # newest first, unresolved only by default
+        mail = get_failed_email(tx, failed_id)     # with its bytes, for `show` and `retry`
+        reply_seen(tx, "<id@agent.example>")       # an agent's reply already recorded?
+
+Whichever door a reply came in by (IMAP or the SMTP/LMTP ingress), a reply filed as failed
+(unroutable, sender not an agent, empty once quotes and signature are cut, unreadable,
+malformed, an internal error) is kept here with its reason, so nothing is lost even when the
+ingress answered the sending server 250: the operator lists them (`sms311 failed list`),
+reads one (`failed show ID`), hands one to the pipeline again once the cause is fixed
+(`failed retry ID`, e.g. after adding the agent to the municipality map) or deletes it.
+The IMAP listener also files its copy in the Failed mailbox, as before.
+
+`key` is the email's "sha256:<hex>" (the `processed_emails` key): the same email kept twice
+is one row (its reason updated). At most `MAX_KEPT_BYTES` of the email are kept (the reply
+parser reads no more); `truncated` says when more was cut off. The retention purge deletes
+kept emails older than the retention period (`purge_failed_emails`).
+
+Conventions are those of `gateway.store.base`: datetimes in are aware, out aware UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from gateway.replies import MAX_RAW_BYTES
+from gateway.store.base import EMAIL_OUTCOMES, EmailOutcome
+from gateway.store.schema import email_messages, failed_emails, processed_emails
+from gateway.store.sql import SqlTx, _aware
+
+MAX_KEPT_BYTES = MAX_RAW_BYTES
+LIST_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class FailedEmail:
+    """One kept failed reply. `raw` is b"" when listed (only `get_failed_email` reads it)."""
+
+    id: int
+    key: str
+    received_at: datetime
+    origin: dict[str, Any]
+    reason: str
+    sender: str | None
+    subject: str | None
+    conversation_id: int | None
+    truncated: bool
+    resolved_at: datetime | None
+    resolution: str | None
+    raw: bytes = b""
+    size: int = 0
+
+
+def _row(row: sa.RowMapping, *, with_raw: bool) -> FailedEmail:
+    raw = bytes(row["raw"]) if with_raw and row.get("raw") is not None else b""
+    return FailedEmail(
+        id=int(row["id"]),
+        key=str(row["key"]),
+        received_at=row["received_at"],
+        origin=dict(row["origin"] or {}),
+        reason=str(row["reason"]),
+        sender=row["sender"],
+        subject=row["subject"],
+        conversation_id=None if row["conversation_id"] is None else int(row["conversation_id"]),
+        truncated=bool(row["truncated"]),
+        resolved_at=row["resolved_at"],
+        resolution=row["resolution"],
+        raw=raw,
+        size=int(row.get("size") or len(raw)),
+    )
+
+
+def keep_failed_email(
+    tx: SqlTx,
+    key: str,
+    raw: bytes,
+    reason: str,
+    origin: Mapping[str, Any],
+    *,
+    now: datetime,
+    sender: str | None = None,
+    subject: str | None = None,
+    conversation_id: int | None = None,
+) -> int:
+    """Keep `raw` (at most `MAX_KEPT_BYTES`) as a failed reply; returns its id.
+
+    The same `key` kept again updates the reason (and un-resolves it): one row per email."""
+    if not key:
+        raise ValueError("a failed-email key must be a non-empty string")
+    now = _aware(now, "now")
+    data = bytes(raw)
+    values: dict[str, Any] = {
+        "reason": reason[:2000],
+        "origin": dict(origin),
+        "sender": (sender or None) and sender[:320],
+        "subject": (subject or None) and subject[:998],
+        "conversation_id": conversation_id,
+        "resolved_at": None,
+        "resolution": None,
+    }
+    existing = tx._exec(
+        sa.select(failed_emails.c.id).where(failed_emails.c.key == key)
+    ).scalar_one_or_none()
+    if existing is not None:
+        tx._exec(sa.update(failed_emails).where(failed_emails.c.id == existing).values(**values))
+        return int(existing)
+    result = tx._exec(
+        failed_emails.insert()
+        .values(
+            key=key,
+            received_at=now,
+            raw=data[:MAX_KEPT_BYTES],
+            truncated=len(data) > MAX_KEPT_BYTES,
+            **values,
+        )
+        .returning(failed_emails.c.id)
+    )
+    return int(result.scalar_one())
+
+
+_LISTED = (
+    *(c for c in failed_emails.c if c.name != "raw"),
+    sa.func.length(failed_emails.c.raw).label("size"),
+)
+
+
+def list_failed_emails(
+    tx: SqlTx, *, include_resolved: bool = False, limit: int = LIST_LIMIT
+) -> list[FailedEmail]:
+    """Kept failed replies, newest first (without their bytes; `size` is their length)."""
+    stmt = sa.select(*_LISTED).order_by(failed_emails.c.id.desc()).limit(max(1, limit))
+    if not include_resolved:
+        stmt = stmt.where(failed_emails.c.resolved_at.is_(None))
+    return [_row(row, with_raw=False) for row in tx._exec(stmt).mappings()]
+
+
+def count_failed_emails(tx: SqlTx) -> int:
+    """How many kept failed replies are unresolved."""
+    stmt = sa.select(sa.func.count()).where(failed_emails.c.resolved_at.is_(None))
+    return int(tx._exec(stmt.select_from(failed_emails)).scalar_one())
+
+
+def get_failed_email(tx: SqlTx, failed_id: int) -> FailedEmail | None:
+    """One kept failed reply with its bytes, or None."""
+    stmt = sa.select(failed_emails).where(failed_emails.c.id == failed_id)
+    row = tx._exec(stmt).mappings().first()
+    return None if row is None else _row(row, with_raw=True)
+
+
+def resolve_failed_email(tx: SqlTx, failed_id: int, resolution: str, *, now: datetime) -> None:
+    """Mark a kept failed reply as dealt with (it was handed over again and texted)."""
+    tx._exec(
+        sa.update(failed_emails)
+        .where(failed_emails.c.id == failed_id)
+        .values(resolved_at=_aware(now, "now"), resolution=resolution[:2000])
+    )
+
+
+def delete_failed_email(tx: SqlTx, failed_id: int) -> bool:
+    """Delete a kept failed reply; False when there was none with that id."""
+    result = tx._exec(sa.delete(failed_emails).where(failed_emails.c.id == failed_id))
+    return bool(result.rowcount)
+
+
+def purge_failed_emails(tx: SqlTx, older_than: datetime) -> int:
+    """Delete kept failed replies received before `older_than` (retention)."""
+    stmt = sa.delete(failed_emails).where(
+        failed_emails.c.received_at < _aware(older_than, "older_than")
+    )
+    return int(tx._exec(stmt).rowcount)
+
+
+def update_processed_email(tx: SqlTx, key: str, outcome: EmailOutcome, reason: str) -> None:
+    """Change the recorded outcome of an email already handled (a retried failed reply)."""
+    if outcome not in EMAIL_OUTCOMES:
+        raise ValueError(f"outcome must be one of {EMAIL_OUTCOMES}, not {outcome!r}")
+    tx._exec(
+        sa.update(processed_emails)
+        .where(processed_emails.c.key == key)
+        .values(outcome=outcome, reason=reason)
+    )
+
+
+def reply_seen(tx: SqlTx, message_id: str) -> int | None:
+    """The conversation of an agent's reply with this Message-ID already recorded in a
+    thread (`Tx.record_thread_email(..., direction="in")`), or None.
+
+    The same reply can reach the gateway twice with different bytes (one copy per
+    recipient: the reply address and the From address, or IMAP and the ingress), so the
+    byte hash alone does not catch it; its Message-ID does."""
+    stmt = sa.select(email_messages.c.conversation_id).where(
+        email_messages.c.message_id == message_id, email_messages.c.direction == "in"
+    )
+    found = tx._exec(stmt).scalar_one_or_none()
+    return None if found is None else int(found)
