@@ -176,7 +176,10 @@ class ReplyService:
                         resolve_failed_email(
                             _sql(tx), retry_of, f"already {seen[0]}: {seen[1]}", now=self._now()
                         )
-                    return Disposition(seen[0], f"already handled: {seen[1]}")
+                    # (a failed email was kept in the Failed list when it was first seen)
+                    return Disposition(
+                        seen[0], f"already handled: {seen[1]}", kept=seen[0] == "failed"
+                    )
                 decision = self._decide(tx, raw)
                 disposition = decision.disposition
                 if disposition.outcome == "failed":
@@ -199,7 +202,7 @@ class ReplyService:
             with store.transaction() as tx:
                 seen = tx.processed_email(key)
             outcome, reason = seen or ("processed", "handled concurrently")
-            return Disposition(outcome, f"already handled: {reason}")
+            return Disposition(outcome, f"already handled: {reason}", kept=outcome == "failed")
         except StoreUnavailable:
             raise  # the listener keeps the email and tries again later
         except Exception as exc:

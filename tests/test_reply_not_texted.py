@@ -160,6 +160,7 @@ def test_a_reply_not_texted_is_kept_and_an_agent_is_told_why(
     # A second copy of the same email is neither kept twice nor told twice.
     again = handle(gateway, raw)
     assert again.outcome == "failed" and "already handled" in again.reason
+    assert again.kept  # so the ingress answers 250 to a second delivery too
     assert len([n for n in notices(gateway) if n.kind == "not_texted"]) == 1
 
 
