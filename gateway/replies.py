@@ -11,8 +11,12 @@
 - `text`: only what the agent wrote, as plain text: quoted history ("On … wrote:",
   "Le … a écrit :", "> " lines, Outlook header blocks in English and French,
   "-----Original Message-----", "________"), signatures ("-- ", "Sent from my iPhone",
-  "Envoyé de mon iPhone", "Get Outlook for iOS", …) are cut, HTML-only mail is turned into text,
-  whitespace is tidied;
+  "Envoyé de mon iPhone", "Get Outlook for iOS", …) are cut, and so are a signature block
+  with no marker at the end (a person's name with a title, an organisation or labelled
+  phone/email/web lines, and the closing on top of it) and mail disclaimers — the rules, and
+  the look-alike endings that are deliberately kept (a number in a sentence, contact lines with
+  no person's name, a sign-off with only a first name), are in gateway.signature_blocks;
+  HTML-only mail is turned into text, whitespace is tidied;
 - `close_requested`: the agent put the close command ("#close" / "#fermer") alone on a line of
   the visible text (the line is removed from `text`).
 
@@ -45,6 +49,7 @@ from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from gateway.emails import is_token
+from gateway.signature_blocks import signature_start
 
 MAX_RAW_BYTES = 4_000_000  # of the raw message (beyond that: attachments, in practice)
 MAX_HEADER_BYTES = 512_000  # of the header section
@@ -63,8 +68,8 @@ RECIPIENT_HEADERS = ("To", "Cc", "Delivered-To", "X-Original-To", "Envelope-To")
 
 EmptyBecause = Literal["below_signature", "nothing"]
 #: Why a reply's visible text is empty: what was written above the quoted history starts with
-#: a signature line ("-- ", "Sent from my iPhone", a signature block), so the answer, if any,
-#: was below it; or nothing is left above (or between) the quoted history at all.
+#: a signature marker ("-- ", "Sent from my iPhone"), so the answer, if any, was below it; or
+#: nothing is left above (or between) the quoted history once it and the signature are cut.
 EMPTY_BECAUSE: tuple[EmptyBecause, ...] = ("below_signature", "nothing")
 
 
@@ -1167,6 +1172,15 @@ def _cut_history(lines: list[str], *, quotes_certain: bool) -> list[str]:
 
 
 def _cut_signature(lines: list[str]) -> list[str]:
+    """The lines above the signature: the marked ones first ("-- ", "Sent from my iPhone",
+    a last "-Name" line), then a trailing signature block with no marker or a mail
+    disclaimer (rules and what is deliberately kept: gateway.signature_blocks)."""
+    lines = _cut_marked_signature(lines)
+    start = signature_start(lines)
+    return lines if start is None else lines[:start]
+
+
+def _cut_marked_signature(lines: list[str]) -> list[str]:
     for idx, line in enumerate(lines):
         stripped = line.strip()
         if line.rstrip() in ("--", "—"):  # "-- " (RFC 3676), or without its space
@@ -1223,7 +1237,9 @@ def _visible(plain: str, *, quotes_certain: bool) -> tuple[str, bool, EmptyBecau
     text = _tidy("\n".join(_cut_signature(without_commands)))
     empty: EmptyBecause | None = None
     if not text:
-        empty = "below_signature" if _tidy("\n".join(without_commands)) else "nothing"
+        above_marker = _tidy("\n".join(_cut_marked_signature(without_commands)))
+        below = not above_marker and _tidy("\n".join(without_commands))
+        empty = "below_signature" if below else "nothing"
     return text, close, empty
 
 

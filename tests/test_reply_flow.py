@@ -142,6 +142,24 @@ def test_agent_reply_is_texted_without_the_quoted_history(
     assert sent["StatusCallback"] == "https://sms.example.ca/sms/status"
 
 
+def test_a_signature_with_no_dashes_is_not_texted_the_number_in_the_answer_is(
+    gateway: Gateway, api: FakeTwilio
+) -> None:
+    email = resident_in_ottawa(gateway)
+    body = (
+        "A crew will fix it this week. If it gets worse, call the roads depot at\n"
+        "613-555-0100 ext 2.\n\n"
+        "Thanks,\nJane Doe\nCustomer Service Agent, 311 Contact Centre\nCity of Ottawa\n"
+        "Tel: 613-580-2400 ext. 12345 | jane.doe@ottawa.example\n"
+    )
+    assert handle(gateway, agent_reply(email, body)).outcome == "processed"
+    dispatch(gateway)
+    assert [m["Body"] for m in api.messages] == [
+        "A crew will fix it this week. If it gets worse, call the roads depot at\n"
+        "613-555-0100 ext 2."
+    ]
+
+
 def test_the_same_email_twice_is_texted_once(gateway: Gateway, api: FakeTwilio) -> None:
     raw = agent_reply(resident_in_ottawa(gateway), "Fixed tomorrow.")
     assert handle(gateway, raw).outcome == "processed"
