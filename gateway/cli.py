@@ -15,8 +15,10 @@ console's accounts:
 Without --password-stdin, `user add` and `user passwd` print a one-time password (shown
 once) and the user chooses a new one at their first sign-in.
 
-Exit codes: 0 done; 1 refused (a duplicate or unknown account, an old database schema, the
-database unreachable); 2 a usage or configuration problem.
+Exit codes: 0 done; 1 refused (a duplicate or unknown account, an older or newer database
+schema, the database or the sandbox gateway unreachable); 2 a usage or configuration problem.
+`run`, `web` and `worker` create the schema on an empty database. `sms311 COMMAND --help`
+describes each command.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import difflib
 import faulthandler
 import getpass
 import json
+import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from gateway.config import (
     ConfigError,
+    Problem,
     Settings,
     check_config,
     check_email_address,
@@ -52,10 +57,47 @@ if TYPE_CHECKING:
 
 SANDBOX_DIR = Path("var/sandbox")  # where `make run` keeps the sandbox (relative to the repo)
 NAME_MAX_CHARS = 200  # an account's name (the users table's limit)
+SAMPLE_MEDIA = "sample"  # `sandbox text --media sample`: the sandbox's sample picture
+
+log = logging.getLogger(__name__)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(config_path_from(args.config, os.environ), os.environ)
+
+
+def upgrade_command(args: argparse.Namespace) -> str:
+    """The exact `db upgrade` command for the settings file in use (`--config`, else
+    GATEWAY_CONFIG, else the default path): "sms311 --config /etc/sms311/sms311.yaml db
+    upgrade"."""
+    path = str(config_path_from(args.config, os.environ))
+    return f"sms311 --config {shlex.quote(path)} db upgrade"
+
+
+def schema_advice(exc: SchemaOutOfDate, args: argparse.Namespace) -> str:
+    """The message for a database whose schema this version cannot use, naming the exact
+    command that fixes it (or saying that none does: a schema written by a newer sms311)."""
+    from gateway.store.sql import known_revisions
+
+    return exc.advice(upgrade_command(args), known_revisions())
+
+
+def create_schema_if_empty(settings: Settings) -> None:
+    """Create the schema when the database has none yet (never migrated: no revision), so a
+    first `sms311 run` just works. Any other revision is left alone: `check_schema` then
+    refuses an older or newer one. Two instances starting at once on an empty database are
+    safe: `Store.upgrade` serialises (PostgreSQL: an advisory lock; SQLite: the write lock),
+    so the second waits and then finds the schema made."""
+    from gateway.store import open_store
+    from gateway.store.sql import head_revision
+
+    store = open_store(settings.database)
+    try:
+        if store.current_revision() is None:
+            log.info("the database is empty: creating the schema (%s)", head_revision())
+            store.upgrade()
+    finally:
+        store.close()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -76,6 +118,7 @@ def _run(args: argparse.Namespace, *, web: bool, worker: bool) -> int:
     settings = _settings(args)
     setup_logging(settings.log_level, full_detail=settings.privacy.log_full_detail)
     faulthandler.enable()  # a watchdog kill (SIGABRT) leaves every thread's stack in the log
+    create_schema_if_empty(settings)
     gateway = Gateway.from_settings(settings)
     try:
         asyncio.run(run_gateway(gateway, web=web, worker=worker))
@@ -102,6 +145,11 @@ def cmd_db(args: argparse.Namespace) -> int:
     store = open_store(_settings(args).database)
     try:
         if args.db_command == "upgrade":
+            from gateway.store.sql import head_revision, known_revisions
+
+            current = store.current_revision()
+            if current is not None and current not in known_revisions():
+                raise SchemaOutOfDate(current, head_revision())  # newer: never downgraded
             store.upgrade()
             print(f"database schema at {store.current_revision()}")
         else:
@@ -129,6 +177,72 @@ def cmd_outbox(args: argparse.Namespace) -> int:
                 f"created={item.created_at:%Y-%m-%d %H:%M:%S}\t{item.last_error or ''}"
             )
         print(json.dumps(store.outbox_stats()), file=sys.stderr)
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_failed(args: argparse.Namespace) -> int:
+    """`sms311 failed list|show|retry|delete`: the reply emails that were not texted."""
+    from gateway.store.reply_mail import (
+        count_failed_emails,
+        delete_failed_email,
+        get_failed_email,
+        list_failed_emails,
+    )
+
+    settings = _settings(args)
+    if args.failed_command == "retry":
+        from gateway.reply_service import ReplyService
+        from gateway.services import Gateway
+
+        gateway = Gateway.from_settings(settings)
+        try:
+            gateway.store.check_schema()
+            try:
+                disposition = ReplyService(gateway).retry(args.id)
+            except KeyError:
+                print(f"sms311: no failed email {args.id} (see `sms311 failed list`)",
+                      file=sys.stderr)
+                return 1
+        finally:
+            gateway.close()
+        print(f"failed email {args.id}: {disposition.outcome} ({disposition.reason})")
+        return 0 if disposition.outcome != "failed" else 1
+
+    from gateway.store import open_store
+    from gateway.store.sql import SqlStore
+
+    store = open_store(settings.database)
+    try:
+        store.check_schema()
+        assert isinstance(store, SqlStore)
+        with store.transaction() as tx:
+            if args.failed_command == "show":
+                kept = get_failed_email(tx, args.id)
+                if kept is None:
+                    print(f"sms311: no failed email {args.id}", file=sys.stderr)
+                    return 1
+                sys.stdout.buffer.write(kept.raw)
+                sys.stdout.flush()
+                return 0
+            if args.failed_command == "delete":
+                if not delete_failed_email(tx, args.id):
+                    print(f"sms311: no failed email {args.id}", file=sys.stderr)
+                    return 1
+                print(f"failed email {args.id} deleted")
+                return 0
+            rows = list_failed_emails(tx, include_resolved=args.all, limit=args.limit)
+            unresolved = count_failed_emails(tx)
+        for kept in rows:
+            state = f"resolved {kept.resolved_at:%Y-%m-%d %H:%M}" if kept.resolved_at else "failed"
+            where = kept.origin.get("kind", "?")
+            print(
+                f"{kept.id}\t{kept.received_at:%Y-%m-%d %H:%M:%S}\t{where}\t{state}\t"
+                f"from={kept.sender or '?'}\tconversation={kept.conversation_id or '-'}\t"
+                f"{kept.size} bytes\t{kept.reason}"
+            )
+        print(f"{unresolved} failed reply email(s) not resolved", file=sys.stderr)
     finally:
         store.close()
     return 0
@@ -188,39 +302,50 @@ def cmd_sandbox_run(args: argparse.Namespace) -> int:
     return run_sandbox(args.dir, args.map, args.port, args.smtp_port)
 
 
-def cmd_sandbox_text(args: argparse.Namespace) -> int:
-    from gateway.sandbox import send_text
-
+def _sandbox_settings(args: argparse.Namespace) -> Settings:
+    """The settings of the sandbox the `sandbox text`/`reply` commands talk to."""
     config = Path(args.config) if args.config else SANDBOX_DIR / "sms311.yaml"
-    settings = load_settings(config, os.environ)
-    status, replies = send_text(
-        settings,
-        args.number,
-        args.text,
-        media=[Path(m) for m in args.media],
-        from_city=args.city,
-        from_state=args.state,
-    )
+    if not config.exists():
+        raise ConfigError([Problem(str(config), None, "", "no such file: start the sandbox "
+                                   "first (`make run`), or name its settings with --config")])
+    return load_settings(config, os.environ)
+
+
+def cmd_sandbox_text(args: argparse.Namespace) -> int:
+    from gateway.sandbox import SandboxError, media_file, send_text
+
+    settings = _sandbox_settings(args)
+    try:
+        status, replies = send_text(
+            settings,
+            args.number,
+            args.text,
+            media=[media_file(m) for m in args.media],
+            from_city=args.city,
+            from_state=args.state,
+        )
+    except SandboxError as exc:
+        print(f"sms311: {exc}", file=sys.stderr)
+        return exc.code
     if status != 200:
-        print(f"the gateway answered HTTP {status}", file=sys.stderr)
+        print(f"sms311: the gateway answered HTTP {status}", file=sys.stderr)
         return 1
     for reply in replies:
-        print(f"<< {reply}")
+        print("<< " + reply.replace("\n", "\n   "))
     if not replies:
-        print("(no reply: the text went to the city's mailbox)")
+        print("(no reply: the text was emailed)")
     return 0
 
 
 def cmd_sandbox_reply(args: argparse.Namespace) -> int:
-    from gateway.sandbox import reply_as_agent
+    from gateway.sandbox import SandboxError, reply_as_agent
 
-    config = Path(args.config) if args.config else SANDBOX_DIR / "sms311.yaml"
-    settings = load_settings(config, os.environ)
+    settings = _sandbox_settings(args)
     try:
         sent = reply_as_agent(settings, args.mailbox, args.text, sender=args.sender)
-    except (ValueError, OSError) as exc:
+    except SandboxError as exc:
         print(f"sms311: {exc}", file=sys.stderr)
-        return 1
+        return exc.code
     for record in sent:
         print(f">> to {record['to']}: {record['body']}")
     if not sent:
@@ -555,14 +680,25 @@ def cmd_user(args: argparse.Namespace) -> int:
         return exc.code
 
 
+def _command(
+    commands: Any, name: str, summary: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """Add the subcommand `name`: `summary` is its line in the command list, `description`
+    (default: the summary as a sentence) what its own --help says."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=summary, description=description or summary[:1].upper() + summary[1:] + "."
+    )
+    return parser
+
+
 def _add_user_parser(commands: Any) -> None:
     roles = ("agent", "supervisor", "admin")
-    user = commands.add_parser(
-        "user", help="staff console accounts",
-        description="Accounts of the staff web console (/console/). Exit 1 when refused "
+    user = _command(
+        commands, "user", "staff console accounts",
+        "Accounts of the staff web console (/console/). Exit 1 when refused "
         "(duplicate or unknown account), 2 for a usage or configuration problem.",
     )
-    user_commands = user.add_subparsers(dest="user_command", required=True)
+    user_commands = user.add_subparsers(dest="user_command", required=True, metavar="COMMAND")
 
     def municipality_option(target: argparse.ArgumentParser, what: str) -> None:
         target.add_argument(
@@ -579,37 +715,64 @@ def _add_user_parser(commands: Any) -> None:
             "without it a one-time password is printed and must be changed at first sign-in",
         )
 
-    add = user_commands.add_parser("add", help="create an account")
-    add.add_argument("email")
+    def email_argument(target: argparse.ArgumentParser) -> None:
+        target.add_argument("email", help="the account's email address")
+
+    add = _command(
+        user_commands, "add", "create an account",
+        "Create a console account for EMAIL with a role and the municipalities it serves. "
+        "Without --password-stdin it prints a one-time password, shown once.",
+    )
+    email_argument(add)
     add.add_argument("--name", required=True, help="the name colleagues see")
-    add.add_argument("--role", required=True, choices=roles)
+    add.add_argument("--role", required=True, choices=roles,
+                     help="agent, supervisor (also the audit log and exports) or admin "
+                     "(every municipality)")
     municipality_option(add, "add")
     password_option(add)
     add.add_argument("--language", choices=("en", "fr"),
                      help="the console's language (default: the browser's)")
 
-    listing = user_commands.add_parser("list", help="every account")
+    listing = _command(user_commands, "list", "every account",
+                       "List every console account: email, name, role, municipalities, "
+                       "disabled, two-factor sign-in.")
     listing.add_argument("--json", action="store_true", help="JSON instead of a table")
 
-    for name, help_text in (("disable", "stop an account from signing in"),
-                            ("enable", "let a disabled account sign in again")):
-        user_commands.add_parser(name, help=help_text).add_argument("email")
+    for name, summary, description in (
+        ("disable", "stop an account from signing in",
+         "Disable the account: it can no longer sign in (its sessions end at once)."),
+        ("enable", "let a disabled account sign in again",
+         "Enable a disabled account: it can sign in again."),
+    ):
+        email_argument(_command(user_commands, name, summary, description))
 
-    passwd = user_commands.add_parser("passwd", help="set a new password")
-    passwd.add_argument("email")
+    passwd = _command(
+        user_commands, "passwd", "set a new password",
+        "Set a new password for the account (its sessions end). Without --password-stdin "
+        "it prints a one-time password that must be changed at the next sign-in.",
+    )
+    email_argument(passwd)
     password_option(passwd)
 
-    totp = user_commands.add_parser("totp", help="two-factor sign-in (authenticator app codes)")
-    totp.add_argument("email")
+    totp = _command(
+        user_commands, "totp", "two-factor sign-in (authenticator app codes)",
+        "Turn two-factor sign-in on (a new secret: prints the otpauth:// URI and the secret "
+        "for an authenticator app) or off for the account.",
+    )
+    email_argument(totp)
     switch = totp.add_mutually_exclusive_group(required=True)
     switch.add_argument("--enable", action="store_true",
                         help="new secret: prints the otpauth:// URI and the secret")
-    switch.add_argument("--disable", action="store_true")
+    switch.add_argument("--disable", action="store_true", help="sign in with the password only")
 
-    change = user_commands.add_parser("set", help="change name, role, municipalities, language")
-    change.add_argument("email")
-    change.add_argument("--name")
-    change.add_argument("--role", choices=roles)
+    change = _command(
+        user_commands, "set", "change name, role, municipalities, language",
+        "Change the account's name, role, municipalities or console language; what is not "
+        "given stays as it is.",
+    )
+    email_argument(change)
+    change.add_argument("--name", help="the name colleagues see")
+    change.add_argument("--role", choices=roles, help="the new role")
     municipality_option(change, "set")
     change.add_argument("--language", choices=("en", "fr", "auto"),
                         help="auto: follow the browser")
@@ -617,80 +780,177 @@ def _add_user_parser(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `sms311` command line: every subcommand has a line in the command list and a
+    description in its own --help."""
     parser = argparse.ArgumentParser(
         prog="sms311", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", help="settings file (default: $GATEWAY_CONFIG or "
                         "/etc/sms311/sms311.yaml)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("check-config", help="validate settings and the municipality map"
-                        ).set_defaults(func=cmd_check_config)
-    commands.add_parser("run", help="web and worker in one process").set_defaults(func=cmd_run)
-    commands.add_parser("web", help="the webhooks, health and metrics").set_defaults(func=cmd_web)
-    commands.add_parser("worker", help="the outbox dispatcher (and mail listeners)"
-                        ).set_defaults(func=cmd_worker)
+    _command(
+        commands, "check-config", "validate settings and the municipality map",
+        "Check the settings file and the municipality map: print every problem as "
+        "file:line: key: message and exit 2, or print OK and exit 0.",
+    ).set_defaults(func=cmd_check_config)
+    on_empty = (" On an empty database it first creates the schema; an older (or newer) "
+                "schema is refused with the command that fixes it.")
+    _command(commands, "run", "web and worker in one process",
+             "Run the whole gateway in one process: the web half (webhooks, console, "
+             "/healthz, /metrics) and the worker (outbox, mail listeners)." + on_empty
+             ).set_defaults(func=cmd_run)
+    _command(commands, "web", "the webhooks, console, health and metrics",
+             "Run the web half only: Twilio webhooks, the staff console, /healthz and "
+             "/metrics." + on_empty).set_defaults(func=cmd_web)
+    _command(commands, "worker", "the outbox dispatcher (and mail listeners)",
+             "Run the worker only: the outbox dispatcher (emails, paced SMS) and the mail "
+             "listeners (IMAP, SMTP/LMTP ingress)." + on_empty).set_defaults(func=cmd_worker)
 
-    db = commands.add_parser("db", help="database schema")
-    db.add_argument("db_command", choices=["upgrade", "status"])
+    db = _command(commands, "db", "database schema",
+                  "The database schema: create or migrate it, or show its revision.")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    _command(db_commands, "upgrade", "create or migrate the schema to this version's",
+             "Create the schema on an empty database or migrate an older one to this "
+             "version's revision (idempotent; concurrent upgrades on PostgreSQL wait for "
+             "each other). A schema written by a newer sms311 is refused.")
+    _command(db_commands, "status", "print the schema revision the database is at")
     db.set_defaults(func=cmd_db)
 
-    outbox = commands.add_parser("outbox", help="list outbox rows (parked by default), retry one")
-    outbox_commands = outbox.add_subparsers(dest="outbox_command")
-    listing = outbox_commands.add_parser("list")
+    outbox = _command(
+        commands, "outbox", "list outbox rows (parked by default), retry one",
+        "List the outbox's emails and SMS (the parked ones by default: those that kept "
+        "failing), or queue a parked row again. Prints the outbox counts on stderr.",
+    )
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", metavar="COMMAND")
+    listing = _command(outbox_commands, "list", "list outbox rows (the default)",
+                       "List outbox rows: id, kind, status, attempts, created, last error.")
     for target in (outbox, listing):
-        target.add_argument("--status", default="parked", choices=["pending", "sent", "parked"])
+        target.add_argument("--status", default="parked", choices=["pending", "sent", "parked"],
+                            help="the rows of this status (default: parked)")
         target.add_argument("--all", action="store_true", help="every row, whatever its status")
-    retry = outbox_commands.add_parser("retry", help="queue a parked row again")
-    retry.add_argument("id", type=int)
+    retry = _command(outbox_commands, "retry", "queue a parked row again",
+                     "Queue a parked row again (attempts reset), once its cause is fixed.")
+    retry.add_argument("id", type=int, help="the row's id (first column of `outbox list`)")
     outbox.set_defaults(func=cmd_outbox)
 
-    privacy = commands.add_parser("privacy", help="retention, access and erasure requests")
-    privacy_commands = privacy.add_subparsers(dest="privacy_command", required=True)
-    purge = privacy_commands.add_parser(
-        "purge", help="blank texts older than privacy.retention_days (the worker does it daily)"
+    failed = _command(
+        commands, "failed", "reply emails that were not texted: list, show, retry, delete",
+        "Agents' reply emails that were not texted (unroutable, sender not an agent, empty "
+        "once quotes and signature are cut, unreadable, malformed), kept whole whichever "
+        "door they came in by (IMAP or the SMTP/LMTP ingress). List them (the unresolved "
+        "ones by default), print one as it arrived, hand one to the reply pipeline again "
+        "once its cause is fixed, or delete one.",
+    )
+    failed_commands = failed.add_subparsers(dest="failed_command", metavar="COMMAND")
+    failed_list = _command(
+        failed_commands, "list", "list the kept failed replies (the default)",
+        "List kept failed replies, newest first: id, received, door, state, sender, "
+        "conversation, size, reason. Prints how many are unresolved on stderr.",
+    )
+    for target in (failed, failed_list):
+        target.add_argument("--all", action="store_true",
+                            help="also the resolved ones (texted after a retry)")
+        target.add_argument("--limit", type=int, default=100,
+                            help="at most this many (default: 100)")
+    failed_show = _command(failed_commands, "show", "print one as it arrived (raw email)",
+                           "Print one kept failed reply exactly as it arrived (RFC 5322).")
+    failed_retry = _command(
+        failed_commands, "retry", "hand one to the reply pipeline again",
+        "Hand one kept failed reply to the reply pipeline again, as if it had just arrived "
+        "(once its cause is fixed: the sender added to the municipality map, …). Exit 0 "
+        "when it is now texted (or ignored), 1 when it failed again (the reason is printed; "
+        "the agent is not told a second time).",
+    )
+    failed_delete = _command(failed_commands, "delete", "delete one",
+                             "Delete one kept failed reply (the IMAP Failed mailbox's copy, "
+                             "if any, is left alone).")
+    for target in (failed_show, failed_retry, failed_delete):
+        target.add_argument("id", type=int, help="its id (first column of `failed list`)")
+    failed.set_defaults(func=cmd_failed, failed_command="list")
+
+    privacy = _command(commands, "privacy", "retention, access and erasure requests",
+                       "Privacy: blank old texts, export or erase what is stored about one "
+                       "phone number.")
+    privacy_commands = privacy.add_subparsers(
+        dest="privacy_command", required=True, metavar="COMMAND"
+    )
+    purge = _command(
+        privacy_commands, "purge",
+        "blank texts older than privacy.retention_days (the worker does it daily)",
     )
     purge.add_argument("--days", type=int, help="override privacy.retention_days")
-    export = privacy_commands.add_parser("export", help="everything stored about one number (JSON)")
-    export.add_argument("number")
-    erase = privacy_commands.add_parser("delete", help="erase everything stored about one number")
-    erase.add_argument("number")
+    export = _command(privacy_commands, "export",
+                      "everything stored about one number (JSON)",
+                      "Print everything stored about one phone number as JSON (an access "
+                      "request).")
+    export.add_argument("number", help="the phone number, e.g. 613-555-0123")
+    erase = _command(privacy_commands, "delete", "erase everything stored about one number",
+                     "Erase everything stored about one phone number (an erasure request); "
+                     "needs --yes.")
+    erase.add_argument("number", help="the phone number, e.g. 613-555-0123")
     erase.add_argument("--yes", action="store_true", help="really erase")
     privacy.set_defaults(func=cmd_privacy)
 
-    directory = commands.add_parser("directory", help="municipality directory tools")
-    directory_commands = directory.add_subparsers(dest="directory_command", required=True)
-    build = directory_commands.add_parser(
-        "build", help="build a directory of every census subdivision (a national short code)"
+    directory = _command(commands, "directory", "municipality directory tools")
+    directory_commands = directory.add_subparsers(
+        dest="directory_command", required=True, metavar="COMMAND"
+    )
+    build = _command(
+        directory_commands, "build",
+        "build a directory of every census subdivision (a national short code)",
+        "Write a municipality map with one entry per census subdivision (example "
+        "mailboxes), optionally merged with a hand-curated map whose entries win.",
     )
     build.add_argument("--census", type=Path, required=True,
                        help="derived_csd_with_province.csv (census subdivisions)")
-    build.add_argument("--output", type=Path, required=True)
+    build.add_argument("--output", type=Path, required=True, help="the YAML file to write")
     build.add_argument("--evidence", type=Path, help="canada_311_evidence.json (optional)")
     build.add_argument("--merge", type=Path, help="a hand-curated map whose entries win")
     build.set_defaults(func=cmd_directory_build)
 
-    sandbox = commands.add_parser("sandbox", help="the embedded sandbox (make run)")
-    sandbox_commands = sandbox.add_subparsers(dest="sandbox_command", required=True)
-    sandbox_run = sandbox_commands.add_parser("run", help="start the sandbox gateway")
-    sandbox_run.add_argument("--dir", type=Path, default=SANDBOX_DIR)
-    sandbox_run.add_argument("--map", type=Path, default=Path("municipality_map.yaml"))
+    sandbox = _command(commands, "sandbox", "the embedded sandbox (make run)",
+                       "The embedded sandbox behind `make run`: SQLite, a sandbox SMS "
+                       "provider and a mail server saving .eml files; play resident and agent.")
+    sandbox_commands = sandbox.add_subparsers(
+        dest="sandbox_command", required=True, metavar="COMMAND"
+    )
+    sandbox_run = _command(
+        sandbox_commands, "run", "start the sandbox gateway",
+        "Start the sandbox gateway (what `make run` does): writes its settings under --dir "
+        "on the first run, creates the database, prints where to look.",
+    )
+    sandbox_run.add_argument("--dir", type=Path, default=SANDBOX_DIR,
+                             help=f"where the sandbox keeps everything (default {SANDBOX_DIR})")
+    sandbox_run.add_argument("--map", type=Path, default=Path("municipality_map.yaml"),
+                             help="the municipality map (default municipality_map.yaml)")
     sandbox_run.add_argument("--port", type=int, default=8311, help="web port (first run only)")
     sandbox_run.add_argument("--smtp-port", type=int, default=8025,
                              help="sandbox mail server port (first run only)")
     sandbox_run.set_defaults(func=cmd_sandbox_run)
-    text = sandbox_commands.add_parser("text", help="text the sandbox gateway as a resident")
+    text = _command(
+        sandbox_commands, "text", "text the sandbox gateway as a resident",
+        "Text the running sandbox gateway as a resident (a webhook signed as Twilio signs "
+        "it) and print what it texts back. Exit 1 when the gateway does not answer, 2 for "
+        "a bad number or file.",
+    )
     text.add_argument("number", help="the resident's number, e.g. 613-555-0123")
-    text.add_argument("text")
-    text.add_argument("--media", action="append", default=[], help="a file to attach (MMS)")
+    text.add_argument("text", help="the text message")
+    text.add_argument("--media", action="append", default=[], metavar="FILE",
+                      help=f"a file to attach (MMS); `{SAMPLE_MEDIA}`: the sandbox's sample "
+                      "picture (repeat for several)")
     text.add_argument("--city", help="Twilio's FromCity")
     text.add_argument("--state", help="Twilio's FromState")
     text.set_defaults(func=cmd_sandbox_text)
-    reply = sandbox_commands.add_parser(
-        "reply", help="answer the latest email in a sandbox mailbox, as the city's agent"
+    reply = _command(
+        sandbox_commands, "reply",
+        "answer the latest email in a sandbox mailbox, as the city's agent",
+        "Answer the latest email in a sandbox mailbox as the city's agent would (quoted "
+        "history below), through the gateway's SMTP reply ingress, and print what the "
+        "gateway then texts.",
     )
     reply.add_argument("mailbox", help="e.g. 311@ottawa.example")
-    reply.add_argument("text")
+    reply.add_argument("text", help="the agent's answer")
     reply.add_argument("--sender", help="the agent's address (default agent@<mailbox domain>)")
     reply.set_defaults(func=cmd_sandbox_reply)
 
@@ -705,7 +965,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    except (SchemaOutOfDate, StoreUnavailable) as exc:
+    except SchemaOutOfDate as exc:
+        print(f"sms311: {schema_advice(exc, args)}", file=sys.stderr)
+        return 1
+    except StoreUnavailable as exc:
         print(f"sms311: {exc}", file=sys.stderr)
         return 1
     return result

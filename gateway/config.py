@@ -165,9 +165,13 @@ class OutboxSettings:
     max_attempts: int = 12
     base_backoff_seconds: float = 1.0
     max_backoff_seconds: float = 300.0
-    # A claimed row is this instance's for this long; a dead instance's rows are taken over
-    # by the others when it ends. Longer than the slowest send (SMTP/API timeouts).
+    # A claimed row is this worker's while it renews the claim (every third of
+    # takeover_seconds): the rows of a worker that died are taken over by another within
+    # takeover_seconds. A live worker renews a row for at most lease_seconds of sending:
+    # a send stuck for longer (longer than any SMTP/API timeout) is left to another worker,
+    # which looks an SMS up at the provider first.
     lease_seconds: float = 120.0
+    takeover_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -498,6 +502,14 @@ def _check_idle_restart(value: float) -> float:
     return value
 
 
+def _check_takeover(value: float) -> float:
+    if not math.isfinite(value) or not 1 <= value <= 3600:
+        raise ValueError(
+            "must be between 1 and 3600 seconds (claims are renewed every third of it)"
+        )
+    return value
+
+
 def _check_not_negative(value: int) -> int:
     if value < 0:
         raise ValueError("must be 0 or more")
@@ -658,6 +670,7 @@ SCHEMA = _Section(
                 "base_backoff_seconds": _Leaf("number", check=_check_positive),
                 "max_backoff_seconds": _Leaf("number", check=_check_positive),
                 "lease_seconds": _Leaf("number", check=_check_positive),
+                "takeover_seconds": _Leaf("number", check=_check_takeover),
             }
         ),
         "conversations": _Section(

@@ -269,7 +269,10 @@ class InboundService:
         token = emails.new_token()
         # The short reference makes each conversation's subject distinct, so mail clients
         # that thread by subject do not merge a new conversation into a closed one.
-        subject = emails.thread_subject(name, national, language, reference=token[:6])
+        subject = emails.thread_subject(
+            name, national, language, reference=token[:6],
+            name_fr=municipality.name_fr if municipality else None,
+        )
         return tx.create_conversation(phone, municipality_id, token, subject)
 
     def _deliver(
@@ -298,7 +301,7 @@ class InboundService:
             messages,
             to=(agent,) if agent else (municipality.mailbox,),
             cc=(municipality.mailbox,) if agent else (),
-            municipality_name=municipality.name,
+            municipality_name=emails.local_name(municipality.name, municipality.name_fr, language),
             timezone=PROVINCE_TIMEZONES.get(municipality.province, "America/Toronto"),
             language=language,
             note=None,

@@ -1,10 +1,13 @@
 """The embedded sandbox behind `make run`: play resident without Twilio or a mail server.
 
-`sms311 sandbox run` writes a settings file under `var/sandbox/` (once), upgrades
-its SQLite database, starts a sandbox SMTP server that saves every email as a
-`.eml` file per mailbox, and runs the whole gateway with the `sandbox` SMS
-provider. `sms311 sandbox text NUMBER "…"` signs a Twilio-shaped webhook with the
-sandbox's auth token, posts it, and prints what the gateway texted back.
+`sms311 sandbox run` writes a settings file under `var/sandbox/` (once) and the
+sandbox's municipality map (every run: the given map merged with a short list of places,
+so same-name towns get the numbered choice), upgrades its SQLite database, starts a
+sandbox SMTP server that saves every email as a `.eml` file per mailbox, and runs the
+whole gateway with the `sandbox` SMS provider. `sms311 sandbox text NUMBER "…"` signs a
+Twilio-shaped webhook with the sandbox's auth token, posts it, and prints what the
+gateway texted back. Bad input and a gateway that does not answer are `SandboxError`s
+(a message and an exit code), never a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import email
 import email.policy
 import mimetypes
 import secrets
-import shutil
 import smtplib
 import textwrap
 import time
@@ -29,18 +31,32 @@ from xml.etree import ElementTree
 
 import requests
 
-from gateway.config import Settings, load_settings
+from gateway.config import Settings, load_municipality_map, load_settings
+from gateway.directory_build import dump_map, merge_with_census, read_census
 from gateway.mail.sandbox import SandboxMailServer, mailbox_messages
+from gateway.sandbox_data import SAMPLE_MEDIA, SAMPLE_PICTURE, SANDBOX_PLACES
 from gateway.server import run_gateway, split_listen
 from gateway.services import Gateway
 from gateway.sms.sandbox import read_sent
 from gateway.store import open_store
 from gateway.store.console import Role
 from gateway.web.signature import TwilioSignature
+from gateway.web.webhooks import BadRequest, normalise_number
 
 SANDBOX_SMTP_PORT = 8025
 SANDBOX_SENDER = "31100"
 MEDIA_PATH = "/sandbox/media/"
+SANDBOX_MAP = "municipality_map.yaml"  # in the sandbox folder, written by every `sandbox run`
+NOT_RUNNING_HINT = "is `make run` (sms311 sandbox run) running?"
+
+
+class SandboxError(Exception):
+    """A sandbox command cannot go on; nothing was sent. `code` is the exit code:
+    1 the gateway did not answer or refused, 2 a bad argument or setting."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def sandbox_settings_text(
@@ -69,18 +85,52 @@ def sandbox_settings_text(
     )
 
 
+_MAP_HEADER = """\
+# The sandbox's municipality map, written anew by every `sms311 sandbox run`: the entries
+# of {source} (edit that file, not this one), then the {count} places of
+# gateway/sandbox_data/{slice} (hand-written; same-name towns of several provinces)
+# that none of them stands for, with example mailboxes.
+"""
+
+
+def write_sandbox_map(directory: Path, map_path: Path) -> Path:
+    """Write `directory/municipality_map.yaml`: the map at `map_path` merged with the
+    shipped list of same-name places (`gateway/sandbox_data/sandbox_places.csv`), as
+    `sms311 directory build --merge` merges with the whole census, so that `Victoria` gets
+    a numbered choice.
+    Raises `ConfigError` when `map_path` is not a valid map."""
+    report = merge_with_census(load_municipality_map(map_path), read_census(SANDBOX_PLACES))
+    header = _MAP_HEADER.format(
+        source=map_path.resolve(), count=report.from_census, slice=SANDBOX_PLACES.name
+    )
+    target = directory / SANDBOX_MAP
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text(header + dump_map(report.municipalities), encoding="utf-8")
+    temporary.replace(target)
+    return target
+
+
 def ensure_sandbox(
     directory: Path, map_path: Path, web_port: int = 8311, smtp_port: int = SANDBOX_SMTP_PORT
 ) -> Path:
-    """Create the sandbox folder and its settings file if missing; the settings path.
+    """Create the sandbox folder and its settings file if missing, and write the sandbox's
+    municipality map (see `write_sandbox_map`); the settings path.
 
     The ports only matter the first time: afterwards the settings file is the truth."""
     directory.mkdir(parents=True, exist_ok=True)
+    write_sandbox_map(directory, map_path)
     config = directory / "sms311.yaml"
     if not config.exists():
         token = secrets.token_hex(16)
-        text = sandbox_settings_text(map_path.resolve(), token, web_port, smtp_port)
+        text = sandbox_settings_text(Path(SANDBOX_MAP), token, web_port, smtp_port)
         config.write_text(text, encoding="utf-8")
+        return config
+    # Settings written before the sandbox had its own map name `map_path` itself: move them
+    # to the sandbox's map (a map the user chose by editing the line is left alone).
+    text = config.read_text(encoding="utf-8")
+    old_line = f"municipality_map: {map_path.resolve()}\n"
+    if old_line in text:
+        config.write_text(text.replace(old_line, f"municipality_map: {SANDBOX_MAP}\n"), "utf-8")
     return config
 
 
@@ -137,7 +187,7 @@ async def serve_sandbox(settings: Settings, printer: Callable[[str], None] = pri
     await mail.start()
     gateway = Gateway.from_settings(settings)
     console_accounts = await asyncio.to_thread(ensure_sandbox_accounts, gateway)
-    signins = "\n".join(f"                  {e}  password: {p}" for e, p in console_accounts)
+    signins = "".join(f"\n               {e}  password: {p}" for e, p in console_accounts)
 
     def ready() -> None:
         host, port = split_listen(settings.web.listen)
@@ -146,20 +196,19 @@ async def serve_sandbox(settings: Settings, printer: Callable[[str], None] = pri
                 f"""
                 sms311 sandbox is running.
                   web:       http://{host}:{port}  (health: /healthz, metrics: /metrics)
-                  console:   http://{host}:{port}/console/  (staff web console) — sign in as
-{signins}
+                  console:   http://{host}:{port}/console/  (staff web console), sign in as:SIGNINS
                   emails:    {mail_dir}/<mailbox>/*.eml
                   SMS sent:  {base}/sms.jsonl
                   settings:  {settings.config_path}
                 Play resident from another terminal:
                   .venv/bin/sms311 sandbox text 613-555-0123 "There is a pothole on Bank St"
-                  .venv/bin/sms311 sandbox text 613-555-0123 "Ottawa"
-                  .venv/bin/sms311 sandbox text 613-555-0123 "It is still there" --media photo.jpg
+                  .venv/bin/sms311 sandbox text 613-555-0123 "otawa"
+                  .venv/bin/sms311 sandbox text 613-555-0123 "It is getting bigger" --media sample
                 Play the city's agent (answers the latest email in that mailbox):
                   .venv/bin/sms311 sandbox reply 311@ottawa.example "A crew is on the way."
                 Stop with Ctrl-C.
                 """
-            )
+            ).replace("SIGNINS", signins)
         )
 
     try:
@@ -221,13 +270,23 @@ def send_text(
     from_city: str | None = None,
     from_state: str | None = None,
 ) -> tuple[int, list[str]]:
-    """Post one signed inbound text to the running gateway: (HTTP status, replies)."""
+    """Post one signed inbound text to the running gateway: (HTTP status, replies).
+
+    `media` files are served to the gateway from `state_dir/media` the way Twilio serves
+    MMS media. Raises `SandboxError` before anything is sent when `number` is not a phone
+    number or a media file cannot be read (code 2), and when the gateway does not answer
+    (code 1)."""
+    try:
+        normalise_number(number, settings.sms.default_region)
+    except BadRequest:
+        raise SandboxError(2, f"{number!r} is not a phone number (like 613-555-0123)") from None
+    pictures = [(path, read_media(path)) for path in media]
     media_urls = []
     media_dir = settings.state_dir / "media"
-    for path in media:
+    for path, data in pictures:
         media_dir.mkdir(parents=True, exist_ok=True)
         name = f"{uuid.uuid4().hex}{path.suffix}"
-        shutil.copyfile(path, media_dir / name)
+        (media_dir / name).write_bytes(data)
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         media_urls.append((settings.public_url.rstrip("/") + MEDIA_PATH + name, content_type))
     form = twilio_form(
@@ -235,17 +294,47 @@ def send_text(
     )
     signature = TwilioSignature(settings.sms.auth_token, settings.public_url)
     host, port = split_listen(settings.web.listen)
-    response = requests.post(
-        f"http://{host}:{port}/sms/inbound",
-        data=form,
-        headers={"X-Twilio-Signature": signature.sign("/sms/inbound", "", form)},
-        timeout=10,
-    )
+    try:
+        response = requests.post(
+            f"http://{host}:{port}/sms/inbound",
+            data=form,
+            headers={"X-Twilio-Signature": signature.sign("/sms/inbound", "", form)},
+            timeout=10,
+        )
+    except requests.Timeout:
+        raise SandboxError(
+            1, f"the gateway at http://{host}:{port} did not answer within 10 s"
+        ) from None
+    except requests.ConnectionError:
+        raise SandboxError(
+            1, f"nothing answers at http://{host}:{port}: {NOT_RUNNING_HINT}"
+        ) from None
     replies: list[str] = []
     if response.status_code == 200 and response.content:
         root = ElementTree.fromstring(response.content)  # noqa: S314 - our own server's TwiML
         replies = [m.text or "" for m in root.iter("Message")]
     return response.status_code, replies
+
+
+def media_file(value: str) -> Path:
+    """The file `--media VALUE` names: `SAMPLE_MEDIA` ("sample") is the sandbox's sample
+    picture, unless a file of that name exists."""
+    path = Path(value)
+    if value == SAMPLE_MEDIA and not path.exists():
+        return SAMPLE_PICTURE
+    return path
+
+
+def read_media(path: Path) -> bytes:
+    """The bytes of a file to attach; `SandboxError` (code 2) saying why it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise SandboxError(2, f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SandboxError(2, f"{path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise SandboxError(2, f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def reply_as_agent(
@@ -257,12 +346,20 @@ def reply_as_agent(
     timeout: float = 10.0,
 ) -> list[dict[str, Any]]:
     """Answer the latest email in the sandbox `mailbox` as its city's agent would, through
-    the SMTP reply ingress; returns the texts the gateway then sent (from sms.jsonl)."""
+    the SMTP reply ingress; returns the texts the gateway then sent (from sms.jsonl).
+
+    Raises `SandboxError` when the mailbox has no email yet or the settings have no
+    ingress (code 2), and when the ingress does not answer or refuses the reply (code 1)."""
     if settings.email.ingress is None:
-        raise ValueError("this sandbox has no email.ingress: delete its sms311.yaml to renew it")
-    files = mailbox_messages(settings.state_dir / "mail", mailbox)
+        raise SandboxError(
+            2, "this sandbox has no email.ingress: delete its sms311.yaml to renew it"
+        )
+    mail = settings.state_dir / "mail"
+    files = mailbox_messages(mail, mailbox)
     if not files:
-        raise ValueError(f"no email in the sandbox mailbox {mailbox} yet")
+        have = sorted(p.parent.name for p in mail.glob("*/*.eml")) if mail.is_dir() else []
+        hint = f" (mailboxes with email: {', '.join(dict.fromkeys(have))})" if have else ""
+        raise SandboxError(2, f"no email in the sandbox mailbox {mailbox} yet{hint}")
     original = email.message_from_bytes(files[-1].read_bytes(), policy=email.policy.default)
     sender = sender or "agent@" + mailbox.rpartition("@")[2]
     reply = EmailMessage()
@@ -280,8 +377,15 @@ def reply_as_agent(
     before = len(read_sent(settings.state_dir))
     host, port = split_listen(settings.email.ingress.listen)
     recipient = parseaddr(str(original["Reply-To"]))[1]
-    with smtplib.SMTP(host, port, timeout=timeout) as client:
-        client.sendmail(sender, [recipient], bytes(reply))
+    try:
+        with smtplib.SMTP(host, port, timeout=timeout) as client:
+            client.sendmail(sender, [recipient], bytes(reply))
+    except smtplib.SMTPException as exc:
+        raise SandboxError(1, f"the gateway's reply ingress refused the reply: {exc}") from None
+    except OSError:
+        raise SandboxError(
+            1, f"nothing answers at {host}:{port} (the reply ingress): {NOT_RUNNING_HINT}"
+        ) from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         sent = read_sent(settings.state_dir)[before:]

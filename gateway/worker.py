@@ -5,12 +5,26 @@ back), sends them, and marks each sent, retried (capped exponential backoff with
 jitter) or parked. A parked row is logged at ERROR and counted; `sms311 outbox`
 lists and requeues parked rows. Nothing is ever dropped.
 
-A worker restarted after a crash (SIGKILL, OOM, power) does not wait for the leases
-of the process it replaces: at start it releases the claims of workers of the same
-host and PID namespace that are no longer running (a worker id is
-"host:pid:pid-namespace"). Each released row counts as an attempt that may have been
-made, so an SMS is looked up at the provider before it is sent again; an email may be
-sent twice (SMTP has no way to ask), which only the one in flight can be.
+Claims: a claim lasts `outbox.takeover_seconds` (10 s) and a heartbeat renews the claims
+this worker is working on every third of that, so the rows of an instance that died
+(any host) are taken over by another within `takeover_seconds`, while a slow send of a
+live worker keeps its row. A send still going after `outbox.lease_seconds` (120 s, longer
+than any SMTP or API timeout) is no longer renewed. A worker that could not renew a
+claim in time (the store unreachable) does not start sending that row: it is left to
+whoever claims it next.
+
+A taken-over row, or a row released as below, counts as an attempt that may have been
+made (`OutboxItem.maybe_sent`): an SMS is then looked up at the provider before it is
+sent again. So is an SMS whose last attempt failed in a way that may have reached the
+provider (a timeout after sending, an unreadable answer, a 5xx); after a definite "not
+sent" (429/20429, connection refused, bad credentials) the retry goes out without a
+lookup, so a throttle storm is not made worse. An email may be sent twice (SMTP has no
+way to ask), which only the one in flight can be.
+
+A worker restarted after a crash (SIGKILL, OOM, power) does not even wait for the
+claims of the process it replaces: at start it releases the claims of workers of the
+same host and PID namespace that are no longer running (a worker id is
+"host:pid:pid-namespace").
 """
 
 from __future__ import annotations
@@ -23,7 +37,7 @@ import random
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
 from typing import Any, TypeVar
@@ -44,6 +58,20 @@ log = logging.getLogger(__name__)
 
 
 BATCH = 20
+
+
+class _ClaimLapsed(Exception):
+    """This worker's claim on a row may have lapsed: the row is not sent by it now."""
+
+
+@dataclass
+class _Claim:
+    """What the dispatcher knows of a row it claimed and works on."""
+
+    expires: float  # loop time (monotonic) by which the claim surely still holds
+    sending_since: float | None = None  # loop time the first send or lookup began
+    lost: bool = False  # a renewal found it no longer claimed by this worker
+    capped: bool = False  # sending for longer than outbox.lease_seconds: not renewed
 
 
 def backoff_seconds(attempts: int, base: float, cap: float, rand: Callable[[], float]) -> float:
@@ -70,15 +98,22 @@ class Dispatcher:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         pacer: SegmentPacer | None = None,
         sms_concurrency: int = 16,
+        worker_id: str | None = None,
     ) -> None:
         self._gateway = gateway
-        # How long a claimed row stays this worker's: a dead instance's rows are taken over
-        # by the others after this long.
-        self._lease = timedelta(seconds=gateway.settings.outbox.lease_seconds)
+        outbox = gateway.settings.outbox
+        # The longest one send keeps its row (the heartbeat stops renewing it after that).
+        self._lease = timedelta(seconds=outbox.lease_seconds)
+        # A claim lasts this long unless renewed: a dead instance's rows are taken over by
+        # the others after at most this long. Renewed every third of it.
+        self._claim_for = timedelta(seconds=outbox.takeover_seconds)
+        self._renew_every = outbox.takeover_seconds / 3
+        self._claims: dict[int, _Claim] = {}
+        self._keeper: asyncio.Task[None] | None = None
         self._poll_interval = poll_interval
         self._now = now
         self._wake = {"email": asyncio.Event(), "sms": asyncio.Event()}
-        self._worker_id = worker_identity()
+        self._worker_id = worker_id or worker_identity()
         self._random = random.Random()
         self._pacer: Pacer = pacer or pacer_for(gateway.store, gateway.settings.sms.max_per_second)
         self._sms_threads = ThreadPoolExecutor(sms_concurrency, thread_name_prefix="sms")
@@ -100,6 +135,8 @@ class Dispatcher:
         try:
             await asyncio.gather(self._loop("email", stop), self._loop("sms", stop))
         finally:
+            if self._keeper is not None:
+                self._keeper.cancel()
             self._sms_threads.shutdown(wait=False, cancel_futures=True)
         log.info("dispatcher stopped")
 
@@ -145,40 +182,135 @@ class Dispatcher:
         kinds: list[OutboxKind] = [kind] if kind else ["email", "sms"]
         handled = 0
         for each in kinds:
+            claimed_at = asyncio.get_running_loop().time()
             items = await asyncio.to_thread(
-                self._gateway.store.claim_due, [each], BATCH, self._now(), self._lease,
+                self._gateway.store.claim_due, [each], BATCH, self._now(), self._claim_for,
                 self._worker_id,
             )
-            if each == "email":
+            self._hold(items, claimed_at)
+            try:
+                if each == "email":
+                    for item in items:
+                        await self._deliver(item, self._send_email)
+                else:
+                    await self._send_sms_batch(items)
+            finally:
                 for item in items:
-                    await self._deliver(item, self._send_email)
-            else:
-                await self._send_sms_batch(items)
+                    self._claims.pop(item.id, None)
+                if not self._claims and self._keeper is not None:
+                    self._keeper.cancel()
+                    self._keeper = None
             handled += len(items)
         return handled
 
+    # -- claims -----------------------------------------------------------------------------
+
+    def _hold(self, items: Sequence[OutboxItem], claimed_at: float) -> None:
+        """Work on `items` (just claimed): renew their claims until they are handled."""
+        expires = claimed_at + self._claim_for.total_seconds()
+        for item in items:
+            self._claims[item.id] = _Claim(expires)
+        if items and (self._keeper is None or self._keeper.done()):
+            self._keeper = asyncio.create_task(self._keep_claims())
+
+    async def _keep_claims(self) -> None:
+        while self._claims:
+            await asyncio.sleep(self._renew_every)
+            await self.renew_claims()
+
+    async def renew_claims(self) -> int:
+        """The heartbeat: extend the claims of the rows this worker works on (not those
+        sending for longer than `outbox.lease_seconds`); how many were renewed. A store
+        that is down is logged: the claims then lapse, and the rows are not sent by this
+        worker (see `_begin`)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ids = []
+        for id, claim in self._claims.items():
+            if claim.lost or claim.capped:
+                continue
+            if claim.sending_since is not None and (
+                started - claim.sending_since >= self._lease.total_seconds()
+            ):
+                claim.capped = True
+                log.warning(
+                    "outbox %s: still sending after %.0fs (outbox.lease_seconds): its claim is "
+                    "no longer renewed; another worker may take it over (and look it up first)",
+                    id, self._lease.total_seconds(),
+                )
+                continue
+            ids.append(id)
+        if not ids:
+            return 0
+        try:
+            kept = await asyncio.to_thread(
+                self._gateway.store.renew_claims, ids, self._worker_id,
+                self._now() + self._claim_for,
+            )
+        except StoreUnavailable as exc:
+            log.warning("dispatcher: claims not renewed (store unavailable): %s", exc)
+            return 0
+        for id in ids:
+            renewed = self._claims.get(id)
+            if renewed is None:  # handled meanwhile
+                continue
+            if id in kept:
+                renewed.expires = max(
+                    renewed.expires, started + self._claim_for.total_seconds()
+                )
+            else:
+                renewed.lost = True
+        return len(kept)
+
+    def _begin(self, item: OutboxItem) -> None:
+        """About to send (or look up) `item`: raise `_ClaimLapsed` unless this worker's
+        claim surely holds for a while yet (a third of `outbox.takeover_seconds`), so a
+        worker cut off from the store never sends a row another may have taken over."""
+        claim = self._claims.get(item.id)
+        now = asyncio.get_running_loop().time()
+        if claim is None or claim.lost or claim.capped or now + self._renew_every >= claim.expires:
+            why = (
+                "is no longer held (its batch failed)" if claim is None
+                else "was taken over" if claim.lost
+                else "could not be renewed in time"
+            )
+            log.warning("outbox %s (%s): not sent by this worker: its claim %s; left to the "
+                        "next claim", item.id, item.kind, why)
+            raise _ClaimLapsed
+        if claim.sending_since is None:
+            claim.sending_since = now
+
     async def _deliver(
         self, item: OutboxItem, send: Callable[[OutboxItem], Awaitable[None]]
-    ) -> None:
+    ) -> bool:
+        """Send `item` and record the outcome; False when it was left alone because this
+        worker's claim on it may have lapsed (whoever claims it next sends it)."""
         try:
             await send(item)
+        except _ClaimLapsed:
+            return False
         except SmsTemporaryError as exc:
             if exc.retry_after:  # the provider asked every sender to slow down, not just this one
                 self._pacer.pause(exc.retry_after)
-            await self._retry(item, str(exc), exc.retry_after)
+            await self._retry(item, str(exc), exc.retry_after, maybe_sent=exc.maybe_sent)
         except (TemporarySmtpError, OSError, TimeoutError) as exc:
-            await self._retry(item, str(exc))
+            # an SMS failing this way (not through the provider's errors) may have gone
+            await self._retry(item, str(exc), maybe_sent=item.kind == "sms")
         except SmsPermanentError as exc:
             await self._sms_failed_for_good(item, exc)
         except (PermanentSmtpError, ValueError, KeyError, TypeError) as exc:
-            await self._park(item, f"{type(exc).__name__}: {exc}")
+            await self._park(item, f"{type(exc).__name__}: {exc}", maybe_sent=item.maybe_sent)
         else:
             await asyncio.to_thread(self._gateway.store.mark_sent, item.id)
             self._stop_waiting_for(item)
+        finally:
+            self._claims.pop(item.id, None)
+        return True
 
     # -- email ------------------------------------------------------------------------------
 
     async def _send_email(self, item: OutboxItem) -> None:
+        self._begin(item)
         if item.payload.get("type") == "notice":
             notice = emails.AgentNotice.from_dict(item.payload)
             await send_email(emails.compose_notice(notice), self._gateway.settings.email.smtp)
@@ -229,8 +361,10 @@ class Dispatcher:
         async def in_order(queue: list[OutboxItem]) -> None:
             async with self._sms_slots:
                 for item in queue:
-                    if not await self._held_back(item):
-                        await self._deliver(item, self._send_sms)
+                    if await self._held_back(item):
+                        continue
+                    if not await self._deliver(item, self._send_sms):
+                        return  # its claim lapsed: the later ones to that number wait too
 
         await asyncio.gather(*(in_order(queue) for queue in by_number.values()))
 
@@ -249,6 +383,7 @@ class Dispatcher:
             return False
         until = max(due, now + timedelta(seconds=self._poll_interval))
         await asyncio.to_thread(self._gateway.store.postpone, item.id, until)
+        self._claims.pop(item.id, None)
         log.info("outbox %s (sms) waits for outbox %s, an earlier text to the same number",
                  item.id, first)
         return True
@@ -269,14 +404,22 @@ class Dispatcher:
         to, body = str(payload["to"]), str(payload["body"])
         provider = self._gateway.provider
         sid: str | None = None
-        if item.attempts > 0:
-            # An earlier attempt may have reached the provider (a timeout after sending):
-            # look before sending again, so a resident never gets a reply twice.
-            sid = await self._provider(provider.find_sent, to, body, item.created_at)
+        if item.maybe_sent:
+            # The last attempt may have reached the provider (a timeout after sending, a
+            # worker that stopped mid-send): look before sending again, so a resident never
+            # gets a reply twice. After a definite "not sent" (a 429, a refused connection)
+            # there is nothing to look for: no lookup, so a throttle storm is not made worse.
+            self._begin(item)
+            try:
+                sid = await self._provider(provider.find_sent, to, body, item.created_at)
+            except SmsTemporaryError as exc:
+                exc.maybe_sent = True  # not looked up: that earlier attempt may still have gone
+                raise
             if sid:
                 log.info("outbox %s: already sent as %s, not sending again", item.id, sid[:12])
         if sid is None:
             await self._pacer.acquire(segments.count_segments(body))
+            self._begin(item)
             sid = await self._provider(provider.send, to, body, self._status_callback())
         self._gateway.metrics.texts_out.labels("sent").inc()
         queued_at = payload.get("queued_at")
@@ -327,11 +470,17 @@ class Dispatcher:
 
     # -- retries ----------------------------------------------------------------------------
 
-    async def _retry(self, item: OutboxItem, error: str, at_least: float | None = None) -> None:
+    async def _retry(
+        self, item: OutboxItem, error: str, at_least: float | None = None, *,
+        maybe_sent: bool = False,
+    ) -> None:
+        """Due again after the backoff; `maybe_sent`: this attempt may have reached the far
+        side (then an SMS is looked up before it is sent again)."""
         outbox = self._gateway.settings.outbox
         attempts = item.attempts + 1
         if attempts >= outbox.max_attempts:
-            await self._park(item, f"gave up after {attempts} attempts: {error}")
+            await self._park(item, f"gave up after {attempts} attempts: {error}",
+                             maybe_sent=maybe_sent)
             return
         delay = backoff_seconds(
             item.attempts, outbox.base_backoff_seconds, outbox.max_backoff_seconds,
@@ -344,20 +493,28 @@ class Dispatcher:
         )
         self._gateway.metrics.outbox_retries.labels(item.kind).inc()
         due = self._now() + timedelta(seconds=delay)
-        await asyncio.to_thread(self._gateway.store.mark_retry, item.id, error, due)
+        await asyncio.to_thread(
+            functools.partial(
+                self._gateway.store.mark_retry, item.id, error, due, maybe_sent=maybe_sent
+            )
+        )
         if item.kind == "sms":
             to = str(item.payload.get("to", ""))
             waiting = self._waiting.get(to)
             if waiting is None or waiting[0] >= item.id:
                 self._waiting[to] = (item.id, due)
 
-    async def _park(self, item: OutboxItem, error: str) -> None:
+    async def _park(self, item: OutboxItem, error: str, *, maybe_sent: bool = False) -> None:
         log.error(
             "outbox %s (%s) PARKED: %s — see `sms311 outbox`, retry with `sms311 outbox retry %s`",
             item.id, item.kind, error, item.id,
         )
         self._gateway.metrics.outbox_parked.labels(item.kind).inc()
-        await asyncio.to_thread(self._gateway.store.mark_parked, item.id, error)
+        await asyncio.to_thread(
+            functools.partial(
+                self._gateway.store.mark_parked, item.id, error, maybe_sent=maybe_sent
+            )
+        )
         self._stop_waiting_for(item)
 
 

@@ -19,6 +19,7 @@ from gateway.cli import main
 from gateway.config import load_settings
 from gateway.store import open_store
 from gateway.store.console import ConsoleStore, Scope, User
+from gateway.store.sql import head_revision
 from tests.gateway_fixtures import write_settings
 
 PASSWORD = "correct horse battery staple"
@@ -201,7 +202,8 @@ def test_commands_need_an_upgraded_database(
 ) -> None:
     config = str(write_settings(tmp_path / "fresh"))
     assert run(config, "list") == 1
-    assert "sms311 db upgrade" in capsys.readouterr().err
+    assert f"the database is empty (no schema yet; this version needs {head_revision()}): run " \
+        f"`sms311 --config {config} db upgrade`" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------

@@ -206,7 +206,8 @@ def test_defaults_and_paths_beside_the_settings_file(tmp_path: Path) -> None:
     assert settings.email.imap is None and settings.email.ingress is None
     assert settings.fallback_mailbox is None
     assert settings.outbox == OutboxSettings(
-        max_attempts=12, base_backoff_seconds=1.0, max_backoff_seconds=300.0
+        max_attempts=12, base_backoff_seconds=1.0, max_backoff_seconds=300.0,
+        lease_seconds=120.0, takeover_seconds=10.0,
     )
 
 
@@ -347,6 +348,10 @@ SETTINGS_CASES = [
      "must be at least outbox.base_backoff_seconds"),
     ("max_attempts", BASE + "outbox: {max_attempts: 0}\n", 10, "outbox.max_attempts",
      "must be at least 1"),
+    ("takeover too short", BASE + "outbox: {takeover_seconds: 0.5}\n", 10,
+     "outbox.takeover_seconds", "must be between 1 and 3600 seconds"),
+    ("takeover too long", BASE + "outbox: {takeover_seconds: 7200}\n", 10,
+     "outbox.takeover_seconds", "must be between 1 and 3600 seconds"),
     ("not a mapping", "- database\n- public_url\n", 1, "", "must be a mapping of keys"),
     ("yaml syntax", "database: x\nemail:\n  from_address: a@b.example\n reply_address: x\n", 4,
      "", "invalid YAML: did not find expected key"),
@@ -792,8 +797,8 @@ def test_example_settings_file_documents_every_key() -> None:
         "default_region", "email", "from_address", "reply_address", "smtp", "host", "port",
         "username", "password", "security", "timeout", "imap", "mailbox", "processed_mailbox",
         "failed_mailbox", "ingress", "fallback_mailbox", "log_level", "state_dir", "outbox",
-        "max_attempts", "base_backoff_seconds", "max_backoff_seconds",
-        "console", "secret_key", "session_hours", "login_max_failures", "login_window_minutes",
+        "max_attempts", "base_backoff_seconds", "max_backoff_seconds", "lease_seconds",
+        "takeover_seconds", "console", "secret_key", "session_hours", "login_max_failures", "login_window_minutes",
         "poll_seconds", "presence_seconds",
     ):  # fmt: skip
         assert f"{key}:" in text, key

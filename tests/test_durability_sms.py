@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import smtplib
 from collections import Counter
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,87 @@ def test_the_parts_of_a_long_reply_arrive_in_order_across_a_failure(tmp_path: Pa
             gateway.close()
         assert [m["Body"] for m in api.messages] == [p["body"] for p in parts]
         assert len(api.attempts) == 3
+
+
+PHONE = "+16135550123"
+BODY = "A crew is on the way."
+
+
+def _twilio_gateway(folder: Path, api: FakeTwilio) -> Gateway:
+    sms = (
+        "sms:\n  provider: twilio\n"
+        f"  account_sid: {api.account_sid}\n  auth_token: {api.auth_token}\n"
+        f'  sender: "31100"\n  api_base_url: {api.base_url}\n  max_per_second: 100\n'
+    )
+    settings = settings_in(folder, sms=sms)
+    store = open_store(settings.database)
+    store.upgrade()
+    store.close()
+    return Gateway.from_settings(settings)
+
+
+def _claimed_by_a_worker_that_died(gateway: Gateway, sent: bool) -> None:
+    """Another worker claimed the row (a 10 s claim), maybe sent it, and died."""
+    gateway.store.claim_due(["sms"], 10, datetime.now(UTC), timedelta(seconds=10), "gone:1:1")
+    if sent:
+        gateway.provider.send(PHONE, BODY)
+
+
+Arrange = Callable[[FakeTwilio, Gateway], None]
+_NOTHING: Arrange = lambda api, gateway: None  # noqa: E731
+
+# (how the first attempts fail, what happens after the first pass, GET Messages.json calls
+# (a lookup is 1 when it finds the message, 2 when it does not: dated, then undated list),
+# POST Messages.json calls, texts that reached the resident); a refusal for good (4xx) is not
+# retried at all (tests/test_reply_flow.py)
+LOOKUP_CASES = [
+    pytest.param(lambda api, gw: api.fail_next(5, 429, 20429), _NOTHING, 0, 6, 1,
+                 id="429-storm-then-success"),
+    pytest.param(lambda api, gw: api.fail_next(2, 401, 20003), _NOTHING, 0, 3, 1,
+                 id="bad-credentials"),
+    pytest.param(lambda api, gw: api.stop(), lambda api, gw: api.start(), 0, 1, 1,
+                 id="connection-refused"),
+    pytest.param(lambda api, gw: api.fail_next(1, 500, 20500), _NOTHING, 2, 2, 1,
+                 id="5xx-may-have-gone"),
+    pytest.param(lambda api, gw: api.hang_next(1, "close"), _NOTHING, 1, 1, 1,
+                 id="accepted-answer-lost"),
+    pytest.param(lambda api, gw: (api.fail_next(1, 500, 20500), api.fail_next(3, 429, 20429)),
+                 _NOTHING, 2, 5, 1, id="5xx-then-429s-look-once"),
+    pytest.param(lambda api, gw: _claimed_by_a_worker_that_died(gw, sent=True), _NOTHING,
+                 1, 1, 1, id="worker-died-after-sending"),
+    pytest.param(lambda api, gw: _claimed_by_a_worker_that_died(gw, sent=False), _NOTHING,
+                 2, 1, 1, id="worker-died-before-sending"),
+]
+
+
+@pytest.mark.parametrize(("arrange", "after_first", "lookups", "posts", "texted"),
+                         LOOKUP_CASES)
+def test_a_retry_looks_the_text_up_only_when_the_last_attempt_may_have_gone(
+    tmp_path: Path, arrange: Arrange, after_first: Arrange, lookups: int, posts: int,
+    texted: int,
+) -> None:
+    """The real twilio client against the fake API: after a definite "not sent" the retry
+    goes straight out (no GET Messages.json: a throttle storm is not made worse); after an
+    attempt that may have reached Twilio it looks first, and never texts twice."""
+    with FakeTwilio() as api:
+        gateway = _twilio_gateway(tmp_path, api)
+        try:
+            with gateway.store.transaction() as tx:
+                tx.enqueue("sms", {"to": PHONE, "body": BODY})
+            arrange(api, gateway)
+            hours = iter(range(1, 1000))  # each pass an hour later: every backoff is over
+            dispatcher = Dispatcher(
+                gateway, now=lambda: datetime.now(UTC) + timedelta(hours=next(hours))
+            )
+            for n in range(10):
+                asyncio.run(dispatcher.dispatch_once("sms"))
+                if n == 0:
+                    after_first(api, gateway)
+                if not gateway.store.list_outbox("pending"):
+                    break
+            assert gateway.store.list_outbox("pending") == []
+        finally:
+            gateway.close()
+        assert len(api.list_requests) == lookups
+        assert len(api.attempts) == posts
+        assert [m["Body"] for m in api.messages] == [BODY] * texted

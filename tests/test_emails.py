@@ -6,6 +6,7 @@ import email
 import email.policy
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
@@ -156,6 +157,33 @@ def test_subject_is_stable_and_in_the_residents_language() -> None:
     assert thread_subject("Ottawa", "(613) 555-0123", "xx") == thread_subject(
         "Ottawa", "(613) 555-0123", "en"
     )
+
+
+def test_subject_names_the_municipality_in_the_residents_language() -> None:
+    # The map's Montréal is {name: Montreal, name_fr: Montréal}: in French, the French name.
+    assert thread_subject("Montreal", "(514) 555-0199", "fr", "abc123", name_fr="Montréal") == (
+        "Texto 311 de (514) 555-0199 — Montréal [#abc123]"
+    )
+    assert thread_subject("Montreal", "(514) 555-0199", "en", name_fr="Montréal").endswith(
+        "— Montreal"
+    )
+    assert thread_subject("Ottawa", "(613) 555-0123", "fr", name_fr=None).endswith("— Ottawa")
+    assert emails.local_name("Quebec City", "Québec", "fr") == "Québec"
+    assert emails.local_name("Quebec City", "Québec", "en") == "Quebec City"
+
+
+def test_an_accented_subject_goes_as_encoded_words_and_comes_back_intact() -> None:
+    subject = thread_subject("Montreal", "(514) 555-0199", "fr", "abc123", name_fr="Montréal")
+    message = compose(replace(make_email(language="fr"), subject=subject))
+    raw = message.as_bytes()
+    header = re.search(rb"^Subject:.*(?:\r\n[ \t].*)*", raw, re.MULTILINE)
+    assert header is not None and header.group(0).isascii() and b"=?utf-8?" in header.group(0)
+    assert parse(message)["Subject"] == "Texto 311 de (514) 555-0199 — Montréal [#abc123]"
+    # The SMTPUTF8 flavour (8-bit headers) decodes to the same subject.
+    utf8 = message.as_bytes(policy=email.policy.SMTPUTF8)
+    assert "Montréal".encode() in utf8
+    parsed = email.message_from_bytes(utf8, policy=email.policy.default)
+    assert parsed["Subject"] == "Texto 311 de (514) 555-0199 — Montréal [#abc123]"
 
 
 # -- the thread --------------------------------------------------------------------------

@@ -45,7 +45,7 @@ class Instance:
         self.config = write_settings(
             folder, database=database, smtp_port=smtp, web_port=self.web_port, sms=sms,
             public_url=f"http://127.0.0.1:{self.web_port}",
-            extra="outbox: {lease_seconds: 3, max_backoff_seconds: 1}\n",
+            extra="outbox: {takeover_seconds: 3, max_backoff_seconds: 1}\n",
         )
         imap = (f"  imap: {{host: 127.0.0.1, port: {dovecot.port}, username: {dovecot.user},"
                 " security: none, idle_restart_seconds: 10}\n")

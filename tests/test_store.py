@@ -543,24 +543,33 @@ def test_outbox_lifecycle(store: SqlStore) -> None:
     assert item.claimed_by == "w1" and item.claimed_until == T0 + LEASE
     assert item.next_attempt_at == T0
 
-    # the lease holds against other workers, then expires (the worker died)
+    # the lease holds against other workers, then expires (the worker died): taken over
+    # as an attempt that may have been made
     assert store.claim_due(["email"], 10, T0 + timedelta(seconds=30), LEASE, "w2") == []
     expired = T0 + LEASE + timedelta(seconds=1)
     reclaimed = store.claim_due(["email"], 10, expired, LEASE, "w2")
-    assert [(i.id, i.claimed_by) for i in reclaimed] == [(email, "w2")]
+    assert [(i.id, i.claimed_by, i.attempts, i.maybe_sent) for i in reclaimed] == [
+        (email, "w2", 1, True)
+    ]
+    assert "claim of w1 lapsed" in (reclaimed[0].last_error or "")
+    assert [(i.attempts, i.maybe_sent) for i in store.list_outbox("pending")] == [
+        (1, True), (0, False)
+    ]
 
     store.mark_retry(email, "SMTP 451 try again", expired + timedelta(minutes=1))
     (row,) = store.list_outbox("pending")[:1]
-    assert (row.id, row.attempts, row.last_error) == (email, 1, "SMTP 451 try again")
+    assert (row.id, row.attempts, row.last_error) == (email, 2, "SMTP 451 try again")
+    assert row.maybe_sent is False
     assert row.claimed_by is None and row.claimed_until is None
     assert row.next_attempt_at == expired + timedelta(minutes=1)
     assert store.claim_due(["email"], 10, expired, LEASE, "w2") == []  # not due yet
     again = store.claim_due(["email"], 10, expired + timedelta(minutes=1), LEASE, "w2")
     assert [i.id for i in again] == [email]
 
-    store.mark_parked(email, "SMTP 550 no such mailbox")
+    store.mark_parked(email, "SMTP 550 no such mailbox", maybe_sent=True)
     (parked,) = store.list_outbox("parked")
-    assert (parked.id, parked.status, parked.attempts) == (email, "parked", 2)
+    assert (parked.id, parked.status, parked.attempts) == (email, "parked", 3)
+    assert parked.maybe_sent is True
     assert parked.last_error == "SMTP 550 no such mailbox" and parked.claimed_by is None
     assert store.claim_due(["email"], 10, expired + timedelta(hours=9), LEASE, "w3") == []
 
@@ -573,6 +582,7 @@ def test_outbox_lifecycle(store: SqlStore) -> None:
     assert store.requeue(later) is False  # never parked
     (back,) = [i for i in store.list_outbox("pending") if i.id == email]
     assert back.attempts == 0 and back.next_attempt_at == T0 + timedelta(hours=1)
+    assert back.maybe_sent is True  # kept: its last attempt may have gone
 
     sms = store.claim_due(["sms"], 10, T0 + timedelta(minutes=5), LEASE, "w1")
     assert [i.id for i in sms] == [later]
@@ -582,6 +592,41 @@ def test_outbox_lifecycle(store: SqlStore) -> None:
     assert store.list_outbox("sent")[0].attempts == 0
     assert [i.id for i in store.list_outbox()] == [email, later]
     assert store.outbox_stats()["depth"] == 1
+
+
+def test_renewed_claims_hold_until_their_renewal_lapses(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        a, b, c = (tx.enqueue("sms", {"n": n}, T0 + timedelta(seconds=n)) for n in range(3))
+    assert [i.id for i in store.claim_due(["sms"], 2, T0 + timedelta(seconds=1), LEASE, "w1")
+            ] == [a, b]
+    renewed_to = T0 + 2 * LEASE
+    assert store.renew_claims([a, b], "w1", renewed_to) == {a, b}  # the heartbeat
+    assert store.renew_claims([a, c], "w2", T0 + 9 * LEASE) == set()  # not w2's claims
+    assert store.renew_claims([], "w1", renewed_to) == set()
+    with pytest.raises(ValueError):
+        store.renew_claims([a], "w1", datetime(2026, 1, 1))  # naive
+    store.mark_sent(b)
+    assert store.renew_claims([a, b], "w1", renewed_to) == {a}  # b is done
+
+    # past the first lease, the renewed claim still holds: only c can be claimed
+    past_first = T0 + LEASE + timedelta(seconds=5)
+    assert [i.id for i in store.claim_due(["sms"], 10, past_first, LEASE, "w2")] == [c]
+    # past the renewal (w1 stopped renewing: it died): taken over, to be looked up
+    (taken,) = store.claim_due(["sms"], 10, renewed_to + timedelta(seconds=1), LEASE, "w2")
+    assert (taken.id, taken.claimed_by, taken.attempts, taken.maybe_sent) == (a, "w2", 1, True)
+    assert store.renew_claims([a], "w1", T0 + 9 * LEASE) == set()  # w1 lost it
+    (row,) = [i for i in store.list_outbox("pending") if i.id == a]
+    assert row.claimed_until == renewed_to + timedelta(seconds=1) + LEASE
+
+    # a failure that may have been sent is remembered; a released claim counts as one
+    store.mark_retry(c, "Twilio API unreachable: ReadTimeout", T0, maybe_sent=True)
+    store.mark_retry(a, "Twilio API 429 code 20429", T0)
+    assert {i.id: i.maybe_sent for i in store.list_outbox("pending")} == {a: False, c: True}
+    store.claim_due(["sms"], 10, T0, LEASE, "w3")
+    assert store.release_claims("w3", "w3 stopped") == 2
+    assert {i.id: (i.maybe_sent, i.attempts) for i in store.list_outbox("pending")} == {
+        a: (True, 3), c: (True, 2)
+    }
 
 
 def test_outbox_stats_empty_and_ages(store: SqlStore) -> None:
@@ -1114,6 +1159,30 @@ def test_concurrent_record_processed_email_one_wins(store: SqlStore) -> None:
     with store.transaction() as tx:
         assert tx.processed_email(key) == ("processed", f"worker {winner}")
     assert [item.payload for item in store.list_outbox()] == [{"n": winner}]
+
+
+def test_migration_0008_marks_rows_already_tried_as_maybe_sent(empty_store: SqlStore) -> None:
+    """Before 0008 every retry was looked up: the rows already tried keep that."""
+    store = empty_store
+    with store.engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0007")
+        for n, (status, attempts) in enumerate((("pending", 2), ("pending", 0), ("sent", 1))):
+            conn.execute(_V1_OUTBOX.insert().values(
+                kind="sms", payload={"n": n}, status=status, attempts=attempts,
+                next_attempt_at=T0, created_at=T0, updated_at=T0,
+            ))
+    store.upgrade()
+    store.check_schema()
+    assert [(i.payload["n"], i.maybe_sent) for i in store.list_outbox()] == [
+        (0, True), (1, False), (2, False)
+    ]
+    with store.transaction() as tx:  # new rows: not tried, nothing to look up
+        tx.enqueue("sms", {"n": 3}, T0)
+    assert store.list_outbox()[-1].maybe_sent is False
+    with store.engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0007")
+    assert "maybe_sent" not in {c["name"] for c in sa.inspect(store.engine).get_columns("outbox")}
+    assert len(_rows(store, sa.select(_V1_OUTBOX.c.id))) == 4
 
 
 # --- IMAP checkpoints -----------------------------------------------------------------------

@@ -23,7 +23,7 @@ Conventions shared by every method:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -69,6 +69,29 @@ class SchemaOutOfDate(StoreError):
             message
             or f"database schema is at {current or 'nothing (empty database)'}, "
             f"this version needs {head}: run `sms311 db upgrade`"
+        )
+
+    def advice(self, upgrade_command: str, known: Collection[str]) -> str:
+        """What the operator should do, naming `upgrade_command` (the exact command line,
+        e.g. "sms311 --config /etc/sms311/sms311.yaml db upgrade"). `known` holds every
+        revision this version has migrations for: a `current` outside it was written by a
+        newer sms311 (a downgrade of the software), which no command of this version fixes.
+        """
+        if self.current is None:
+            return (
+                f"the database is empty (no schema yet; this version needs {self.head}): "
+                f"run `{upgrade_command}` (`sms311 run`, `web` and `worker` create it "
+                "themselves)"
+            )
+        if self.current not in known:
+            return (
+                f"the database schema is at {self.current}, which this version does not know "
+                f"(written by a newer sms311?); this version needs {self.head}: run the newer "
+                "sms311 again, or restore the backup taken before it upgraded the database"
+            )
+        return (
+            f"the database schema is at {self.current}, this version needs {self.head}: "
+            f"run `{upgrade_command}`"
         )
 
 
@@ -180,7 +203,13 @@ class StoredMessage:
 
 @dataclass(frozen=True)
 class OutboxItem:
-    """One queued email or SMS; `payload` is the kind-specific JSON dict."""
+    """One queued email or SMS; `payload` is the kind-specific JSON dict.
+
+    `maybe_sent` is True when the last attempt may have reached the far side after all (a
+    timeout after the request went out, an unreadable answer, a 5xx, a worker that stopped
+    or lost its claim while it held the item): an SMS is then looked up at the provider
+    before it is sent again, and only then. (SMTP has no way to ask: emails ignore it.)
+    """
 
     id: int
     kind: OutboxKind
@@ -192,6 +221,7 @@ class OutboxItem:
     created_at: datetime
     claimed_by: str | None = None
     claimed_until: datetime | None = None
+    maybe_sent: bool = False
 
 
 class OutboxStats(TypedDict):
@@ -456,9 +486,20 @@ class Store(Protocol):
         lease (`claimed_until` null or `< now`). Claimed items get
         `claimed_by=worker_id`, `claimed_until=now + lease` and are returned
         oldest due first. Concurrent claimers (threads, processes, hosts) never
-        get the same item while its lease lasts; a crashed worker's items become
-        claimable again when the lease expires.
+        get the same item while its lease lasts (a live worker extends it with
+        `renew_claims`); a crashed worker's items become claimable again when the
+        lease expires. Such an item (still `claimed_by` someone, lease past) is taken
+        over: it counts as an attempt that may have been made (attempts + 1,
+        `maybe_sent`, `last_error` naming the old claimant), as `release_claims` does.
         """
+        ...
+
+    def renew_claims(
+        self, ids: Collection[int], worker_id: str, until: datetime
+    ) -> set[int]:
+        """Extend to `until` the lease of those of `ids` that are pending and still
+        claimed by `worker_id` (the worker's heartbeat); returns their ids. An id left
+        out was finished or taken over by another worker: its lease is not touched."""
         ...
 
     def claimants(self) -> list[str]:
@@ -468,17 +509,20 @@ class Store(Protocol):
     def release_claims(self, worker_id: str, error: str) -> int:
         """`worker_id` is gone (it crashed): its pending items are claimable at once instead
         of when their lease ends. Each counts as an attempt that may have been made
-        (attempts + 1, `last_error` = `error`), so an SMS is looked up at the provider
-        before it is sent again. Returns how many items were released."""
+        (attempts + 1, `maybe_sent`, `last_error` = `error`), so an SMS is looked up at
+        the provider before it is sent again. Returns how many items were released."""
         ...
 
     def mark_sent(self, id: int) -> None:
         """The item was delivered: status `sent`, claim cleared."""
         ...
 
-    def mark_retry(self, id: int, error: str, next_attempt_at: datetime) -> None:
+    def mark_retry(
+        self, id: int, error: str, next_attempt_at: datetime, *, maybe_sent: bool = False
+    ) -> None:
         """The attempt failed: attempts + 1, `last_error`, due again at `next_attempt_at`,
-        claim cleared."""
+        claim cleared; `maybe_sent` as given (True: this failure, or an earlier one not
+        yet looked up, may have been sent after all)."""
         ...
 
     def postpone(self, id: int, next_attempt_at: datetime) -> None:
@@ -486,9 +530,10 @@ class Store(Protocol):
         due again at `next_attempt_at`, claim cleared, attempts unchanged."""
         ...
 
-    def mark_parked(self, id: int, error: str) -> None:
+    def mark_parked(self, id: int, error: str, *, maybe_sent: bool = False) -> None:
         """The item keeps failing: status `parked` (kept, reported, never retried on its own),
-        attempts + 1, `last_error`, claim cleared."""
+        attempts + 1, `last_error`, claim cleared, `maybe_sent` as given (`requeue` keeps
+        it, so a requeued SMS whose last attempt may have gone is looked up first)."""
         ...
 
     def list_outbox(
@@ -498,7 +543,8 @@ class Store(Protocol):
         ...
 
     def requeue(self, id: int, now: datetime | None = None) -> bool:
-        """Put a parked item back to pending, attempts 0, due `now` (default: the clock).
+        """Put a parked item back to pending, attempts 0 (`maybe_sent` kept), due `now`
+        (default: the clock).
 
         Returns False if there is no parked item with that id.
         """

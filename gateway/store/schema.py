@@ -162,6 +162,8 @@ outbox = sa.Table(
     sa.Column("payload", JSONText(), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer(), nullable=False),
+    # the last attempt may have reached the far side: look an SMS up before sending it again
+    sa.Column("maybe_sent", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
     sa.Column("last_error", sa.Text(), nullable=True),
     sa.Column("claimed_by", sa.String(200), nullable=True),

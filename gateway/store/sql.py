@@ -28,7 +28,7 @@ Errors
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -443,6 +443,7 @@ def _outbox_item(row: sa.Row[Any]) -> OutboxItem:
         created_at=m["created_at"],
         claimed_by=m["claimed_by"],
         claimed_until=m["claimed_until"],
+        maybe_sent=bool(m["maybe_sent"]),
     )
 
 
@@ -981,7 +982,55 @@ class SqlStore:
                     .where(outbox.c.id.in_([item.id for item in items]))
                     .values(claimed_by=worker_id, claimed_until=until, updated_at=_utcnow())
                 )
-        return [replace(item, claimed_by=worker_id, claimed_until=until) for item in items]
+            # Still claimed by someone, lease past: that worker stopped (or stopped renewing)
+            # while it held them. Taken over as attempts that may have been made.
+            lapsed: dict[str, list[int]] = {}
+            for item in items:
+                if item.claimed_by is not None:
+                    lapsed.setdefault(item.claimed_by, []).append(item.id)
+            errors: dict[int, str] = {}
+            for claimant, ids in lapsed.items():
+                error = f"the claim of {claimant} lapsed while it held it (it may have been sent)"
+                conn.execute(
+                    outbox.update()
+                    .where(outbox.c.id.in_(ids))
+                    .values(
+                        attempts=outbox.c.attempts + 1,
+                        maybe_sent=True,
+                        last_error=error[:_MAX_ERROR_CHARS],
+                    )
+                )
+                errors.update(dict.fromkeys(ids, error[:_MAX_ERROR_CHARS]))
+                log.warning(
+                    "took over %d outbox row(s) from %s, whose claim lapsed: %s",
+                    len(ids), claimant, ", ".join(map(str, ids)),
+                )
+        return [
+            replace(item, claimed_by=worker_id, claimed_until=until)
+            if item.id not in errors
+            else replace(
+                item, claimed_by=worker_id, claimed_until=until, attempts=item.attempts + 1,
+                maybe_sent=True, last_error=errors[item.id],
+            )
+            for item in items
+        ]
+
+    def renew_claims(self, ids: Collection[int], worker_id: str, until: datetime) -> set[int]:
+        until = _aware(until, "until")
+        if not ids:
+            return set()
+        with self._write() as conn:
+            rows = conn.execute(
+                outbox.update()
+                .where(
+                    outbox.c.id.in_(sorted(ids)),
+                    outbox.c.status == "pending",
+                    outbox.c.claimed_by == worker_id,
+                )
+                .values(claimed_until=until)
+                .returning(outbox.c.id)
+            )
+            return {int(row[0]) for row in rows}
 
     def claimants(self) -> list[str]:
         stmt = (
@@ -999,6 +1048,7 @@ class SqlStore:
                 .where(outbox.c.status == "pending", outbox.c.claimed_by == worker_id)
                 .values(
                     attempts=outbox.c.attempts + 1,
+                    maybe_sent=True,
                     last_error=error[:_MAX_ERROR_CHARS],
                     claimed_by=None,
                     claimed_until=None,
@@ -1015,7 +1065,9 @@ class SqlStore:
                 .values(status="sent", claimed_by=None, claimed_until=None, updated_at=_utcnow())
             )
 
-    def mark_retry(self, id: int, error: str, next_attempt_at: datetime) -> None:
+    def mark_retry(
+        self, id: int, error: str, next_attempt_at: datetime, *, maybe_sent: bool = False
+    ) -> None:
         due = _aware(next_attempt_at, "next_attempt_at")
         with self._write() as conn:
             conn.execute(
@@ -1023,6 +1075,7 @@ class SqlStore:
                 .where(outbox.c.id == id, outbox.c.status == "pending")
                 .values(
                     attempts=outbox.c.attempts + 1,
+                    maybe_sent=maybe_sent,
                     next_attempt_at=due,
                     last_error=error[:_MAX_ERROR_CHARS],
                     claimed_by=None,
@@ -1043,7 +1096,7 @@ class SqlStore:
                 )
             )
 
-    def mark_parked(self, id: int, error: str) -> None:
+    def mark_parked(self, id: int, error: str, *, maybe_sent: bool = False) -> None:
         with self._write() as conn:
             conn.execute(
                 outbox.update()
@@ -1051,6 +1104,7 @@ class SqlStore:
                 .values(
                     status="parked",
                     attempts=outbox.c.attempts + 1,
+                    maybe_sent=maybe_sent,
                     last_error=error[:_MAX_ERROR_CHARS],
                     claimed_by=None,
                     claimed_until=None,
