@@ -32,6 +32,20 @@ from gateway.store import open_store
 from tests.gateway_fixtures import REPO, free_port
 
 
+def wait_until_healthy(web_port: int, process: subprocess.Popen[str]) -> None:
+    """Until the sandbox's /healthz answers 200 (30 s at most; the process must not exit)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"http://127.0.0.1:{web_port}/healthz", timeout=1).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, "sandbox did not start"
+        assert process.poll() is None, process.communicate()[0]
+        time.sleep(0.1)
+
+
 def sms311(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True,
@@ -51,16 +65,7 @@ def test_play_resident_in_the_sandbox(tmp_path: Path) -> None:
     )
     config = str(sandbox / "sms311.yaml")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{web_port}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "sandbox did not start"
-            assert process.poll() is None, process.communicate()[0]
-            time.sleep(0.1)
+        wait_until_healthy(web_port, process)
 
         first = sms311("--config", config, "sandbox", "text", "613-555-0123",
                        "There is a pothole on Bank St", cwd=tmp_path)
@@ -200,16 +205,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{web_port}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "sandbox did not start"
-            assert process.poll() is None, process.communicate()[0]
-            time.sleep(0.1)
+        wait_until_healthy(web_port, process)
         yield Sandbox(folder, folder / "sms311.yaml", web_port, process)
     finally:
         process.send_signal(signal.SIGINT)
