@@ -48,6 +48,11 @@ class Metrics:
         self.outbox_oldest_seconds = Gauge(
             "sms311_outbox_oldest_seconds", "Age of the oldest waiting outbox row", registry=r
         )
+        self.failed_replies = Gauge(
+            "sms311_failed_replies",
+            "Reply emails not texted and kept in the Failed list, not resolved (sms311 failed)",
+            registry=r,
+        )
         self.texts_out = Counter(
             "sms311_texts_out", "SMS handed to the provider", ["outcome"], registry=r
         )

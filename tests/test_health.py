@@ -59,6 +59,17 @@ def test_metrics_count_texts_and_refusals(tmp_path: Path) -> None:
     assert 'sms311_texts_in_total{kind="text"} 1.0' in text
     assert 'sms311_webhook_rejected_total{reason="signature"} 1.0' in text
     assert "sms311_outbox_depth 0.0" in text
+    assert "sms311_failed_replies 0.0" in text
+    # a reply from a stranger is not texted: kept in the Failed list, and counted
+    from gateway.mail.types import MailOrigin
+    from gateway.reply_service import ReplyService
+
+    raw = b"From: x@spam.example\r\nTo: sms@gateway.example\r\nSubject: hi\r\n\r\nHello\r\n"
+    disposition = ReplyService(gateway).handle(raw, MailOrigin(kind="smtp"))
+    assert disposition.outcome == "failed" and disposition.kept
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "sms311_failed_replies 1.0" in text
+    assert 'sms311_replies_read_total{outcome="failed"} 1.0' in text
     gateway.close()
 
 

@@ -12,6 +12,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.services import Gateway
+from gateway.store.reply_mail import count_failed_emails
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def metrics() -> Response:
         stats = gateway.store.outbox_stats()
         gateway.metrics.outbox_depth.set(stats["depth"])
         gateway.metrics.outbox_oldest_seconds.set(stats["oldest_age_seconds"] or 0)
+        with gateway.console.reading() as tx:  # a read-only transaction
+            gateway.metrics.failed_replies.set(count_failed_emails(tx.core))
     except Exception as exc:  # metrics must answer even when the store does not
         log.warning("metrics: outbox stats unavailable: %s", type(exc).__name__)
     return Response(generate_latest(gateway.metrics.registry), mimetype=CONTENT_TYPE_LATEST)
