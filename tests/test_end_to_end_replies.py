@@ -45,6 +45,11 @@ def test_agent_reply_in_the_mailbox_reaches_the_resident(tmp_path: Path, dovecot
         wait_for(lambda: len(dovecot.messages("Failed")) == 1, "the stranger's mail in Failed")
         wait_for(lambda: len(dovecot.messages("Processed")) == 2, "the bounce filed")
         assert dovecot.messages("INBOX") == []
+        # ...and kept in the store's Failed list too (the stranger gets no notice)
+        listed = loop.sms311("failed", "list")
+        assert listed.returncode == 0, listed.stderr
+        [kept] = listed.stdout.splitlines()
+        assert "\timap\t" in kept and "from=x@evil.example" in kept and "not an agent" in kept
 
         # Sticky: the resident's next text goes to the agent, the city in copy.
         loop.text("613-555-0142", "It is a big one")
