@@ -115,7 +115,8 @@ class _Decision:
     disposition: Disposition
     reply: replies.ParsedReply | None = None
     conversation: Conversation | None = None
-    tell: emails.NotTextedWhy | None = None  # send the sender a "not_texted" notice
+    why: emails.NotTextedWhy | None = None  # the kind of failure (kept with the email)
+    tell: bool = False  # send the sender a "not_texted" notice saying `why`
     municipality: Municipality | None = None  # the sender's (for "not_agent"/"unroutable")
 
 
@@ -267,7 +268,7 @@ class ReplyService:
             home = self._municipality_of(reply.sender)
             return _Decision(
                 Disposition("failed", "unroutable: no reply token and no known thread"),
-                reply, tell="unroutable" if home is not None else None, municipality=home,
+                reply, why="unroutable", tell=home is not None, municipality=home,
             )  # fmt: skip
         agents = self._agents(conversation)
         if not is_agent(reply.sender, agents):
@@ -278,7 +279,7 @@ class ReplyService:
                     f"sender is not an agent of conversation {conversation.id} "
                     f"({conversation.municipality_id or 'fallback'})",
                 ),
-                reply, conversation, tell="not_agent" if home is not None else None,
+                reply, conversation, why="not_agent", tell=home is not None,
                 municipality=self._gateway.directory().get(conversation.municipality_id or ""),
             )  # fmt: skip
         now = self._now()
@@ -290,13 +291,13 @@ class ReplyService:
                     "empty reply once quotes and signature are cut"
                     + (" (the answer was below the signature line)" if below else ""),
                 ),
-                reply, conversation, tell="below_signature" if below else "empty",
+                reply, conversation, why="below_signature" if below else "empty", tell=True,
             )  # fmt: skip
         garbage = not_text_reason(reply.text)
         if garbage is not None:
             return _Decision(
                 Disposition("failed", f"unreadable: {garbage}"), reply, conversation,
-                tell="unreadable",
+                why="unreadable", tell=True,
             )  # fmt: skip
 
         tx.set_agent(conversation.id, reply.sender)
@@ -371,10 +372,10 @@ class ReplyService:
         keep_failed_email(
             _sql(tx), key, raw, decision.disposition.reason, asdict(origin), now=self._now(),
             sender=reply.sender if reply else None, subject=reply.subject if reply else None,
-            conversation_id=conversation.id if conversation else None,
+            conversation_id=conversation.id if conversation else None, why=decision.why,
         )  # fmt: skip
-        if notify and decision.tell is not None and reply is not None and reply.sender:
-            self._tell(tx, reply, conversation, decision.tell, decision.municipality)
+        if notify and decision.tell and decision.why and reply is not None and reply.sender:
+            self._tell(tx, reply, conversation, decision.why, decision.municipality)
 
     def _tell(
         self,

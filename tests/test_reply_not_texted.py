@@ -139,6 +139,7 @@ def test_a_reply_not_texted_is_kept_and_an_agent_is_told_why(
         full = get_failed_email(tx, kept.id)
     assert full is not None and full.raw == raw and case.reason in kept.reason
     assert kept.size == len(raw) and not kept.truncated
+    assert kept.why == (case.why or ("not_agent" if "agent" in case.reason else "unroutable"))
     told = [n for n in notices(gateway) if n.kind == "not_texted"]
     if case.told is None:
         assert told == []  # no backscatter to strangers

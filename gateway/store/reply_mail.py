@@ -50,6 +50,7 @@ class FailedEmail:
     received_at: datetime
     origin: dict[str, Any]
     reason: str
+    why: str | None  # one of gateway.emails.NOT_TEXTED_WHY, or None (malformed, internal)
     sender: str | None
     subject: str | None
     conversation_id: int | None
@@ -68,6 +69,7 @@ def _row(row: sa.RowMapping, *, with_raw: bool) -> FailedEmail:
         received_at=row["received_at"],
         origin=dict(row["origin"] or {}),
         reason=str(row["reason"]),
+        why=row["why"],
         sender=row["sender"],
         subject=row["subject"],
         conversation_id=None if row["conversation_id"] is None else int(row["conversation_id"]),
@@ -90,6 +92,7 @@ def keep_failed_email(
     sender: str | None = None,
     subject: str | None = None,
     conversation_id: int | None = None,
+    why: str | None = None,
 ) -> int:
     """Keep `raw` (at most `MAX_KEPT_BYTES`) as a failed reply; returns its id.
 
@@ -100,6 +103,7 @@ def keep_failed_email(
     data = bytes(raw)
     values: dict[str, Any] = {
         "reason": reason[:2000],
+        "why": why,
         "origin": dict(origin),
         "sender": (sender or None) and sender[:320],
         "subject": (subject or None) and subject[:998],

@@ -216,6 +216,7 @@ failed_emails = sa.Table(
     sa.Column("received_at", UTCDateTime(), nullable=False),
     sa.Column("origin", JSONText(), nullable=False),
     sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("why", sa.String(32), nullable=True),  # gateway.emails.NOT_TEXTED_WHY
     sa.Column("sender", sa.String(320), nullable=True),
     sa.Column("subject", sa.Text(), nullable=True),
     sa.Column("conversation_id", BigId, nullable=True),

@@ -7,7 +7,9 @@ Create Date: 2026-12-03
 - `failed_emails`: one row per reply email the pipeline filed as failed (unroutable, sender
   not an agent, empty once quotes and signature are cut, unreadable, malformed), whichever
   door it came in by (IMAP or the SMTP/LMTP ingress): its bytes (at most 4 MB kept), the
-  reason, where it came from, the sender and the conversation when known. `sms311 failed
+  reason (and its kind, `why`: one of `gateway.emails.NOT_TEXTED_WHY`, or null for a
+  malformed email or an internal error), where it came from, the sender and the
+  conversation when known. `sms311 failed
   list|show|retry|delete` work on it; a retried email that is then texted gets
   `resolved_at` and its `resolution`. The conversation is not a foreign key: a failed
   email outlives an erased conversation only until the retention purge, which deletes
@@ -38,6 +40,7 @@ def upgrade() -> None:
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("origin", sa.Text(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("why", sa.String(32), nullable=True),
         sa.Column("sender", sa.String(320), nullable=True),
         sa.Column("subject", sa.Text(), nullable=True),
         sa.Column("conversation_id", BigId, nullable=True),
