@@ -251,7 +251,9 @@ def test_french_interface(chromium: Browser, gateway: Gateway) -> None:
 
 
 def test_accessibility_with_axe(chromium: Browser, gateway: Gateway) -> None:
-    new_resident(gateway, "613-555-0106", "Accessible pothole")
+    email = new_resident(gateway, "613-555-0106", "Accessible pothole")
+    # an email reply that is not texted (the answer below the signature): an event in the timeline
+    gateway.mail_reply(email, "-- \nJane Doe, 311\n\nFixed tomorrow.")
     page = new_page(chromium, base_url=gateway.url)
     console = watch_console(page)
     page.goto("/console/login")
@@ -263,6 +265,8 @@ def test_accessibility_with_axe(chromium: Browser, gateway: Gateway) -> None:
     assert problems == [], "list: " + format_violations(problems)
     open_conversation(page, "(613) 555-0106")
     page.get_by_role("button", name="Send text")  # the page is fully there
+    expect(page.get_by_text("Email reply from jane@ottawa.example was not texted")).to_be_visible(
+        timeout=15_000)  # (live refresh brings it if it was not kept yet)
     problems = axe_violations(page)
     assert problems == [], "conversation: " + format_violations(problems)
     page.get_by_role("link", name="Printable export").click()

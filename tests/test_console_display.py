@@ -7,7 +7,7 @@ import io
 from datetime import UTC, datetime, timedelta
 
 from gateway.store import StoredMessage
-from gateway.store.console import ConversationRow, Note
+from gateway.store.console import ConversationRow, Note, NotTextedReply
 from gateway.web.console import display
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -20,6 +20,14 @@ def message(id: int, direction: str, at: datetime, body: str = "x", **kw: object
 
 def note(id: int, at: datetime, body: str = "n") -> Note:
     return Note(id=id, conversation_id=1, user_id=1, user_name="Dana", body=body, created_at=at)
+
+
+def failed(id: int, at: datetime, why: str | None = "below_signature",
+           sender: str | None = "jane@ottawa.example", **kw: object) -> NotTextedReply:
+    values: dict[str, object] = dict(resolved_at=None, resolution=None)
+    values.update(kw)
+    return NotTextedReply(id=id, conversation_id=1, received_at=at, why=why, sender=sender,
+                          **values)  # type: ignore[arg-type]
 
 
 def row(**kw: object) -> ConversationRow:
@@ -45,6 +53,60 @@ def test_timeline_merges_messages_and_notes_in_time_order() -> None:
 def test_timeline_keeps_stored_order_of_messages_at_the_same_time() -> None:
     items = display.timeline([message(5, "in", T0), message(3, "in", T0)], [])
     assert [i.key for i in items] == ["m5", "m3"]
+
+
+def test_timeline_places_replies_not_texted_at_their_received_time() -> None:
+    items = display.timeline(
+        [message(1, "in", T0), message(2, "out", T0 + timedelta(minutes=3))],
+        [note(1, T0 + timedelta(minutes=2))],
+        [failed(7, T0 + timedelta(minutes=2)), failed(4, T0 + timedelta(minutes=1))],
+    )
+    assert [i.key for i in items] == ["m1", "f4", "n1", "f7", "m2"]
+    event = items[1]
+    assert event.kind == "not_texted" and event.failed is not None and event.message is None
+    assert event.body == "" and event.at == T0 + timedelta(minutes=1)  # never the email's text
+    # without failed replies, as before
+    assert [i.key for i in display.timeline([message(1, "in", T0)], [])] == ["m1"]
+
+
+def test_why_not_texted_keeps_only_the_known_kinds() -> None:
+    for why in ("below_signature", "empty", "not_agent", "unroutable", "unreadable"):
+        assert display.why_not_texted(failed(1, T0, why=why)) == why
+    assert display.why_not_texted(failed(1, T0, why=None)) is None  # malformed, internal error
+    assert display.why_not_texted(failed(1, T0, why="something_new")) is None
+
+
+def test_retry_outcome_of_a_reply_not_texted() -> None:
+    assert display.retry_outcome(failed(1, T0)) == "not_texted"
+    later = T0 + timedelta(hours=1)
+    texted = failed(1, T0, resolved_at=later, resolution="processed: conversation 1: texted")
+    assert display.retry_outcome(texted) == "texted_later"
+    meanwhile = failed(1, T0, resolved_at=later, resolution="already processed: conversation 1")
+    assert display.retry_outcome(meanwhile) == "texted_later"
+    copy = failed(1, T0, resolved_at=later, resolution="ignored: a second copy of a reply")
+    assert display.retry_outcome(copy) == "retried"
+    assert display.retry_outcome(failed(1, T0, resolved_at=later)) == "retried"
+
+
+def test_export_csv_rows_for_replies_not_texted() -> None:
+    items = display.timeline(
+        [message(1, "in", T0, "Pothole")],
+        [],
+        [failed(3, T0 + timedelta(minutes=1)),
+         failed(4, T0 + timedelta(minutes=2), why=None, sender="=cmd@evil.example",
+                resolved_at=T0 + timedelta(hours=1), resolution="processed: texted")],
+    )
+    described = list(csv.reader(io.StringIO(display.export_csv(
+        items, resident="(613) 555-0123", names={},
+        describe=lambda f: f"not texted ({f.why or 'other'})"))))
+    assert described[2][1:] == ["jane@ottawa.example", "not_texted", "email", "not_texted",
+                                "not texted (below_signature)"]
+    assert described[3][1:] == ["'=cmd@evil.example", "not_texted", "email", "texted_later",
+                                "not texted (other)"]
+    assert described[2][0] == (T0 + timedelta(minutes=1)).isoformat()
+    plain = list(csv.reader(io.StringIO(display.export_csv(
+        items, resident="(613) 555-0123", names={}))))
+    assert plain[2][-1] == "below_signature" and plain[3][-1] == ""
 
 
 def test_waiting_only_while_the_residents_last_text_is_unanswered() -> None:

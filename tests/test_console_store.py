@@ -23,6 +23,7 @@ from gateway.store.console import (
     phone_digits,
 )
 from gateway.store.privacy import delete_resident, export_resident
+from gateway.store.reply_mail import keep_failed_email, resolve_failed_email
 from gateway.store.schema import (
     audit_log,
     conversation_reads,
@@ -413,6 +414,87 @@ def test_timeline_version_changes(console: ConsoleStore) -> None:
         assert tx.timeline_version(424242) != version()
     assert reopened is not None and reopened.status == "open" and reopened.closed_at is None
     assert reopened.last_activity_at == T0 + timedelta(2)
+
+
+def _keep_failed(tx: ConsoleTx, key: str, conversation_id: int | None, at: datetime,
+                 why: str | None = "not_agent", sender: str | None = "x@spam.example") -> int:
+    return keep_failed_email(tx.core, key, b"Subject: hi\r\n\r\nSecret body", "not an agent",
+                             {"kind": "imap"}, now=at, sender=sender,
+                             conversation_id=conversation_id, why=why)
+
+
+def test_failed_replies_of_a_conversation_in_scope(console: ConsoleStore) -> None:
+    with console.transaction() as tx:
+        ottawa = _conversation(tx, PHONE, "ottawa", T0)
+        montreal = _conversation(tx, OTHER, "montreal", T0)
+        later = _keep_failed(tx, "sha256:b", ottawa, T0 + timedelta(minutes=5), why="empty",
+                             sender="jane@ottawa.example")
+        first = _keep_failed(tx, "sha256:a", ottawa, T0 + timedelta(minutes=1), why=None,
+                             sender=None)
+        _keep_failed(tx, "sha256:c", montreal, T0)
+        _keep_failed(tx, "sha256:d", None, T0, why="unroutable")  # no conversation
+    with console.reading() as tx:
+        mine = tx.failed_replies_of(ottawa, OTTAWA)
+        assert tx.failed_replies_of(ottawa, Scope(frozenset({"montreal"}))) == []
+        assert tx.failed_replies_of(montreal, OTTAWA) == []  # filtered in SQL, whatever the id
+        assert tx.failed_replies_of(ottawa, Scope(frozenset())) == []
+        assert [f.id for f in tx.failed_replies_of(ottawa, ALL)] == [first, later]
+        assert len(tx.failed_replies_of(montreal, ALL)) == 1
+        assert tx.failed_replies_of(424242, ALL) == []
+    assert [f.id for f in mine] == [first, later]  # received order
+    assert (mine[0].why, mine[0].sender, mine[0].received_at) == (
+        None, None, T0 + timedelta(minutes=1))
+    assert (mine[1].why, mine[1].sender, mine[1].conversation_id) == (
+        "empty", "jane@ottawa.example", ottawa)
+    assert mine[1].resolved_at is None and mine[1].resolution is None
+    assert "Secret body" not in repr(mine)  # never the email itself
+
+
+def test_failed_replies_are_read_through_their_index(console: ConsoleStore) -> None:
+    """One query by conversation id: the index on failed_emails.conversation_id (0007)."""
+    with console.transaction() as tx:
+        conv = _conversation(tx, PHONE, "ottawa", T0)
+    engine = console.store.engine
+    with engine.connect() as conn:
+        names = {i["name"] for i in sa.inspect(conn).get_indexes("failed_emails")}
+    assert "ix_failed_emails_conversation_id" in names
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            plan = " ".join(str(row[-1]) for row in conn.execute(sa.text(
+                "EXPLAIN QUERY PLAN SELECT id FROM failed_emails WHERE conversation_id = :c"
+            ), {"c": conv}))
+        assert "ix_failed_emails_conversation_id" in plan, plan
+
+
+def test_timeline_version_changes_with_failed_replies(console: ConsoleStore) -> None:
+    with console.transaction() as tx:
+        conv = _conversation(tx, PHONE, "ottawa", T0)
+        other = _conversation(tx, OTHER, "montreal", T0)
+
+    def version() -> str:
+        with console.reading() as tx:
+            return tx.timeline_version(conv)
+
+    seen = {version()}
+
+    def changed() -> None:
+        now = version()
+        assert now not in seen
+        seen.add(now)
+
+    with console.transaction() as tx:
+        kept = _keep_failed(tx, "sha256:a", conv, T0)
+    changed()
+    with console.transaction() as tx:
+        _keep_failed(tx, "sha256:b", other, T0)
+    assert version() in seen  # another conversation's
+    with console.transaction() as tx:
+        resolve_failed_email(tx.core, kept, "processed: texted", now=T0 + timedelta(1))
+    changed()
+    resolved = version()
+    with console.transaction() as tx:  # kept again (a retry that failed): unresolved again
+        _keep_failed(tx, "sha256:a", conv, T0)
+    assert version() != resolved
 
 
 # --- notes, presence ------------------------------------------------------------------------

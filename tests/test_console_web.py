@@ -1,5 +1,6 @@
 """The console through Flask's test client over a real SQLite store: sign-in, CSRF, headers,
-isolation by URL, replies on the outbox path, assignment, notes, export, audit, live refresh."""
+isolation by URL, replies on the outbox path, assignment, notes, export, audit, live refresh,
+reply emails that were not texted."""
 
 from __future__ import annotations
 
@@ -16,14 +17,18 @@ import pytest
 from gateway.config import load_settings
 from gateway.emails import AgentNotice, ResidentEmail
 from gateway.inbound import InboundText
+from gateway.reply_service import ReplyService
 from gateway.services import Gateway
 from gateway.store import open_store
 from gateway.store.console import Scope
+from gateway.store.reply_mail import list_failed_emails
 from gateway.web import create_app
 from gateway.web.console import CONTENT_SECURITY_POLICY
 from tests.console_fixtures import PASSWORD, ConsoleClient, add_user
 from tests.gateway_fixtures import migrated_gateway, write_settings
 from tests.postgres import migrated_schema, throwaway_database_name
+from tests.test_reply_flow import agent_reply
+from tests.test_reply_flow import handle as reply_by_email
 
 OTTAWA_PHONE = "+16135550123"
 MONTREAL_PHONE = "+15145550199"
@@ -416,6 +421,98 @@ def test_live_refresh_answers_204_until_something_changes(
     assert dana.get(list_live).status_code == 204
     conversation_of(gateway, "+16135550888", "Streetlight out", "Ottawa")
     assert "(613) 555-0888" in dana.get(list_live).get_data(as_text=True)
+
+
+# -- reply emails that were not texted ------------------------------------------------------
+
+BELOW_SIGNATURE = "-- \nJane Doe, 311\n\nThe crew comes on Tuesday."
+NOT_TEXTED_EN = ("Email reply from jane@ottawa.example was not texted: "
+                 "the answer was below the signature line")
+NOT_TEXTED_FR = ("Réponse par courriel de jane@ottawa.example non envoyée par texto : "
+                 "la réponse était sous la ligne de signature")
+
+
+def resident_email(gateway: Gateway, conversation_id: int) -> ResidentEmail:
+    """The newest email the gateway sent the agents in this conversation (to answer)."""
+    return [e for e in (ResidentEmail.from_dict(p) for p in outbox(gateway, "email")
+                        if p.get("type", "resident") == "resident")
+            if e.conversation_id == conversation_id][-1]
+
+
+def live_url(page: str) -> str:
+    found = re.search(r'hx-get="([^"]*/live\?v=[^"]+)"', page)
+    assert found, "no live refresh on the page"
+    return found.group(1).replace("&amp;", "&")
+
+
+def test_a_reply_email_not_texted_is_in_the_timeline(
+    gateway: Gateway, ottawa: int, montreal: int, dana: ConsoleClient
+) -> None:
+    raw = agent_reply(resident_email(gateway, ottawa), BELOW_SIGNATURE, sender="jane@ottawa.example")
+    assert reply_by_email(gateway, raw).outcome == "failed"
+    path = f"/console/conversations/{ottawa}"
+    page = dana.get(path).get_data(as_text=True)
+    assert NOT_TEXTED_EN in page and "Email reply not texted" in page
+    assert 'class="item item-not-texted"' in page and 'data-why="below_signature"' in page
+    assert "crew comes on Tuesday" not in page and "Jane Doe, 311" not in page  # never the email
+    assert "Pothole on Bank St" in page  # the resident's texts are still there
+    french = dana.get(path, headers={"Accept-Language": "fr"}).get_data(as_text=True)
+    assert NOT_TEXTED_FR in french and "crew comes on Tuesday" not in french
+    # Another city's agent: the conversation does not exist for them, nor the event.
+    add_user(gateway, "marc@montreal.example", "Marc", municipalities=("montreal",))
+    marc = client(gateway)
+    marc.login("marc@montreal.example")
+    assert marc.get(path).status_code == 404
+    assert marc.get(f"{path}/live").status_code == 404
+    theirs = marc.get(f"/console/conversations/{montreal}").get_data(as_text=True)
+    assert "jane@ottawa.example" not in theirs and "not texted" not in theirs
+    # The exports (supervisors) have it too, never the email's text.
+    add_user(gateway, "sup@ottawa.example", "Sue Supervisor", role="supervisor")
+    sue = client(gateway)
+    sue.login("sup@ottawa.example")
+    printable = sue.get(f"{path}/export").get_data(as_text=True)
+    assert NOT_TEXTED_EN in printable and "Not texted" in printable
+    assert "crew comes on Tuesday" not in printable
+    exported = sue.get(f"{path}/export.csv").get_data(as_text=True)
+    assert f"jane@ottawa.example,not_texted,email,not_texted,{NOT_TEXTED_EN}" in exported
+    assert "crew comes on Tuesday" not in exported
+
+
+def test_a_reply_not_texted_appears_live_and_so_does_its_retry(
+    gateway: Gateway, ottawa: int, dana: ConsoleClient, tmp_path: Path
+) -> None:
+    path = f"/console/conversations/{ottawa}"
+    url = live_url(dana.get(path).get_data(as_text=True))
+    assert dana.get(url).status_code == 204
+    raw = agent_reply(resident_email(gateway, ottawa), "Fixed on Monday.",
+                      sender="contractor@roads.example")  # a stranger to Ottawa's agents
+    assert reply_by_email(gateway, raw).outcome == "failed"
+    changed = dana.get(url)
+    assert changed.status_code == 200
+    live = changed.get_data(as_text=True)
+    assert ("Email reply from contractor@roads.example was not texted: the sender is not one "
+            "of the agents who may answer this municipality") in live
+    assert "Fixed on Monday." not in live
+    url = live_url(live)
+    assert dana.get(url).status_code == 204
+    # The operator adds the contractor to Ottawa's agents and retries it: texted later.
+    map_path = tmp_path / "municipality_map.yaml"
+    map_path.write_text(
+        map_path.read_text().replace('agents: ["@ottawa.example"]',
+                                     'agents: ["@ottawa.example", "contractor@roads.example"]'),
+        encoding="utf-8",
+    )
+    gateway.directory.reload()
+    with gateway.store.transaction() as tx:
+        [kept] = list_failed_emails(tx)
+    assert ReplyService(gateway).retry(kept.id).outcome == "processed"
+    retried = dana.get(url)
+    assert retried.status_code == 200
+    after = retried.get_data(as_text=True)
+    assert "Texted later, after a retry" in after and 'data-outcome="texted_later"' in after
+    assert "Fixed on Monday." in after  # now an agent reply by email, like any other
+    french = dana.get(path, headers={"Accept-Language": "fr"}).get_data(as_text=True)
+    assert "Envoyée par texto plus tard, après une nouvelle tentative" in french
 
 
 def test_presence_of_another_agent(gateway: Gateway, ottawa: int, dana: ConsoleClient) -> None:

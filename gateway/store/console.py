@@ -16,6 +16,7 @@ municipality (the fallback mailbox); `Scope(frozenset({"ottawa"}))` sees exactly
 municipalities' conversations and never the ones without a municipality. Every query
 that returns conversations, counts, search results, messages or notes takes a scope and
 filters IN SQL, so isolation never depends on the caller remembering to check.
+(So does `failed_replies_of`: the reply emails of a conversation that were not texted.)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from gateway.store.schema import (
     console_settings,
     conversation_reads,
     conversations,
+    failed_emails,
     messages,
     notes,
     presence,
@@ -143,6 +145,21 @@ class Note:
     user_name: str
     body: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class NotTextedReply:
+    """A reply email of this conversation that was not texted (kept in `failed_emails`), as
+    the console may show it: who sent it, when, why, and whether a retry texted it later.
+    Never its bytes, subject or text: it may be a stranger's email."""
+
+    id: int
+    conversation_id: int
+    received_at: datetime
+    why: str | None  # one of gateway.emails.NOT_TEXTED_WHY, or None (malformed, internal)
+    sender: str | None  # the From address, lower-case
+    resolved_at: datetime | None  # when `sms311 failed retry` handed it over successfully
+    resolution: str | None  # for operators (English): "processed: …", "ignored: …"
 
 
 @dataclass(frozen=True)
@@ -806,16 +823,21 @@ class ConsoleTx:
 
     def timeline_version(self, conversation_id: int) -> str:
         """A short string that changes whenever the conversation's messages (new ones, a
-        delivery status), notes, status or agent change: live refresh answers 204 when equal.
+        delivery status), notes, failed reply emails (a new one kept, one resolved or kept
+        again), status or agent change: live refresh answers 204 when equal.
         (A hash of the messages' count, newest id and newest `updated_at`, the notes' count
-        and newest id, and the conversation's status, agent, closed_at, last activity.)"""
-        m, n, c = messages.c, notes.c, conversations.c
+        and newest id, the failed emails' count, newest id, resolved count and newest
+        `resolved_at`, and the conversation's status, agent, closed_at, last activity.)"""
+        m, n, f, c = messages.c, notes.c, failed_emails.c, conversations.c
 
         def of_messages(value: sa.ColumnElement[Any]) -> sa.ScalarSelect[Any]:
             return sa.select(value).where(m.conversation_id == c.id).scalar_subquery()
 
         def of_notes(value: sa.ColumnElement[Any]) -> sa.ScalarSelect[Any]:
             return sa.select(value).where(n.conversation_id == c.id).scalar_subquery()
+
+        def of_failed(value: sa.ColumnElement[Any]) -> sa.ScalarSelect[Any]:
+            return sa.select(value).where(f.conversation_id == c.id).scalar_subquery()
 
         row = self._exec(
             sa.select(
@@ -828,6 +850,10 @@ class ConsoleTx:
                 of_messages(sa.func.max(m.updated_at)),
                 of_notes(sa.func.count()),
                 of_notes(sa.func.max(n.id)),
+                of_failed(sa.func.count()),
+                of_failed(sa.func.max(f.id)),
+                of_failed(sa.func.count(f.resolved_at)),
+                of_failed(sa.func.max(f.resolved_at)),
             ).where(c.id == conversation_id)
         ).first()
         text = repr(None if row is None else tuple(row))
@@ -836,6 +862,35 @@ class ConsoleTx:
     def messages(self, conversation_id: int) -> list[StoredMessage]:
         """Every message of the conversation, oldest first (= core.messages_of)."""
         return self.core.messages_of(conversation_id)
+
+    def failed_replies_of(self, conversation_id: int, scope: Scope) -> list[NotTextedReply]:
+        """The reply emails of this conversation that were not texted (`failed_emails`),
+        oldest first; none when the conversation is not in `scope` (filtered in SQL). One
+        query through the index on `failed_emails.conversation_id`; the emails' bytes are
+        not read."""
+        f, c = failed_emails.c, conversations.c
+        stmt = (
+            sa.select(f.id, f.conversation_id, f.received_at, f.why, f.sender, f.resolved_at,
+                      f.resolution)
+            .join(conversations, c.id == f.conversation_id)
+            .where(f.conversation_id == conversation_id)
+            .order_by(f.received_at, f.id)
+        )
+        allowed = _in_scope(scope, c.municipality_id)
+        if allowed is not None:
+            stmt = stmt.where(allowed)
+        return [
+            NotTextedReply(
+                id=int(m["id"]),
+                conversation_id=int(m["conversation_id"]),
+                received_at=m["received_at"],
+                why=m["why"],
+                sender=m["sender"],
+                resolved_at=m["resolved_at"],
+                resolution=m["resolution"],
+            )
+            for m in self._exec(stmt).mappings()
+        ]
 
     def reopen_conversation(self, conversation_id: int, at: datetime) -> None:
         """status open, closed_at NULL, last_activity_at moved forward to `at` (never back).

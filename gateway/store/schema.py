@@ -225,6 +225,7 @@ failed_emails = sa.Table(
     sa.Column("resolved_at", UTCDateTime(), nullable=True),
     sa.Column("resolution", sa.Text(), nullable=True),
     sa.Index(None, "received_at"),
+    sa.Index(None, "conversation_id"),  # the console's timeline of one conversation
 )
 
 # Where the IMAP listener got to in each mailbox.

@@ -1,5 +1,6 @@
-"""What the console shows, computed from values (no I/O): the timeline of a conversation,
-how long a resident has been waiting, the segment counter, the CSV export.
+"""What the console shows, computed from values (no I/O): the timeline of a conversation
+(texts, replies, notes, and the reply emails that were not texted), how long a resident has
+been waiting, the segment counter, the CSV export.
 
 The views fetch; these functions decide. They are unit-tested in tests/test_console_display.py.
 """
@@ -8,16 +9,21 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
 from gateway import segments
+from gateway.emails import NOT_TEXTED_WHY, NotTextedWhy
 from gateway.store import StoredMessage
-from gateway.store.console import ConversationRow, Note
+from gateway.store.console import ConversationRow, Note, NotTextedReply
 
-ItemKind = Literal["in", "out", "note"]
+ItemKind = Literal["in", "out", "note", "not_texted"]
+#: What became of a reply email that was not texted: still not texted; texted later (an
+#: operator's `sms311 failed retry` handed it over and it went the reply path); or dealt
+#: with by a retry without being texted (a second copy of a reply already texted, …).
+RetryOutcome = Literal["not_texted", "texted_later", "retried"]
 
 #: Delivery statuses of an outgoing SMS that mean it did not reach the phone.
 FAILED_STATUSES = frozenset({"failed", "undelivered", "not_sent", "canceled"})
@@ -25,18 +31,23 @@ FAILED_STATUSES = frozenset({"failed", "undelivered", "not_sent", "canceled"})
 
 @dataclass(frozen=True)
 class TimelineItem:
-    """One line of a conversation: a resident text, an agent reply, or an internal note."""
+    """One line of a conversation: a resident text, an agent reply, an internal note, or a
+    reply email that was not texted (`failed`; its `body` is always "": the email may be a
+    stranger's, so the console never shows its text)."""
 
     kind: ItemKind
     at: datetime
     body: str
     message: StoredMessage | None = None
     note: Note | None = None
+    failed: NotTextedReply | None = None
 
     @property
     def key(self) -> str:
         if self.message is not None:
             return f"m{self.message.id}"
+        if self.failed is not None:
+            return f"f{self.failed.id}"
         assert self.note is not None
         return f"n{self.note.id}"
 
@@ -52,9 +63,14 @@ def clean(text: str, *, multiline: bool = False, limit: int = 10_000) -> str:
     ).strip()[:limit]
 
 
-def timeline(messages: Iterable[StoredMessage], notes: Iterable[Note]) -> list[TimelineItem]:
-    """Messages (both directions, whichever door they came through) and notes, in time
-    order; on equal times messages come before notes and keep their stored order."""
+def timeline(
+    messages: Iterable[StoredMessage],
+    notes: Iterable[Note],
+    failed: Iterable[NotTextedReply] = (),
+) -> list[TimelineItem]:
+    """Messages (both directions, whichever door they came through), notes and reply emails
+    that were not texted (at the time they were received), in time order; on equal times
+    messages come first, then notes, then failed replies, each in their given order."""
     items: list[tuple[datetime, int, int, TimelineItem]] = []
     for order, message in enumerate(messages):
         items.append(
@@ -64,8 +80,36 @@ def timeline(messages: Iterable[StoredMessage], notes: Iterable[Note]) -> list[T
     for order, note in enumerate(notes):
         items.append((note.created_at, 1, order, TimelineItem("note", note.created_at,
                                                               note.body, note=note)))
+    for order, reply in enumerate(failed):
+        items.append((reply.received_at, 2, order,
+                      TimelineItem("not_texted", reply.received_at, "", failed=reply)))
     items.sort(key=lambda item: item[:3])
     return [item[3] for item in items]
+
+
+def why_not_texted(reply: NotTextedReply) -> NotTextedWhy | None:
+    """The reply's `why` when it is one the console has a phrase for (one of
+    `gateway.emails.NOT_TEXTED_WHY`); None (the generic phrase) otherwise."""
+    why = reply.why
+    for known in NOT_TEXTED_WHY:
+        if why == known:
+            return known
+    return None
+
+
+_TEXTED_LATER = ("processed", "already processed")
+
+
+def retry_outcome(reply: NotTextedReply) -> RetryOutcome:
+    """What became of it: "not_texted" while unresolved; once a retry resolved it,
+    "texted_later" when the pipeline then processed it (it went the reply path, so it is in
+    the timeline as an agent reply) and "retried" otherwise (ignored as automatic or as a
+    second copy of a reply already texted)."""
+    if reply.resolved_at is None:
+        return "not_texted"
+    if (reply.resolution or "").startswith(_TEXTED_LATER):
+        return "texted_later"
+    return "retried"
 
 
 def waiting_since(row: ConversationRow) -> datetime | None:
@@ -128,11 +172,18 @@ def count(text: str) -> SegmentCount:
 
 
 def export_csv(
-    items: Sequence[TimelineItem], *, resident: str, names: dict[str, str]
+    items: Sequence[TimelineItem],
+    *,
+    resident: str,
+    names: dict[str, str],
+    describe: Callable[[NotTextedReply], str] | None = None,
 ) -> str:
     """The conversation as CSV: time (ISO 8601, UTC), who, kind, delivery status, text.
 
-    `names` maps agent addresses / user ids ("user:<id>") to display names."""
+    `names` maps agent addresses / user ids ("user:<id>") to display names. A reply email
+    that was not texted is a row of kind "not_texted" from its sender, via "email", its
+    `retry_outcome` as status and, as text, `describe(reply)` (the page's sentence; the
+    `why` code without it), never the email's own text."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["time_utc", "from", "kind", "via", "status", "text"])
@@ -144,6 +195,12 @@ def export_csv(
             address = item.message.agent_address or ""
             who = names.get(address, address)
             via, status = item.message.via or "email", item.message.status or ""
+        elif item.failed is not None:
+            failed = item.failed
+            writer.writerow([item.at.isoformat(), _no_formula(failed.sender or ""), item.kind,
+                             "email", retry_outcome(failed),
+                             _no_formula(describe(failed) if describe else failed.why or "")])
+            continue
         else:
             assert item.note is not None
             who, via, status = item.note.user_name, "note", ""

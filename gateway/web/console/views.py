@@ -42,7 +42,7 @@ from gateway.inbound import PROVINCE_TIMEZONES
 from gateway.logs import mask_phone
 from gateway.municipalities import Municipality
 from gateway.store import Conversation, StoreUnavailable
-from gateway.store.console import LIST_FILTERS, ConsoleTx, ListFilter, User
+from gateway.store.console import LIST_FILTERS, ConsoleTx, ListFilter, NotTextedReply, User
 from gateway.web.console import auth, display
 from gateway.web.console.context import (
     ConsoleUser,
@@ -279,6 +279,26 @@ def conversations_live() -> Response | str:
 
 # -- one conversation --------------------------------------------------------------------
 
+_WHY_NOT_TEXTED = {
+    "below_signature": lambda: _("the answer was below the signature line"),
+    "empty": lambda: _("nothing was left once quotes and signature were cut"),
+    "not_agent": lambda: _("the sender is not one of the agents who may answer this "
+                           "municipality"),
+    "unroutable": lambda: _("it did not answer any conversation"),
+    "unreadable": lambda: _("it could not be read (binary data or the wrong character set)"),
+}
+
+
+def _not_texted(reply: NotTextedReply) -> str:
+    """The timeline's sentence for a reply email that was not texted: its sender and why
+    (one short phrase per `why`, a generic one otherwise), never the email's text."""
+    why = display.why_not_texted(reply)
+    phrase = _WHY_NOT_TEXTED[why]() if why is not None else _("it could not be handled")
+    if reply.sender:
+        return str(_("Email reply from %(sender)s was not texted: %(why)s",
+                     sender=reply.sender, why=phrase))
+    return str(_("An email reply was not texted: %(why)s", why=phrase))
+
 
 def _conversation_context(tx: ConsoleTx, conversation: Conversation) -> dict[str, Any]:
     account = user()
@@ -286,14 +306,15 @@ def _conversation_context(tx: ConsoleTx, conversation: Conversation) -> dict[str
     resident = tx.core.get_resident(conversation.phone)
     notes = tx.notes_of(conversation.id)
     messages = tx.messages(conversation.id)
-    items = display.timeline(messages, notes)
+    failed = tx.failed_replies_of(conversation.id, account.scope)
+    items = display.timeline(messages, notes, failed)
     since = at - timedelta(seconds=gateway().settings.console.presence_seconds)
     others = tx.presence(conversation.id, since=since, excluding_user=account.id)
     colleagues = tx.users_of(conversation.municipality_id) if conversation.municipality_id else []
     names = {u.email: u.name for u in colleagues}
     version = tx.timeline_version(conversation.id) + "|" + ",".join(
         f"{p.user_id}:{p.state}" for p in others
-    )
+    ) + "|" + ",".join(f"{f.id}:{f.why}" for f in failed)  # (a retry kept with another why)
     municipality = _municipality(conversation.municipality_id)
     return {
         "conversation": conversation,
@@ -307,6 +328,8 @@ def _conversation_context(tx: ConsoleTx, conversation: Conversation) -> dict[str
         "assignable": colleagues,
         "canned": municipality.canned_replies if municipality else (),
         "failed_statuses": display.FAILED_STATUSES,
+        "not_texted": _not_texted,
+        "retry_outcome": display.retry_outcome,
     }
 
 
@@ -573,7 +596,7 @@ def export(conversation_id: int) -> str:
 def export_csv(conversation_id: int) -> Response:
     found, context = _export_context(conversation_id)
     text = display.export_csv(context["items"], resident=_national(found.phone),
-                              names=context["names"])
+                              names=context["names"], describe=_not_texted)
     response = Response(text, content_type="text/csv; charset=utf-8")
     response.headers["Content-Disposition"] = (
         f'attachment; filename="conversation-{found.id}.csv"'

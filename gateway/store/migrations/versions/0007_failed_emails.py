@@ -13,7 +13,9 @@ Create Date: 2026-12-03
   list|show|retry|delete` work on it; a retried email that is then texted gets
   `resolved_at` and its `resolution`. The conversation is not a foreign key: a failed
   email outlives an erased conversation only until the retention purge, which deletes
-  failed emails older than `retention.days` along with the conversations.
+  failed emails older than `retention.days` along with the conversations. Indexed on
+  `received_at` (the purge) and `conversation_id` (the console shows a conversation's
+  failed replies in its timeline).
 """
 
 from __future__ import annotations
@@ -54,8 +56,13 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_failed_emails_received_at"), "failed_emails", ["received_at"], unique=False
     )
+    op.create_index(
+        op.f("ix_failed_emails_conversation_id"), "failed_emails", ["conversation_id"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_failed_emails_conversation_id"), table_name="failed_emails")
     op.drop_index(op.f("ix_failed_emails_received_at"), table_name="failed_emails")
     op.drop_table("failed_emails")
