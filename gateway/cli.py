@@ -50,6 +50,7 @@ from gateway.config import (
     load_settings,
 )
 from gateway.logs import setup_logging
+from gateway.sandbox_data import SAMPLE_MEDIA
 from gateway.store import SchemaOutOfDate, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 
 SANDBOX_DIR = Path("var/sandbox")  # where `make run` keeps the sandbox (relative to the repo)
 NAME_MAX_CHARS = 200  # an account's name (the users table's limit)
-SAMPLE_MEDIA = "sample"  # `sandbox text --media sample`: the sandbox's sample picture
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +211,10 @@ def cmd_failed(args: argparse.Namespace) -> int:
         return 0 if disposition.outcome != "failed" else 1
 
     from gateway.store import open_store
-    from gateway.store.sql import SqlStore
 
     store = open_store(settings.database)
     try:
         store.check_schema()
-        assert isinstance(store, SqlStore)
         with store.transaction() as tx:
             if args.failed_command == "show":
                 kept = get_failed_email(tx, args.id)

@@ -175,8 +175,9 @@ class ReplyService:
                 if seen is not None and not (retry_of is not None and seen[0] == "failed"):
                     if retry_of is not None:  # texted meanwhile: nothing left to do
                         resolve_failed_email(
-                            _sql(tx), retry_of, f"already {seen[0]}: {seen[1]}", now=self._now()
-                        )
+                            _sql(tx), retry_of, seen[0], f"already handled: {seen[1]}",
+                            now=self._now(),
+                        )  # fmt: skip
                     # (a failed email was kept in the Failed list when it was first seen)
                     return Disposition(
                         seen[0], f"already handled: {seen[1]}", kept=seen[0] == "failed"
@@ -188,7 +189,7 @@ class ReplyService:
                     disposition = replace(disposition, kept=True)
                 elif retry_of is not None:
                     resolve_failed_email(
-                        _sql(tx), retry_of, f"{disposition.outcome}: {disposition.reason}",
+                        _sql(tx), retry_of, disposition.outcome, disposition.reason,
                         now=self._now(),
                     )  # fmt: skip
                 if seen is None:

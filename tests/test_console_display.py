@@ -81,7 +81,7 @@ def test_retry_outcome_of_a_reply_not_texted() -> None:
     later = T0 + timedelta(hours=1)
     texted = failed(1, T0, resolved_at=later, resolution="processed: conversation 1: texted")
     assert display.retry_outcome(texted) == "texted_later"
-    meanwhile = failed(1, T0, resolved_at=later, resolution="already processed: conversation 1")
+    meanwhile = failed(1, T0, resolved_at=later, resolution="processed: already handled: conversation 1")
     assert display.retry_outcome(meanwhile) == "texted_later"
     copy = failed(1, T0, resolved_at=later, resolution="ignored: a second copy of a reply")
     assert display.retry_outcome(copy) == "retried"

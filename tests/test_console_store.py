@@ -489,7 +489,7 @@ def test_timeline_version_changes_with_failed_replies(console: ConsoleStore) -> 
         _keep_failed(tx, "sha256:b", other, T0)
     assert version() in seen  # another conversation's
     with console.transaction() as tx:
-        resolve_failed_email(tx.core, kept, "processed: texted", now=T0 + timedelta(1))
+        resolve_failed_email(tx.core, kept, "processed", "texted", now=T0 + timedelta(1))
     changed()
     resolved = version()
     with console.transaction() as tx:  # kept again (a retry that failed): unresolved again

@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from gateway.store.reply_mail import LISTED_COLUMNS
 from gateway.store.schema import (
     conversations,
     email_messages,
@@ -121,7 +122,7 @@ def export_resident(store: SqlStore, phone: str) -> dict[str, Any]:
             # agents' replies that were not texted, kept for the operator (without bytes)
             "failed_emails": _rows(
                 conn,
-                sa.select(*(c for c in failed_emails.c if c.name != "raw")).where(
+                sa.select(*LISTED_COLUMNS).where(
                     failed_emails.c.conversation_id.in_(conversation_ids)
                 ),
             ),

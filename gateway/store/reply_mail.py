@@ -105,8 +105,8 @@ def keep_failed_email(
         "reason": reason[:2000],
         "why": why,
         "origin": dict(origin),
-        "sender": (sender or None) and sender[:320],
-        "subject": (subject or None) and subject[:998],
+        "sender": sender[:320] if sender else None,
+        "subject": subject[:998] if subject else None,
         "conversation_id": conversation_id,
         "resolved_at": None,
         "resolution": None,
@@ -131,7 +131,8 @@ def keep_failed_email(
     return int(result.scalar_one())
 
 
-_LISTED = (
+#: Every column but the email's bytes, and their length as "size".
+LISTED_COLUMNS = (
     *(c for c in failed_emails.c if c.name != "raw"),
     sa.func.length(failed_emails.c.raw).label("size"),
 )
@@ -141,7 +142,7 @@ def list_failed_emails(
     tx: SqlTx, *, include_resolved: bool = False, limit: int = LIST_LIMIT
 ) -> list[FailedEmail]:
     """Kept failed replies, newest first (without their bytes; `size` is their length)."""
-    stmt = sa.select(*_LISTED).order_by(failed_emails.c.id.desc()).limit(max(1, limit))
+    stmt = sa.select(*LISTED_COLUMNS).order_by(failed_emails.c.id.desc()).limit(max(1, limit))
     if not include_resolved:
         stmt = stmt.where(failed_emails.c.resolved_at.is_(None))
     return [_row(row, with_raw=False) for row in tx._exec(stmt).mappings()]
@@ -160,13 +161,22 @@ def get_failed_email(tx: SqlTx, failed_id: int) -> FailedEmail | None:
     return None if row is None else _row(row, with_raw=True)
 
 
-def resolve_failed_email(tx: SqlTx, failed_id: int, resolution: str, *, now: datetime) -> None:
-    """Mark a kept failed reply as dealt with (it was handed over again and texted)."""
+def resolve_failed_email(
+    tx: SqlTx, failed_id: int, outcome: EmailOutcome, detail: str, *, now: datetime
+) -> None:
+    """Mark a kept failed reply as dealt with by a retry that ended `outcome` ("processed":
+    texted, or "ignored"); `resolution` is stored as "<outcome>: <detail>"."""
     tx._exec(
         sa.update(failed_emails)
         .where(failed_emails.c.id == failed_id)
-        .values(resolved_at=_aware(now, "now"), resolution=resolution[:2000])
+        .values(resolved_at=_aware(now, "now"), resolution=f"{outcome}: {detail}"[:2000])
     )
+
+
+def resolution_outcome(resolution: str | None) -> str | None:
+    """The outcome a `resolve_failed_email` resolution records ("processed", "ignored"), or
+    None for an unresolved email."""
+    return resolution.partition(":")[0] if resolution else None
 
 
 def delete_failed_email(tx: SqlTx, failed_id: int) -> bool:

@@ -18,6 +18,7 @@ from gateway import segments
 from gateway.emails import NOT_TEXTED_WHY, NotTextedWhy
 from gateway.store import StoredMessage
 from gateway.store.console import ConversationRow, Note, NotTextedReply
+from gateway.store.reply_mail import resolution_outcome
 
 ItemKind = Literal["in", "out", "note", "not_texted"]
 #: What became of a reply email that was not texted: still not texted; texted later (an
@@ -97,9 +98,6 @@ def why_not_texted(reply: NotTextedReply) -> NotTextedWhy | None:
     return None
 
 
-_TEXTED_LATER = ("processed", "already processed")
-
-
 def retry_outcome(reply: NotTextedReply) -> RetryOutcome:
     """What became of it: "not_texted" while unresolved; once a retry resolved it,
     "texted_later" when the pipeline then processed it (it went the reply path, so it is in
@@ -107,7 +105,7 @@ def retry_outcome(reply: NotTextedReply) -> RetryOutcome:
     second copy of a reply already texted)."""
     if reply.resolved_at is None:
         return "not_texted"
-    if (reply.resolution or "").startswith(_TEXTED_LATER):
+    if resolution_outcome(reply.resolution) == "processed":
         return "texted_later"
     return "retried"
 
