@@ -33,8 +33,8 @@ import requests
 
 from bench.common import Figure, db_upgrade, percentile, running, sms311, wait_http
 from bench.console_seed import seed
-from gateway import accounts
-from gateway.config import load_municipality_map, load_settings
+from gateway.rules import accounts
+from gateway.settings import load_municipality_map, load_settings
 from gateway.store import open_store
 from gateway.store.console import ConsoleStore
 from tests.gateway_fixtures import free_port, write_settings

@@ -148,8 +148,8 @@ def seed_residents(loop: Loop, count: int) -> list[str]:
 
 
 def text_to_email(loop: Loop, numbers: list[str], seconds: float, base: int) -> Samples:
-    from gateway.sandbox import twilio_form
-    from gateway.web.signature import TwilioSignature
+    from gateway.run.sandbox import twilio_form
+    from gateway.sms.twilio.signature import TwilioSignature
 
     collector = loop.collector
     assert isinstance(collector, TimedCollector)
@@ -365,8 +365,8 @@ def run(seconds: float, replies: int) -> tuple[list[Figure], str]:
 
 def load_burst(loop: Loop, numbers: list[str], folder: Path, seconds: float) -> int:
     """wrk, 16 connections, pre-signed texts from the seeded residents; the texts sent."""
-    from gateway.sandbox import twilio_form
-    from gateway.web.signature import TwilioSignature
+    from gateway.run.sandbox import twilio_form
+    from gateway.sms.twilio.signature import TwilioSignature
     from gateway.web.webhooks import normalise_number
 
     signature = TwilioSignature(loop.settings.sms.auth_token, loop.settings.public_url)

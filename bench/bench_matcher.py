@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gateway.config import load_municipality_map
-from gateway.directory_build import merge_with_census, read_census
-from gateway.municipalities import Directory, normalize
+from gateway.rules.municipalities import Directory, normalize
+from gateway.settings import load_municipality_map
+from gateway.settings.directory_build import merge_with_census, read_census
 
 TARGET_P99_MS = 1.0
 GARBAGE = [

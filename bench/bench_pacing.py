@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.pacing import SegmentPacer
+from gateway.store.pacing import SegmentPacer
 from tests.fake_twilio import max_in_window  # the same window count the tests use
 
 TARGET_RATIO = 0.95
@@ -121,7 +121,7 @@ def end_to_end(rate: float, seconds: float, folder: Path) -> tuple[int, float, i
     any 1-second window, sustained rate / `rate`, messages)."""
     from datetime import UTC, datetime
 
-    from gateway.segments import count_segments
+    from gateway.rules.segments import count_segments
     from gateway.store import open_store
     from tests.loop import Loop, wait_for
 

@@ -95,11 +95,11 @@ class Prepared:
 def prepare(folder: Path, requests: int, residents: int = 1000) -> Prepared:
     """Settings, a migrated database with `residents` known residents (each already with an
     open conversation), and a file of `requests` pre-signed webhook requests."""
-    from gateway.config import load_settings
-    from gateway.inbound import InboundText
-    from gateway.services import Gateway
+    from gateway.app import Gateway
+    from gateway.flows.text_in import InboundText
+    from gateway.settings import load_settings
+    from gateway.sms.twilio.signature import TwilioSignature
     from gateway.store import Resident
-    from gateway.web.signature import TwilioSignature
 
     port = free_port()
     map_text = (REPO / "municipality_map.yaml").read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Compare reply parsers on the shared reply corpora: gateway.replies against the libraries.
+"""Compare reply parsers on the shared reply corpora: gateway.rules.reading against the libraries.
 
     .venv/bin/python bench/compare_reply_parsers.py [--failures]
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway import replies
+from gateway.rules import reading
 from tests.test_reply_corpora import (
     OURS,
     Approach,
@@ -48,7 +48,7 @@ def optional_approaches() -> list[Approach]:
             Approach(
                 "talon 1.4 (mailgun)",
                 quotations.extract_from_plain,
-                html=lambda h: replies.html_to_text(quotations.extract_from_html(h)),
+                html=lambda h: reading.html_to_text(quotations.extract_from_html(h)),
             )
         )
     return found

@@ -3,7 +3,7 @@
     python bench/serve.py SERVER APP PORT        (APP: bare | gateway; gateway reads
                                                   $GATEWAY_CONFIG)
 
-SERVER is "production" (what `sms311 web` serves with: `gateway.server.WebServer`) or one
+SERVER is "production" (what `sms311 web` serves with: `gateway.run.server.WebServer`) or one
 of the candidates in `SERVERS`. Pre-fork servers (gunicorn, granian) are exec'd, so the
 process's pid is their master. Runs until SIGTERM/SIGINT. The candidates other than
 waitress are not dependencies: `.venv/bin/pip install gunicorn granian cheroot` first.
@@ -56,7 +56,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: done.set())
     listen = f"127.0.0.1:{port}"
     if server == "production":
-        from gateway.server import WebServer
+        from gateway.run.server import WebServer
 
         web = WebServer(app, listen)
         web.start()

@@ -25,9 +25,9 @@ def bare() -> Flask:
 
 def gateway() -> Flask:
     """The gateway's web app, exactly as `sms311 web` builds it."""
-    from gateway.config import load_settings
+    from gateway.app import Gateway
     from gateway.logs import setup_logging
-    from gateway.services import Gateway
+    from gateway.settings import load_settings
     from gateway.web import create_app
 
     settings = load_settings(Path(os.environ["GATEWAY_CONFIG"]), {})

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import accounts
-from gateway.services import Gateway
+from gateway.app import Gateway
+from gateway.rules import accounts
 from gateway.store.console import Role, User
 
 PASSWORD = "correct horse battery staple"

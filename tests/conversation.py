@@ -19,9 +19,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from gateway import dialogue, keywords
-from gateway.dialogue import Action, DialogueState, DirectoryView, Inbound
-from gateway.keywords import Keyword
+from gateway.rules import dialogue, keywords
+from gateway.rules.dialogue import Action, DialogueState, DirectoryView, Inbound
+from gateway.rules.keywords import Keyword
 
 
 @dataclass(frozen=True)

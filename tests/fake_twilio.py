@@ -59,7 +59,7 @@ from typing import Any, Literal
 
 from twilio.request_validator import RequestValidator
 
-from gateway.segments import count_segments
+from gateway.rules.segments import count_segments
 
 API = "/2010-04-01/Accounts/"
 _MESSAGES = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages\.json$")

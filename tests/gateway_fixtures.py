@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from gateway.config import Settings, load_settings
-from gateway.sandbox import twilio_form
-from gateway.web.signature import TwilioSignature
+from gateway.run.sandbox import twilio_form
+from gateway.settings import Settings, load_settings
+from gateway.sms.twilio.signature import TwilioSignature
 
 REPO = Path(__file__).resolve().parents[1]
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
@@ -156,7 +156,7 @@ class Resident:
 def migrated_gateway(folder: Path, **kwargs: Any) -> Any:
     """A `Gateway` over a freshly migrated SQLite store in `folder` (settings as
     `write_settings` takes them). Close it with `.close()`."""
-    from gateway.services import Gateway
+    from gateway.app import Gateway
     from gateway.store import open_store
 
     settings = settings_in(folder, **kwargs)

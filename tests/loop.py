@@ -37,9 +37,9 @@ from typing import Any
 import requests
 from aiosmtpd.controller import Controller
 
-from gateway.config import Settings, load_settings
-from gateway.sandbox import send_text, twilio_form
-from gateway.web.signature import TwilioSignature
+from gateway.run.sandbox import send_text, twilio_form
+from gateway.settings import Settings, load_settings
+from gateway.sms.twilio.signature import TwilioSignature
 from tests.dovecot import Dovecot
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import free_port, write_settings

@@ -1,4 +1,4 @@
-"""gateway.accounts: password hashing, one-time passwords, the password policy, TOTP, roles."""
+"""gateway.rules.accounts: password hashing, one-time passwords, the password policy, TOTP, roles."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pyotp
 import pytest
 from argon2 import PasswordHasher
 
-from gateway.accounts import (
+from gateway.rules.accounts import (
     MIN_PASSWORD_LENGTH,
     OTP_ALPHABET,
     can_assign_others,
@@ -232,7 +232,7 @@ def test_roles(role: str, export: bool, audit: bool, manage: bool, assign: bool)
 
 
 def test_totp_step_names_the_step_the_code_belongs_to() -> None:
-    from gateway.accounts import totp_step
+    from gateway.rules.accounts import totp_step
 
     secret = new_totp_secret()
     at = datetime(2026, 12, 3, 12, 0, 15, tzinfo=UTC)

@@ -1,6 +1,6 @@
-"""One reply path for both doors (gateway.agent_reply): a console reply and an email reply
+"""One reply path for both doors (gateway.flows.agent_reply): a console reply and an email reply
 queue the same SMS rows over a real SQLite store; a console reply is also copied into
-the conversation's email thread (a "console_reply" notice, composed by gateway.emails)."""
+the conversation's email thread (a "console_reply" notice, composed by gateway.rules.emails)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from gateway import emails, segments
-from gateway.agent_reply import QueuedReply, prepare_text, queue_reply
-from gateway.emails import AgentNotice, ResidentEmail
-from gateway.inbound import InboundText
+from gateway.app import Gateway
+from gateway.flows.agent_reply import QueuedReply, prepare_text, queue_reply
+from gateway.flows.reply_in import ReplyService
+from gateway.flows.text_in import InboundText
 from gateway.mail.types import MailOrigin
-from gateway.replies import parse_reply
-from gateway.reply_service import ReplyService
-from gateway.services import Gateway
+from gateway.rules import emails, segments
+from gateway.rules.emails import AgentNotice, ResidentEmail
+from gateway.rules.reading import parse_reply
 from gateway.store import Conversation, StoredMessage
 from tests.gateway_fixtures import migrated_gateway
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from gateway.accounts import verify_password, verify_totp
 from gateway.cli import main
-from gateway.config import load_settings
+from gateway.rules.accounts import verify_password, verify_totp
+from gateway.settings import load_settings
 from gateway.store import open_store
 from gateway.store.console import ConsoleStore, Scope, User
 from gateway.store.sql import head_revision

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import (
+from gateway.rules.municipalities import CannedReply, Municipality
+from gateway.settings import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
     ConsoleSettings,
@@ -26,7 +27,6 @@ from gateway.config import (
     load_municipality_map,
     load_settings,
 )
-from gateway.municipalities import CannedReply, Municipality
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "systemd" / "sms311.example.yaml"

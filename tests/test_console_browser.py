@@ -19,8 +19,8 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect
 
-from gateway.sandbox import twilio_form
-from gateway.web.signature import TwilioSignature
+from gateway.run.sandbox import twilio_form
+from gateway.sms.twilio.signature import TwilioSignature
 from tests.browser import axe_violations, browser, format_violations, new_page, watch_console
 from tests.gateway_fixtures import free_port, twiml_messages
 from tests.loop import Loop, agent_reply, body_text, wait_for

@@ -14,11 +14,11 @@ from typing import Any
 import pyotp
 import pytest
 
-from gateway.config import load_settings
-from gateway.emails import AgentNotice, ResidentEmail
-from gateway.inbound import InboundText
-from gateway.reply_service import ReplyService
-from gateway.services import Gateway
+from gateway.app import Gateway
+from gateway.flows.reply_in import ReplyService
+from gateway.flows.text_in import InboundText
+from gateway.rules.emails import AgentNotice, ResidentEmail
+from gateway.settings import load_settings
 from gateway.store import open_store
 from gateway.store.console import Scope
 from gateway.store.reply_mail import list_failed_emails
@@ -743,7 +743,7 @@ def test_status_and_assignment_refresh_live(gateway: Gateway, ottawa: int, dana:
 def test_a_locked_database_answers_a_503_page_then_recovers(tmp_path: Path) -> None:
     import sqlite3
 
-    from gateway.services import DirectoryHolder
+    from gateway.app import DirectoryHolder
     from gateway.sms import make_provider
 
     settings = load_settings(write_settings(tmp_path), environ={})

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from gateway.pacing import SegmentPacer
-from gateway.services import Gateway
+from gateway.app import Gateway
+from gateway.run.worker import Dispatcher, run_worker
 from gateway.store.coordination import (
     MailboxLease,
     OutboxListener,
@@ -25,8 +25,8 @@ from gateway.store.coordination import (
     postgres_conninfo,
     while_leased,
 )
+from gateway.store.pacing import SegmentPacer
 from gateway.store.sql import SqlStore, open_store
-from gateway.worker import Dispatcher, run_worker
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import free_port, settings_in
 from tests.postgres import connect, database_url, migrated_schema, throwaway_database_name

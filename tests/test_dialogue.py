@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import dialogue, prompts
-from gateway.dialogue import (
+from gateway.rules import dialogue, prompts
+from gateway.rules.dialogue import (
     MAX_ATTEMPTS,
     Deliver,
     DialogueState,
@@ -21,8 +21,8 @@ from gateway.dialogue import (
     Reply,
     step,
 )
-from gateway.directory_build import load_census_directory
-from gateway.municipalities import Directory, Municipality
+from gateway.rules.municipalities import Directory, Municipality
+from gateway.settings.directory_build import load_census_directory
 from tests.conversation import Conversation
 from tests.paths import shared_file
 

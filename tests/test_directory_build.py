@@ -1,4 +1,4 @@
-"""Building municipality_map.yaml from the census subdivisions (gateway.directory_build)."""
+"""Building municipality_map.yaml from the census subdivisions (gateway.settings.directory_build)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import load_municipality_map
-from gateway.directory_build import (
+from gateway.rules.municipalities import Ambiguous, Directory, Match, Municipality
+from gateway.settings import load_municipality_map
+from gateway.settings.directory_build import (
     MAP_KEYS,
     CensusSubdivision,
     build_census_directory,
@@ -22,7 +23,6 @@ from gateway.directory_build import (
     read_census,
     slugify,
 )
-from gateway.municipalities import Ambiguous, Directory, Match, Municipality
 from tests.paths import REPO_ROOT, shared_file
 
 CENSUS_CSV = shared_file("municipalities", "ocd_division_ids_ca", "derived_csd_with_province.csv")

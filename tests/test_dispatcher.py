@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from gateway.app import Gateway
 from gateway.cli import main as sms311
-from gateway.emails import MediaRef
-from gateway.inbound import InboundText
-from gateway.services import Gateway
+from gateway.flows.text_in import InboundText
+from gateway.rules.emails import MediaRef
+from gateway.run.worker import Dispatcher, backoff_seconds
 from gateway.store import open_store
-from gateway.worker import Dispatcher, backoff_seconds
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import free_port, settings_in
 

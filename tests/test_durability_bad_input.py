@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.emails import ResidentEmail, compose
-from gateway.inbound import InboundText
+from gateway.app import Gateway
+from gateway.flows.reply_in import ReplyService
+from gateway.flows.text_in import InboundText
 from gateway.mail.types import MailOrigin
-from gateway.reply_service import ReplyService
-from gateway.services import Gateway
+from gateway.rules.emails import ResidentEmail, compose
 from gateway.store import open_store
 from tests.dovecot import Dovecot
 from tests.gateway_fixtures import settings_in

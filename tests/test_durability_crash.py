@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.worker import is_dead_worker, worker_identity
+from gateway.run.worker import is_dead_worker, worker_identity
 from tests.dovecot import Dovecot
 from tests.loop import Loop, agent_reply, first_email, wait_for
 

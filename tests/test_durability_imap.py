@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ImapSettings
-from gateway.inbound import InboundText
+from gateway.app import Gateway
+from gateway.flows.reply_in import ReplyService
+from gateway.flows.text_in import InboundText
 from gateway.mail.imap import ImapListener
-from gateway.reply_service import ReplyService
-from gateway.services import Gateway
+from gateway.run.worker import Dispatcher
+from gateway.settings import ImapSettings
 from gateway.store import open_store
-from gateway.worker import Dispatcher
 from tests.dovecot import Dovecot
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import settings_in

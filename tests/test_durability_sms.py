@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.emails import ResidentEmail, compose
-from gateway.inbound import InboundText
+from gateway.app import Gateway
+from gateway.flows.reply_in import ReplyService
+from gateway.flows.text_in import InboundText
 from gateway.mail.types import MailOrigin
-from gateway.reply_service import ReplyService
-from gateway.services import Gateway
+from gateway.rules.emails import ResidentEmail, compose
+from gateway.run.worker import Dispatcher
 from gateway.store import open_store
-from gateway.worker import Dispatcher
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import free_port, settings_in
 from tests.loop import Loop, agent_reply, first_email, wait_for

@@ -28,12 +28,12 @@ import pytest
 import sqlalchemy as sa
 from psycopg import sql
 
-from gateway.sandbox import twilio_form
-from gateway.services import DirectoryHolder, Gateway
+from gateway.app import DirectoryHolder, Gateway
+from gateway.run.sandbox import twilio_form
+from gateway.run.worker import Dispatcher
 from gateway.sms import make_provider
 from gateway.store import SqlStore, open_store
 from gateway.web import create_app
-from gateway.worker import Dispatcher
 from tests.dovecot import Dovecot
 from tests.gateway_fixtures import Resident, settings_in
 from tests.loop import Loop, MailServer, agent_reply, first_email, wait_for

@@ -1,4 +1,4 @@
-"""Email composition (gateway.emails): threading, tokens, formats, safety. No servers."""
+"""Email composition (gateway.rules.emails): threading, tokens, formats, safety. No servers."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import emails
-from gateway.emails import (
+from gateway.rules import emails
+from gateway.rules.emails import (
     Attachment,
     MediaRef,
     ResidentEmail,

@@ -19,8 +19,8 @@ import pytest
 import requests
 from aiosmtpd.controller import Controller
 
-from gateway.config import load_settings
-from gateway.sandbox import send_text
+from gateway.run.sandbox import send_text
+from gateway.settings import load_settings
 from tests.gateway_fixtures import free_port, write_settings
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
-from gateway.services import Gateway
+from gateway.app import Gateway
 from gateway.store import open_store
 from gateway.web import create_app
 from tests.gateway_fixtures import Resident, free_port, settings_in
@@ -61,8 +61,8 @@ def test_metrics_count_texts_and_refusals(tmp_path: Path) -> None:
     assert "sms311_outbox_depth 0.0" in text
     assert "sms311_failed_replies 0.0" in text
     # a reply from a stranger is not texted: kept in the Failed list, and counted
+    from gateway.flows.reply_in import ReplyService
     from gateway.mail.types import MailOrigin
-    from gateway.reply_service import ReplyService
 
     raw = b"From: x@spam.example\r\nTo: sms@gateway.example\r\nSubject: hi\r\n\r\nHello\r\n"
     disposition = ReplyService(gateway).handle(raw, MailOrigin(kind="smtp"))
@@ -85,7 +85,7 @@ def test_healthz_logs_in_to_the_replies_mailbox(tmp_path: Path) -> None:
                     " security: none}\n")
             for password, status in ((dovecot.password, 200), ("wrong", 503)):
                 folder = tmp_path / status.__str__()
-                from gateway.config import load_settings
+                from gateway.settings import load_settings
                 from tests.gateway_fixtures import write_settings
 
                 config = write_settings(folder, smtp_port=port)

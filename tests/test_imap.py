@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ImapSettings
 from gateway.mail.imap import (
     ImapListener,
     LoginFailed,
@@ -27,6 +26,7 @@ from gateway.mail.imap import (
     parse_search,
 )
 from gateway.mail.types import Disposition, MailOrigin
+from gateway.settings import ImapSettings
 from gateway.store import open_store
 from tests.dovecot import Dovecot
 from tests.gateway_fixtures import free_port

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import keywords, prompts
-from gateway.keywords import Keyword, classify, reply
+from gateway.rules import keywords, prompts
+from gateway.rules.keywords import Keyword, classify, reply
 
 # GSM 03.38 basic character set (one septet each) plus the extension table (two septets).
 GSM7 = set(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.language import detect
+from gateway.rules.language import detect
 
 ENGLISH = [
     "There is a pothole on Bank St",

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_municipality_map
-from gateway.directory_build import build_census_directory
-from gateway.municipalities import (
+from gateway.rules.municipalities import (
     Ambiguous,
     Directory,
     Match,
@@ -23,6 +21,8 @@ from gateway.municipalities import (
     parse_postal_code,
     parse_province,
 )
+from gateway.settings import load_municipality_map
+from gateway.settings.directory_build import build_census_directory
 from tests.paths import REPO_ROOT, shared_file
 
 CENSUS_CSV = shared_file("municipalities", "ocd_division_ids_ca", "derived_csd_with_province.csv")

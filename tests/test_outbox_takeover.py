@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from gateway.config import load_settings
-from gateway.pacing import SegmentPacer
-from gateway.services import Gateway
+from gateway.app import Gateway
+from gateway.run.worker import Dispatcher
+from gateway.settings import load_settings
 from gateway.store import OutboxItem, Store
+from gateway.store.pacing import SegmentPacer
 from gateway.store.sql import open_store
-from gateway.worker import Dispatcher
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import free_port, write_settings
 from tests.postgres import migrated_schema, throwaway_database_name

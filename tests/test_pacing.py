@@ -1,4 +1,4 @@
-"""SegmentPacer (gateway.pacing) on a fake clock: deterministic, no real waiting."""
+"""SegmentPacer (gateway.store.pacing) on a fake clock: deterministic, no real waiting."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.pacing import DEFAULT_MARGIN, SegmentPacer
+from gateway.store.pacing import DEFAULT_MARGIN, SegmentPacer
 
 
 class FakeClock:

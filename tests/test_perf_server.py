@@ -11,8 +11,8 @@ from pathlib import Path
 import requests
 from flask import Flask
 
-from gateway.server import WebServer
-from gateway.services import Gateway
+from gateway.app import Gateway
+from gateway.run.server import WebServer
 from gateway.store import open_store
 from gateway.web import create_app
 from tests.gateway_fixtures import Resident, free_port, settings_in

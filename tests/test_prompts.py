@@ -7,9 +7,9 @@ from collections.abc import Callable
 import pytest
 from test_keywords import GSM7
 
-from gateway import prompts
-from gateway.language import Language
-from gateway.municipalities import Municipality
+from gateway.rules import prompts
+from gateway.rules.language import Language
+from gateway.rules.municipalities import Municipality
 
 # The longest census subdivision name (80 characters) with its province.
 LONGEST = "Resort Municipality of Stanley Bridge-Hope River-Bayview-Cavendish-North Rustico, PE"

@@ -1,4 +1,4 @@
-"""gateway.replies: reading an agent's reply (routing data, automatic?, visible text). No servers.
+"""gateway.rules.reading: reading an agent's reply (routing data, automatic?, visible text). No servers.
 
 Table-driven: each case is a raw email as a mail client sends it and what the gateway must read
 from it. The corpora of real mail are in tests/test_reply_corpora.py.
@@ -18,9 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import replies
-from gateway.emails import new_token
-from gateway.replies import MalformedEmail, ParsedReply, html_to_text, parse_reply, visible_text
+from gateway.rules import reading
+from gateway.rules.emails import new_token
+from gateway.rules.reading import (
+    MalformedEmail,
+    ParsedReply,
+    html_to_text,
+    parse_reply,
+    visible_text,
+)
 
 TEMPLATE = "reply+{token}@gateway.example.ca"
 OWN = ("311 Text <sms@gateway.example.ca>",)
@@ -606,7 +612,7 @@ def test_template_without_token_is_a_config_error() -> None:
 def test_references_are_capped_keeping_first_and_last() -> None:
     refs = " ".join(f"<r{i}@gw.example>" for i in range(500))
     parsed = parse(raw_email("x", headers={"References": refs}))
-    assert len(parsed.references) == replies.MAX_IDS
+    assert len(parsed.references) == reading.MAX_IDS
     assert parsed.references[0] == "<r0@gw.example>"
     assert parsed.references[-1] == "<r499@gw.example>"
 
@@ -672,12 +678,12 @@ def test_visible_text(label: str, plain: str, expected: str | None) -> None:
     assert visible_text(plain) == want
 
 
-# -- signature blocks with no "-- " line (gateway.signature_blocks) ----------------------------
+# -- signature blocks with no "-- " line (gateway.rules.reading.signatures) ----------------------------
 
 ANSWER = "The crew will fix the pothole on Elm St. on Tuesday."
 REPONSE = "L'équipe réparera le nid-de-poule mardi."
 
-# A signature block with no "-- " line under the answer: cut (see gateway.signature_blocks).
+# A signature block with no "-- " line under the answer: cut (see gateway.rules.reading.signatures).
 SIGNATURE_BLOCKS = [
     ("en: closing, name, title, phone with extension",
      f"{ANSWER}\n\nThanks,\nJane Doe\n311 Agent\nTel: 613-580-2400 ext. 12345", ANSWER),
@@ -978,7 +984,7 @@ def test_huge_message(kind: str) -> None:
         assert parsed.text == "Here is the photo of the repair."
         assert parsed.tokens == (TOKEN,)
     if parsed is not None:
-        assert len(parsed.text) <= replies.MAX_TEXT_BYTES
+        assert len(parsed.text) <= reading.MAX_TEXT_BYTES
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
-"""Reply and bounce corpora: gateway.replies measured on real mail from ../shared/data.
+"""Reply and bounce corpora: gateway.rules.reading measured on real mail from ../shared/data.
 
 Visible-text scores (cases whose visible text meets the corpus's expectation; how each
 expectations.json is read is explained below), measured with bench/compare_reply_parsers.py:
 
     approach                                        github        zapier        talon      all
-    sms311 rules (gateway.replies)               23/23 100.0%  17/17 100.0%  72/76 94.7%  96.6%
+    sms311 rules (gateway.rules.reading)               23/23 100.0%  17/17 100.0%  72/76 94.7%  96.6%
     mail-parser-reply 1.36 parse_reply           15/23  65.2%  12/17  70.6%  38/76 50.0%  56.0%
     mail-parser-reply 1.36 replies[0].body       18/23  78.3%  13/17  76.5%  31/76 40.8%  53.4%
     email-reply-parser 0.5.12 (zapier)*          22/23  95.7%  17/17 100.0%  39/76 51.3%  67.2%
@@ -13,7 +13,7 @@ expectations.json is read is explained below), measured with bench/compare_reply
      pulls numpy, scipy, scikit-learn and cchardet, and was last released in 2017.)
 
 The gateway keeps its own rules (they score best on every corpus); the libraries only see
-plain text, so HTML and .eml cases reach them through gateway.replies' own decoding and
+plain text, so HTML and .eml cases reach them through gateway.rules.reading' own decoding and
 html_to_text. The rules were written with these corpora in view: the scores are in-sample.
 tests/test_replies.py has the client-by-client cases written for this project.
 
@@ -41,7 +41,7 @@ from email.message import EmailMessage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import replies
+from gateway.rules import reading
 from tests.paths import SHARED_DATA, shared_file
 
 REPLIES = SHARED_DATA / "email-replies"
@@ -287,14 +287,14 @@ def first_text_body(raw: bytes) -> str:
             payload = part.get_payload(decode=True)
             data = payload if isinstance(payload, bytes) else b""
             text = data.decode(part.get_content_charset() or "utf-8", "replace")
-            return text if subtype == "plain" else replies.html_to_text(text)
+            return text if subtype == "plain" else reading.html_to_text(text)
     return ""
 
 
 @dataclass(frozen=True)
 class Approach:
     """A way to get the visible text from plain text; HTML and .eml inputs are turned into
-    text first (by gateway.replies, which every plain-text library needs)."""
+    text first (by gateway.rules.reading, which every plain-text library needs)."""
 
     name: str
     plain: Callable[[str], str]
@@ -309,7 +309,7 @@ class Approach:
             assert isinstance(case.source, str)
             if self.html is not None:
                 return self.html(case.source)
-            return self.plain(replies.html_to_text(case.source))
+            return self.plain(reading.html_to_text(case.source))
         assert isinstance(case.source, bytes)
         if self.eml is not None:
             return self.eml(case.source)
@@ -317,12 +317,12 @@ class Approach:
 
 
 def _parse_text(raw: bytes) -> str:
-    return replies.parse_reply(raw, reply_address=REPLY_ADDRESS).text
+    return reading.parse_reply(raw, reply_address=REPLY_ADDRESS).text
 
 
 OURS = Approach(
-    "sms311 rules (gateway.replies)",
-    plain=replies.visible_text,
+    "sms311 rules (gateway.rules.reading)",
+    plain=reading.visible_text,
     eml=_parse_text,
     html=lambda html: _parse_text(html_email(html)),
 )
@@ -444,14 +444,14 @@ def test_the_checks_tell_good_from_bad() -> None:
 
 
 @functools.cache
-def parsed_shared_data() -> dict[str, replies.ParsedReply | None]:
+def parsed_shared_data() -> dict[str, reading.ParsedReply | None]:
     """Every file under SHARED_DATA parsed (None: MalformedEmail), by path relative to it."""
-    out: dict[str, replies.ParsedReply | None] = {}
+    out: dict[str, reading.ParsedReply | None] = {}
     for path in sorted(p for p in SHARED_DATA.rglob("*") if p.is_file()):
         key = path.relative_to(SHARED_DATA).as_posix()
         try:
-            out[key] = replies.parse_reply(path.read_bytes(), reply_address=REPLY_ADDRESS)
-        except replies.MalformedEmail as exc:
+            out[key] = reading.parse_reply(path.read_bytes(), reply_address=REPLY_ADDRESS)
+        except reading.MalformedEmail as exc:
             assert not str(exc).startswith("unreadable"), (key, exc)
             out[key] = None
     return out
@@ -479,8 +479,8 @@ REAL_EMAILS = sorted(
 def test_real_mail_truncated_anywhere(name: str, where: float) -> None:
     raw = (SHARED_DATA / name).read_bytes()
     try:
-        replies.parse_reply(raw[: int(len(raw) * where)], reply_address=REPLY_ADDRESS)
-    except replies.MalformedEmail as exc:
+        reading.parse_reply(raw[: int(len(raw) * where)], reply_address=REPLY_ADDRESS)
+    except reading.MalformedEmail as exc:
         assert not str(exc).startswith("unreadable"), exc
 
 

@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from gateway.agent_reply import queue_reply
-from gateway.emails import AgentNotice, ResidentEmail
-from gateway.inbound import InboundText
+from gateway.app import Gateway
+from gateway.flows.agent_reply import queue_reply
+from gateway.flows.reply_in import ReplyService, is_agent
+from gateway.flows.text_in import InboundText
 from gateway.mail.types import MailOrigin
-from gateway.reply_service import ReplyService, is_agent
-from gateway.services import Gateway
+from gateway.rules.emails import AgentNotice, ResidentEmail
+from gateway.run.worker import Dispatcher
 from gateway.store import open_store
 from gateway.web import create_app
-from gateway.worker import Dispatcher
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import Resident, settings_in
 
@@ -383,7 +383,7 @@ def test_pacing_is_kept_at_the_provider(tmp_path: Path, api: FakeTwilio) -> None
     gateway.close()
 
 
-# -- one reply path for both doors (gateway.agent_reply) --------------------------------------
+# -- one reply path for both doors (gateway.flows.agent_reply) --------------------------------------
 
 
 def test_an_email_reply_is_recorded_as_coming_by_email_and_not_copied(

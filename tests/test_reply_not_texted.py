@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_settings
-from gateway.emails import AgentNotice, ResidentEmail, compose_notice
-from gateway.reply_service import ReplyService
-from gateway.services import Gateway
+from gateway.app import Gateway
+from gateway.flows.reply_in import ReplyService
+from gateway.rules.emails import AgentNotice, ResidentEmail, compose_notice
+from gateway.run.worker import ingress_recipients
+from gateway.settings import load_settings
 from gateway.store.reply_mail import get_failed_email, list_failed_emails
-from gateway.worker import ingress_recipients
 from tests.fake_twilio import FakeTwilio
 from tests.test_reply_flow import (
     AGENT,

@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from gateway.mail.sandbox import mailbox_messages
-from gateway.sandbox import ensure_sandbox
+from gateway.run.sandbox import ensure_sandbox
 from gateway.sandbox_data import SAMPLE_PICTURE, SANDBOX_PLACES
 from gateway.store import open_store
 from tests.gateway_fixtures import REPO, free_port
@@ -122,8 +122,8 @@ def test_play_resident_in_the_sandbox(tmp_path: Path) -> None:
 
 
 def test_sandbox_console_accounts_follow_the_database(tmp_path: Path) -> None:
-    from gateway import accounts
-    from gateway.sandbox import ensure_sandbox_accounts
+    from gateway.rules import accounts
+    from gateway.run.sandbox import ensure_sandbox_accounts
     from tests.gateway_fixtures import migrated_gateway
 
     map_text = (REPO / "municipality_map.yaml").read_text()

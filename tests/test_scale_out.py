@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.config import load_settings
-from gateway.sandbox import send_text
+from gateway.run.sandbox import send_text
+from gateway.settings import load_settings
 from tests.dovecot import Dovecot
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import free_port, write_settings

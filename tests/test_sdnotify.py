@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sdnotify import Healthy, Notifier, feed_watchdog, watchdog_interval
+from gateway.run.sdnotify import Healthy, Notifier, feed_watchdog, watchdog_interval
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_a_socket_that_is_gone_does_not_raise(
 ) -> None:
     notifier = Notifier.from_environment({"NOTIFY_SOCKET": str(tmp_path / "gone")})
     assert notifier.enabled
-    with caplog.at_level(logging.WARNING, logger="gateway.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="gateway.run.sdnotify"):
         assert not notifier.ready()
     assert "sd_notify READY=1 failed" in caplog.text
 
@@ -347,7 +347,7 @@ SERVICE = textwrap.dedent(
     """\
     import asyncio, os, signal, sys, time
     from pathlib import Path
-    from gateway.sdnotify import Healthy, Notifier, feed_watchdog, watchdog_interval
+    from gateway.run.sdnotify import Healthy, Notifier, feed_watchdog, watchdog_interval
 
     folder = Path(sys.argv[1])
 

@@ -1,4 +1,4 @@
-"""SMS encodings, segment counts and splitting (gateway.segments). No servers."""
+"""SMS encodings, segment counts and splitting (gateway.rules.segments). No servers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.segments import (
+from gateway.rules.segments import (
     GSM7_BASIC,
     GSM7_EXTENSION,
     count_segments,

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from gateway.pacing import DEFAULT_MARGIN, WINDOW, SegmentPacer, SharedPacer, pacer_for
 from gateway.store import StoreUnavailable
+from gateway.store.pacing import DEFAULT_MARGIN, WINDOW, SegmentPacer, SharedPacer, pacer_for
 from gateway.store.sql import SqlStore, open_store
 from tests.postgres import migrated_schema, throwaway_database_name
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 from werkzeug.datastructures import MultiDict
 
-from gateway.web.signature import TwilioSignature, signed_url
+from gateway.sms.twilio.signature import TwilioSignature, signed_url
 from tests.paths import SHARED_DATA
 
 VECTORS = json.loads((SHARED_DATA / "twilio" / "signature_vectors.json").read_text())

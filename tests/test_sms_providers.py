@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from twilio.request_validator import RequestValidator
 
-from gateway.config import SmsSettings
+from gateway.settings import SmsSettings
 from gateway.sms import (
     MediaError,
     SandboxProvider,
@@ -29,7 +29,7 @@ from gateway.sms import (
     make_provider,
 )
 from gateway.sms.sandbox import read_sent
-from gateway.sms.twilio import same_body
+from gateway.sms.twilio.client import same_body
 from tests.fake_twilio import FakeTwilio
 
 SID = "AC" + "1" * 32

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from gateway.config import SmtpSettings
-from gateway.emails import (
+from gateway.mail.sandbox import SandboxMailServer, mailbox_folder, mailbox_messages
+from gateway.mail.smtp import PermanentSmtpError, TemporarySmtpError, send_email
+from gateway.rules.emails import (
     Attachment,
     ResidentEmail,
     ResidentText,
@@ -31,8 +32,7 @@ from gateway.emails import (
     reply_address,
     thread_subject,
 )
-from gateway.mail.sandbox import SandboxMailServer, mailbox_folder, mailbox_messages
-from gateway.mail.smtp import PermanentSmtpError, TemporarySmtpError, send_email
+from gateway.settings import SmtpSettings
 from tests.dovecot import make_certificate
 
 USER, PASSWORD = "gateway", "s3cret-pass"

@@ -30,8 +30,8 @@ import requests
 from aiosmtpd.controller import Controller
 
 from gateway.cli import build_parser
-from gateway.config import check_config, load_settings
-from gateway.sandbox import send_text
+from gateway.run.sandbox import send_text
+from gateway.settings import check_config, load_settings
 from tests.gateway_fixtures import free_port, write_settings
 from tests.test_store import pg_database, pg_url  # noqa: F401  (fixtures)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from gateway.emails import ResidentEmail
-from gateway.services import Gateway
+from gateway.app import Gateway
+from gateway.rules.emails import ResidentEmail
 from gateway.store import open_store
 from gateway.web import create_app
 from tests.gateway_fixtures import Resident, settings_in, twiml_messages

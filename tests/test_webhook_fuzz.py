@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.services import Gateway
+from gateway.app import Gateway
 from gateway.store import open_store
 from gateway.web import create_app
 from tests.gateway_fixtures import Resident, settings_in
@@ -77,7 +77,7 @@ def test_signed_well_formed_texts_always_answer_200(
 ) -> None:
     _, resident = app_client
     extra = {"from_city": city, "from_state": state}
-    from gateway.sandbox import twilio_form
+    from gateway.run.sandbox import twilio_form
 
     form = twilio_form(resident.settings, phone, body, **extra)
     response = resident.post(form)

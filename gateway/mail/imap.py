@@ -61,8 +61,8 @@ from typing import Any, Protocol, TypeVar
 
 import aioimaplib
 
-from gateway.config import ImapSettings
 from gateway.mail.types import Disposition, MailOrigin, ReplySink
+from gateway.settings import ImapSettings
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from email.utils import getaddresses
 
 import aiosmtplib
 
-from gateway.config import SmtpSettings
+from gateway.settings import SmtpSettings
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.config import SmsSettings
+from gateway.settings import SmsSettings
 from gateway.sms.base import (
     MediaError,
     SmsError,
@@ -13,7 +13,7 @@ from gateway.sms.base import (
     SmsTemporaryError,
 )
 from gateway.sms.sandbox import SandboxProvider
-from gateway.sms.twilio import TwilioProvider
+from gateway.sms.twilio.client import TwilioProvider
 
 __all__ = [
     "MediaError",

@@ -21,7 +21,7 @@ from urllib.request import url2pathname
 
 from gateway.logs import mask_phone
 from gateway.sms.base import MAX_MEDIA_BYTES, MediaError
-from gateway.sms.twilio import fetch_http_media
+from gateway.sms.twilio.client import fetch_http_media
 
 log = logging.getLogger(__name__)
 

@@ -136,7 +136,7 @@ class DuplicateEmail(StoreError):
 class Resident:
     """One phone number and what the gateway remembers about it.
 
-    `dialogue` is the JSON-safe dict of `gateway.dialogue.DialogueState.to_dict()`.
+    `dialogue` is the JSON-safe dict of `gateway.rules.dialogue.DialogueState.to_dict()`.
     `created_at` / `updated_at` are filled in by the store (ignored by `save_resident`).
     """
 

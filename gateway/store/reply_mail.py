@@ -32,7 +32,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gateway.replies import MAX_RAW_BYTES
+from gateway.rules.reading import MAX_RAW_BYTES
 from gateway.store.base import EMAIL_OUTCOMES, EmailOutcome
 from gateway.store.schema import email_messages, failed_emails, processed_emails
 from gateway.store.sql import SqlTx, _aware
@@ -50,7 +50,7 @@ class FailedEmail:
     received_at: datetime
     origin: dict[str, Any]
     reason: str
-    why: str | None  # one of gateway.emails.NOT_TEXTED_WHY, or None (malformed, internal)
+    why: str | None  # one of gateway.rules.emails.NOT_TEXTED_WHY, or None (malformed, internal)
     sender: str | None
     subject: str | None
     conversation_id: int | None

@@ -216,7 +216,7 @@ failed_emails = sa.Table(
     sa.Column("received_at", UTCDateTime(), nullable=False),
     sa.Column("origin", JSONText(), nullable=False),
     sa.Column("reason", sa.Text(), nullable=False),
-    sa.Column("why", sa.String(32), nullable=True),  # gateway.emails.NOT_TEXTED_WHY
+    sa.Column("why", sa.String(32), nullable=True),  # gateway.rules.emails.NOT_TEXTED_WHY
     sa.Column("sender", sa.String(320), nullable=True),
     sa.Column("subject", sa.Text(), nullable=True),
     sa.Column("conversation_id", BigId, nullable=True),
@@ -239,7 +239,7 @@ imap_checkpoints = sa.Table(
 )
 
 # Texts let go by the shared pacer (PostgreSQL, several instances): the database's clock
-# and the segments; 0 segments = a pause until the row leaves the window (see gateway.pacing).
+# and the segments; 0 segments = a pause until the row leaves the window (see gateway.store.pacing).
 sms_starts = sa.Table(
     "sms_starts",
     metadata,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from flask import Flask
 
-from gateway.services import Gateway
-from gateway.web import health, sandbox, webhooks
-from gateway.web.signature import TwilioSignature
+from gateway.app import Gateway
+from gateway.sms.twilio.signature import TwilioSignature
+from gateway.web import health, sandbox_media, webhooks
 
 
 def create_app(gateway: Gateway) -> Flask:
@@ -24,7 +24,7 @@ def create_app(gateway: Gateway) -> Flask:
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(health.blueprint)
     if gateway.settings.sms.provider == "sandbox":
-        app.register_blueprint(sandbox.blueprint)
+        app.register_blueprint(sandbox_media.blueprint)
     init_console(app, gateway)
     proxies = gateway.settings.web.trusted_proxies
     if proxies:

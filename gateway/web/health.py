@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.services import Gateway
+from gateway.app import Gateway
 from gateway.store.reply_mail import count_failed_emails
 
 log = logging.getLogger(__name__)

@@ -18,14 +18,14 @@ import phonenumbers
 from flask import Blueprint, Response, current_app, request
 from twilio.twiml.messaging_response import MessagingResponse
 
-from gateway.emails import MediaRef
-from gateway.inbound import InboundText
+from gateway.app import Gateway
+from gateway.flows.text_in import InboundText
+from gateway.flows.thread_mail import enqueue_notice
 from gateway.logs import mask_phone
-from gateway.notices import enqueue_notice
-from gateway.services import Gateway
+from gateway.rules.emails import MediaRef
 from gateway.sms.base import OPTED_OUT
+from gateway.sms.twilio.signature import TwilioSignature
 from gateway.store import StoreUnavailable
-from gateway.web.signature import TwilioSignature
 
 log = logging.getLogger(__name__)
 

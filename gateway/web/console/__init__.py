@@ -28,7 +28,7 @@ from flask_babel import Babel
 from flask_login import LoginManager, current_user
 from flask_wtf.csrf import CSRFProtect
 
-from gateway.services import Gateway
+from gateway.app import Gateway
 from gateway.store import StoreUnavailable
 from gateway.web.console import auth, views
 from gateway.web.console.context import ConsoleUser, load_user

@@ -22,7 +22,7 @@ from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_login import current_user, login_user, logout_user
 
-from gateway import accounts
+from gateway.rules import accounts
 from gateway.store.console import User
 from gateway.web.console import display
 from gateway.web.console.context import ConsoleUser, gateway, is_htmx, now, remote_addr

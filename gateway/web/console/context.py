@@ -11,7 +11,7 @@ import flask_login
 from flask import current_app, request
 from flask_login import UserMixin, current_user
 
-from gateway.services import Gateway
+from gateway.app import Gateway
 from gateway.store import StoreUnavailable
 from gateway.store.console import Scope, User
 

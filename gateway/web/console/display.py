@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from gateway import segments
-from gateway.emails import NOT_TEXTED_WHY, NotTextedWhy
+from gateway.rules import segments
+from gateway.rules.emails import NOT_TEXTED_WHY, NotTextedWhy
 from gateway.store import StoredMessage
 from gateway.store.console import ConversationRow, Note, NotTextedReply
 from gateway.store.reply_mail import resolution_outcome
@@ -90,7 +90,7 @@ def timeline(
 
 def why_not_texted(reply: NotTextedReply) -> NotTextedWhy | None:
     """The reply's `why` when it is one the console has a phrase for (one of
-    `gateway.emails.NOT_TEXTED_WHY`); None (the generic phrase) otherwise."""
+    `gateway.rules.emails.NOT_TEXTED_WHY`); None (the generic phrase) otherwise."""
     why = reply.why
     for known in NOT_TEXTED_WHY:
         if why == known:

@@ -36,11 +36,11 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from gateway import accounts, emails
-from gateway.agent_reply import QueuedReply, prepare_text, queue_reply
-from gateway.inbound import PROVINCE_TIMEZONES
+from gateway.flows.agent_reply import QueuedReply, prepare_text, queue_reply
+from gateway.flows.text_in import PROVINCE_TIMEZONES
 from gateway.logs import mask_phone
-from gateway.municipalities import Municipality
+from gateway.rules import accounts, emails
+from gateway.rules.municipalities import Municipality
 from gateway.store import Conversation, StoreUnavailable
 from gateway.store.console import LIST_FILTERS, ConsoleTx, ListFilter, NotTextedReply, User
 from gateway.web.console import auth, display

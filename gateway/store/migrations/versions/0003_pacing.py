@@ -4,7 +4,7 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-22
 
-- `sms_starts`: one row per text let go by `gateway.pacing.SharedPacer` (the
+- `sms_starts`: one row per text let go by `gateway.store.pacing.SharedPacer` (the
   database's `clock_timestamp()` and its segments), so that several instances on one
   PostgreSQL database share one sliding window; a row of 0 segments is a pause (a
   provider's Retry-After): nothing starts until it leaves the window. Rows older

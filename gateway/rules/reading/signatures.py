@@ -2,7 +2,7 @@
 
 `signature_start(lines)` says where the signature of a reply's visible lines (quoted history
 already cut) begins: the index of the first line to drop, or None to keep every line. It is
-used by gateway.replies after the marked signatures ("-- ", "Sent from my iPhone", "-Name").
+used by gateway.rules.reading after the marked signatures ("-- ", "Sent from my iPhone", "-Name").
 
 What is cut:
 

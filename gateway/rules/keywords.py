@@ -30,8 +30,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway import prompts
-from gateway.language import Language
+from gateway.rules import prompts
+from gateway.rules.language import Language
 
 KeywordKind = Literal["stop", "start", "help", "city"]
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from waitress.server import create_server
 
-from gateway import sdnotify
-from gateway.services import Gateway
+from gateway.app import Gateway
+from gateway.run import sdnotify
+from gateway.run.worker import Dispatcher, run_worker
 from gateway.store import StoreUnavailable
 from gateway.web import create_app
-from gateway.worker import Dispatcher, run_worker
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

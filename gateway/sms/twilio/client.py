@@ -32,7 +32,7 @@ from twilio.rest import Client
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from gateway.logs import mask_phone
-from gateway.segments import smart_quotes_to_gsm
+from gateway.rules.segments import smart_quotes_to_gsm
 from gateway.sms.base import (
     AUTHENTICATION_FAILED,
     HTTP_TOO_MANY_REQUESTS,

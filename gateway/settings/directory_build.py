@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from gateway.config import ConfigError, load_municipality_map
-from gateway.municipalities import Directory, Municipality, normalize
+from gateway.rules.municipalities import Directory, Municipality, normalize
+from gateway.settings import ConfigError, load_municipality_map
 
 CENSUS_COLUMNS = ("csd_code", "name", "name_fr", "province_code")
 """Columns `build_census_directory` needs in the census CSV."""
@@ -317,7 +317,7 @@ def build_directory_command(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m gateway.directory_build --census CSV --output FILE [--merge MAP]`."""
+    """`python -m gateway.settings.directory_build --census CSV --output FILE [--merge MAP]`."""
     parser = argparse.ArgumentParser(
         prog="sms311 directory build",
         description="Build municipality_map.yaml from the census subdivisions.",

@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 import phonenumbers
 import yaml
 
-from gateway.municipalities import CannedReply, Municipality
+from gateway.rules.municipalities import CannedReply, Municipality
 
 try:
     from yaml import CSafeLoader as _YamlLoader

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, send_from_directory
 
-from gateway.services import Gateway
+from gateway.app import Gateway
 
 blueprint = Blueprint("sandbox", __name__)
 

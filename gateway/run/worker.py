@@ -42,15 +42,15 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
 from typing import Any, TypeVar
 
-from gateway import emails, segments
-from gateway.config import Settings
+from gateway.app import Gateway
+from gateway.flows.thread_mail import enqueue_notice, reply_address_pattern
 from gateway.logs import mask_phone
 from gateway.mail.smtp import PermanentSmtpError, TemporarySmtpError, send_email
-from gateway.notices import enqueue_notice, reply_address_pattern
-from gateway.pacing import Pacer, SegmentPacer, pacer_for
-from gateway.services import Gateway
+from gateway.rules import emails, segments
+from gateway.settings import Settings
 from gateway.sms import MediaError, SmsPermanentError, SmsTemporaryError
 from gateway.store import OutboxItem, OutboxKind, StoreUnavailable
+from gateway.store.pacing import Pacer, SegmentPacer, pacer_for
 
 _T = TypeVar("_T")
 
@@ -586,9 +586,9 @@ async def run_worker(
     """The worker until `stop`: the dispatcher, the IMAP listener (when `email.imap` is
     set), the SMTP/LMTP reply ingress (when `email.ingress` is set) and the daily
     retention purge (when `privacy.retention_days` is not 0)."""
+    from gateway.flows.reply_in import ReplyService
     from gateway.mail.imap import ImapListener
     from gateway.mail.ingress import ReplyIngress
-    from gateway.reply_service import ReplyService
     from gateway.store.coordination import (
         MailboxLease,
         OutboxListener,

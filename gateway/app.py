@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from gateway.config import Settings, load_municipality_map
-from gateway.inbound import InboundService
+from gateway.flows.text_in import InboundService
 from gateway.metrics import Metrics
-from gateway.municipalities import Directory
+from gateway.rules.municipalities import Directory
+from gateway.settings import Settings, load_municipality_map
 from gateway.sms import SmsProvider, make_provider
 from gateway.store import SqlStore, Store, open_store
 from gateway.store.console import ConsoleStore

@@ -15,7 +15,7 @@
   with no marker at the end (a person's name with a title, an organisation or labelled
   phone/email/web lines, and the closing on top of it) and mail disclaimers — the rules, and
   the look-alike endings that are deliberately kept (a number in a sentence, contact lines with
-  no person's name, a sign-off with only a first name), are in gateway.signature_blocks;
+  no person's name, a sign-off with only a first name), are in gateway.rules.reading.signatures;
   HTML-only mail is turned into text, whitespace is tidied;
 - `close_requested`: the agent put the close command ("#close" / "#fermer") alone on a line of
   the visible text (the line is removed from `text`).
@@ -48,8 +48,8 @@ from html.parser import HTMLParser
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from gateway.emails import is_token
-from gateway.signature_blocks import signature_start
+from gateway.rules.emails import is_token
+from gateway.rules.reading.signatures import signature_start
 
 MAX_RAW_BYTES = 4_000_000  # of the raw message (beyond that: attachments, in practice)
 MAX_HEADER_BYTES = 512_000  # of the header section
@@ -1174,7 +1174,7 @@ def _cut_history(lines: list[str], *, quotes_certain: bool) -> list[str]:
 def _cut_signature(lines: list[str]) -> list[str]:
     """The lines above the signature: the marked ones first ("-- ", "Sent from my iPhone",
     a last "-Name" line), then a trailing signature block with no marker or a mail
-    disclaimer (rules and what is deliberately kept: gateway.signature_blocks)."""
+    disclaimer (rules and what is deliberately kept: gateway.rules.reading.signatures)."""
     lines = _cut_marked_signature(lines)
     start = signature_start(lines)
     return lines if start is None else lines[:start]

@@ -39,7 +39,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from gateway.config import (
+from gateway.logs import setup_logging
+from gateway.sandbox_data import SAMPLE_MEDIA
+from gateway.settings import (
     ConfigError,
     Problem,
     Settings,
@@ -49,8 +51,6 @@ from gateway.config import (
     load_municipality_map,
     load_settings,
 )
-from gateway.logs import setup_logging
-from gateway.sandbox_data import SAMPLE_MEDIA
 from gateway.store import SchemaOutOfDate, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -112,8 +112,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, *, web: bool, worker: bool) -> int:
-    from gateway.server import run_gateway
-    from gateway.services import Gateway
+    from gateway.app import Gateway
+    from gateway.run.server import run_gateway
 
     settings = _settings(args)
     setup_logging(settings.log_level, full_detail=settings.privacy.log_full_detail)
@@ -193,8 +193,8 @@ def cmd_failed(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.failed_command == "retry":
-        from gateway.reply_service import ReplyService
-        from gateway.services import Gateway
+        from gateway.app import Gateway
+        from gateway.flows.reply_in import ReplyService
 
         gateway = Gateway.from_settings(settings)
         try:
@@ -288,13 +288,13 @@ def cmd_privacy(args: argparse.Namespace) -> int:
 
 
 def cmd_directory_build(args: argparse.Namespace) -> int:
-    from gateway.directory_build import build_directory_command
+    from gateway.settings.directory_build import build_directory_command
 
     return build_directory_command(args.census, args.output, args.evidence, args.merge)
 
 
 def cmd_sandbox_run(args: argparse.Namespace) -> int:
-    from gateway.sandbox import run_sandbox
+    from gateway.run.sandbox import run_sandbox
 
     setup_logging("INFO")
     return run_sandbox(args.dir, args.map, args.port, args.smtp_port)
@@ -310,7 +310,7 @@ def _sandbox_settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_sandbox_text(args: argparse.Namespace) -> int:
-    from gateway.sandbox import SandboxError, media_file, send_text
+    from gateway.run.sandbox import SandboxError, media_file, send_text
 
     settings = _sandbox_settings(args)
     try:
@@ -336,7 +336,7 @@ def cmd_sandbox_text(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox_reply(args: argparse.Namespace) -> int:
-    from gateway.sandbox import SandboxError, reply_as_agent
+    from gateway.run.sandbox import SandboxError, reply_as_agent
 
     settings = _sandbox_settings(args)
     try:
@@ -378,7 +378,7 @@ def _console_store(settings: Settings) -> Iterator[ConsoleStore]:
 
 def _municipality_ids(settings: Settings, given: Sequence[str]) -> list[str]:
     """The ids named by `--municipality` (repeated, or comma-separated), each in the map."""
-    from gateway.municipalities import Directory, Match
+    from gateway.rules.municipalities import Directory, Match
 
     municipalities = load_municipality_map(settings.municipality_map)
     known = {m.id for m in municipalities}
@@ -403,7 +403,7 @@ def _municipality_ids(settings: Settings, given: Sequence[str]) -> list[str]:
 
 def _read_password(email: str, name: str) -> str:
     """The password given on stdin (one line; a terminal asks twice), policy checked."""
-    from gateway.accounts import check_password_policy
+    from gateway.rules.accounts import check_password_policy
 
     if sys.stdin is not None and sys.stdin.isatty():
         password = getpass.getpass(f"new password for {email}: ")
@@ -427,7 +427,7 @@ def _read_password(email: str, name: str) -> str:
 
 def _password_for(args: argparse.Namespace, email: str, name: str) -> tuple[str, str | None]:
     """(hash, one-time password or None) for `--password-stdin` or a generated password."""
-    from gateway.accounts import hash_password, new_one_time_password
+    from gateway.rules.accounts import hash_password, new_one_time_password
 
     if args.password_stdin:
         return hash_password(_read_password(email, name)), None
@@ -580,7 +580,7 @@ def _user_passwd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _user_totp(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.accounts import new_totp_secret, totp_uri
+    from gateway.rules.accounts import new_totp_secret, totp_uri
 
     now = datetime.now(UTC)
     secret = new_totp_secret() if args.enable else None

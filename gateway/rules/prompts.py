@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from gateway.language import Language
-from gateway.municipalities import Municipality
+from gateway.rules.language import Language
+from gateway.rules.municipalities import Municipality
 
 LANGUAGES: tuple[Language, ...] = ("en", "fr")
 

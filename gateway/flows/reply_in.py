@@ -7,7 +7,7 @@ its Message-ID, so a second copy with other bytes — one per recipient, or by b
 doors — is not texted either), routes it (reply token, else In-Reply-To/References:
 mail to `email.from_address` is routed the same way), checks the sender is an agent
 of that municipality, keeps only the visible reply, and queues the SMS (or, when the
-resident opted out, a notice to the agent) through `gateway.agent_reply.queue_reply`,
+resident opted out, a notice to the agent) through `gateway.flows.agent_reply.queue_reply`,
 the path the web console's replies take too. A texted reply's Message-ID joins the
 conversation's thread, so the resident's next email answers it.
 
@@ -37,12 +37,12 @@ from datetime import UTC, datetime
 from email.utils import parseaddr
 from typing import Any
 
-from gateway import emails, replies
-from gateway.agent_reply import EXCERPT_CHARS, queue_reply
+from gateway.app import Gateway
+from gateway.flows.agent_reply import EXCERPT_CHARS, queue_reply
+from gateway.flows.thread_mail import enqueue_notice, sender_domain
 from gateway.mail.types import Disposition, MailOrigin
-from gateway.municipalities import Municipality
-from gateway.notices import enqueue_notice, sender_domain
-from gateway.services import Gateway
+from gateway.rules import emails, reading
+from gateway.rules.municipalities import Municipality
 from gateway.store import Conversation, DuplicateEmail, StoreUnavailable, Tx
 from gateway.store.reply_mail import (
     get_failed_email,
@@ -113,7 +113,7 @@ class _Decision:
     """What `_decide` found: the disposition, and what a failure's notice needs."""
 
     disposition: Disposition
-    reply: replies.ParsedReply | None = None
+    reply: reading.ParsedReply | None = None
     conversation: Conversation | None = None
     why: emails.NotTextedWhy | None = None  # the kind of failure (kept with the email)
     tell: bool = False  # send the sender a "not_texted" notice saying `why`
@@ -242,10 +242,10 @@ class ReplyService:
     def _decide(self, tx: Tx, raw: bytes) -> _Decision:
         settings = self._gateway.settings
         try:
-            reply = replies.parse_reply(
+            reply = reading.parse_reply(
                 raw, reply_address=settings.email.reply_address, own_addresses=self._own
             )
-        except replies.MalformedEmail as exc:
+        except reading.MalformedEmail as exc:
             return _Decision(Disposition("failed", f"malformed email: {exc}"))
         if reply.automatic:
             return _Decision(
@@ -319,7 +319,7 @@ class ReplyService:
             reply, conversation,
         )  # fmt: skip
 
-    def _route(self, tx: Tx, reply: replies.ParsedReply) -> Conversation | None:
+    def _route(self, tx: Tx, reply: reading.ParsedReply) -> Conversation | None:
         for token in reply.tokens:
             conversation = tx.conversation_by_token(token)
             if conversation is not None:
@@ -354,7 +354,7 @@ class ReplyService:
         self, tx: Tx, conversation: Conversation, agent: str, text: str, now: datetime
     ) -> str:
         """Queue the SMS (or tell the agent the resident opted out): the one reply path
-        the console takes too (`gateway.agent_reply.queue_reply`)."""
+        the console takes too (`gateway.flows.agent_reply.queue_reply`)."""
         queued = queue_reply(
             tx, self._gateway.settings, conversation, agent=agent, text=text, now=now,
             via="email",
@@ -381,7 +381,7 @@ class ReplyService:
     def _tell(
         self,
         tx: Tx,
-        reply: replies.ParsedReply,
+        reply: reading.ParsedReply,
         conversation: Conversation | None,
         why: emails.NotTextedWhy,
         municipality: Municipality | None,

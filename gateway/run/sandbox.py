@@ -31,16 +31,16 @@ from xml.etree import ElementTree
 
 import requests
 
-from gateway.config import Settings, load_municipality_map, load_settings
-from gateway.directory_build import dump_map, merge_with_census, read_census
+from gateway.app import Gateway
 from gateway.mail.sandbox import SandboxMailServer, mailbox_messages
+from gateway.run.server import run_gateway, split_listen
 from gateway.sandbox_data import SAMPLE_MEDIA, SAMPLE_PICTURE, SANDBOX_PLACES
-from gateway.server import run_gateway, split_listen
-from gateway.services import Gateway
+from gateway.settings import Settings, load_municipality_map, load_settings
+from gateway.settings.directory_build import dump_map, merge_with_census, read_census
 from gateway.sms.sandbox import read_sent
+from gateway.sms.twilio.signature import TwilioSignature
 from gateway.store import open_store
 from gateway.store.console import Role
-from gateway.web.signature import TwilioSignature
 from gateway.web.webhooks import BadRequest, normalise_number
 
 SANDBOX_SMTP_PORT = 8025
@@ -145,7 +145,7 @@ def ensure_sandbox_accounts(gateway: Gateway) -> list[tuple[str, str]]:
     """The sandbox's console accounts, created on first run with a random password kept in
     `state_dir/console-accounts.txt` (readable by the owner only): (email, password) pairs.
     Accounts whose municipality is not in the map are left out."""
-    from gateway import accounts
+    from gateway.rules import accounts
 
     path = gateway.settings.state_dir / "console-accounts.txt"
     if path.exists():

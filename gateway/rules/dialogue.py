@@ -36,8 +36,8 @@ Behaviour (the rules of DESIGN.md, "Resident side"):
 - CITY / VILLE (whole message) at any time starts the question again, in the keyword's language.
   The saved municipality stays until a new one is chosen; if the new question fails
   ``MAX_ATTEMPTS`` times, the old one is kept (and any texts held meanwhile go there).
-- STOP/START/HELP/INFO belong to the caller (``gateway.keywords``); given one, ``step`` changes
-  nothing and returns no action.
+- STOP/START/HELP/INFO belong to the caller (``gateway.rules.keywords``); given one, ``step``
+  changes nothing and returns no action.
 - The language ("en"/"fr") is detected from every text (``language.detect``, the kept language
   as default, so names and numbers do not switch it) and kept in the state; CITY/VILLE set it.
 - ``Inbound.opted_out``: after STOP nothing may be sent, so no question can be asked. A text from
@@ -55,9 +55,9 @@ from typing import Any, Literal, Protocol
 
 from rapidfuzz import fuzz
 
-from gateway import keywords, prompts
-from gateway.language import Language, detect
-from gateway.municipalities import (
+from gateway.rules import keywords, prompts
+from gateway.rules.language import Language, detect
+from gateway.rules.municipalities import (
     PROVINCES,
     Ambiguous,
     Match,
@@ -79,7 +79,7 @@ _FUZZY_NAME_WORD = 80  # rapidfuzz ratio from which a misspelt word counts as pa
 
 
 class DirectoryView(Protocol):
-    """What the dialogue needs of ``gateway.municipalities.Directory``."""
+    """What the dialogue needs of ``gateway.rules.municipalities.Directory``."""
 
     def get(self, municipality_id: str, /) -> Municipality | None: ...
 

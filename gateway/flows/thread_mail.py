@@ -1,6 +1,6 @@
 """Telling an agent, by email in the conversation's thread, what happened to a reply:
 shortened, not sent (the resident opted out), or not delivered; and copying a reply
-written in the web console into the thread ("console_reply", see `gateway.agent_reply`).
+written in the web console into the thread ("console_reply", see `gateway.flows.agent_reply`).
 
 Used inside a store transaction, so the notice is queued atomically with the state
 change that caused it.
@@ -12,8 +12,8 @@ import re
 from email.utils import parseaddr
 from typing import Any
 
-from gateway import emails
-from gateway.config import Settings
+from gateway.rules import emails
+from gateway.settings import Settings
 from gateway.store import Conversation, Tx
 
 TOKEN_PATTERN = "[a-z2-7]{26,64}"  # noqa: S105 - the shape of a reply token, not a secret

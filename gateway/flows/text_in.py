@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from gateway import dialogue, emails, keywords, prompts
-from gateway.config import Settings
+from gateway.flows.thread_mail import sender_domain
 from gateway.logs import log_full_detail, mask_phone
-from gateway.municipalities import Directory, Municipality
-from gateway.notices import sender_domain
+from gateway.rules import dialogue, emails, keywords, prompts
+from gateway.rules.municipalities import Directory, Municipality
+from gateway.settings import Settings
 from gateway.store import Conversation, DuplicateWebhook, Resident, Store, StoredMessage, Tx
 
 log = logging.getLogger(__name__)

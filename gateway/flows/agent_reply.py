@@ -1,13 +1,13 @@
 """One reply path for both doors: an agent's answer, from email or the web console, to SMS.
 
 `queue_reply` is what an agent's reply becomes, whichever door it came in by: the
-email side (`gateway.reply_service.ReplyService`, via="email") and the staff web
+email side (`gateway.flows.reply_in.ReplyService`, via="email") and the staff web
 console (via="console") both call it inside their store transaction, so both get the
 same rules:
 
 - a resident who texted STOP is never texted: the reply is stored with status
   "not_sent" and the agent is told;
-- otherwise the reply is split with `gateway.segments.split_for_sms` (typography made
+- otherwise the reply is split with `gateway.rules.segments.split_for_sms` (typography made
   GSM-7 when that is enough, up to 1,600 characters as one message, beyond that up to
   5 numbered parts), stored with status "queued", and one outbox "sms" row is queued
   per part — the dispatcher paces them to the sender's rate like every other SMS, and
@@ -17,13 +17,13 @@ same rules:
 
 What differs by door:
 
-- via="email": `text` is the visible text `gateway.replies.parse_reply` extracted (it
+- via="email": `text` is the visible text `gateway.rules.reading.parse_reply` extracted (it
   is already prepared); the opted-out case is told to the agent with an "opted_out"
   notice. This is exactly what `ReplyService` did before this module existed.
 - via="console": `text` is what the agent typed; it is prepared as an email reply's
   text is (`prepare_text`: line ends, invisible and control characters, trailing
   spaces, runs of blank lines; the SMS typography is left to `split_for_sms`, as for
-  email). In addition a COPY of the reply ("console_reply" notice, `gateway.emails`)
+  email). In addition a COPY of the reply ("console_reply" notice, `gateway.rules.emails`)
   is queued into the conversation's email thread, To the municipality's mailbox (Cc
   the conversation's sticky agent when that is another address), so mailbox users
   see the whole conversation, and pressing Reply on the copy answers the resident
@@ -45,10 +45,10 @@ from datetime import datetime
 from email.utils import parseaddr
 from typing import Literal, get_args
 
-from gateway import replies, segments
-from gateway.config import Settings
+from gateway.flows.thread_mail import enqueue_notice
 from gateway.logs import mask_phone
-from gateway.notices import enqueue_notice
+from gateway.rules import reading, segments
+from gateway.settings import Settings
 from gateway.store import Conversation, Tx
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ Via = Literal["email", "console"]
 VIAS: tuple[Via, ...] = get_args(Via)
 
 EXCERPT_CHARS = 200  # of the reply, quoted in a notice to the agent
-MAX_TEXT_CHARS = replies.MAX_TEXT_BYTES * 2  # what an email reply's text is cut to, too
+MAX_TEXT_CHARS = reading.MAX_TEXT_BYTES * 2  # what an email reply's text is cut to, too
 
 
 @dataclass(frozen=True)
@@ -81,14 +81,14 @@ class QueuedReply:
 
 def prepare_text(text: str) -> str:
     """A console reply's text prepared the way an email reply's visible text is
-    (`gateway.replies`): CR LF / CR / U+2028 line ends to LF, U+2029 to a blank line,
+    (`gateway.rules.reading`): CR LF / CR / U+2028 line ends to LF, U+2029 to a blank line,
     zero-width and direction marks removed, no-break spaces to spaces, tabs to four
     spaces, other control characters to spaces, trailing spaces cut, at most one blank
     line in a row, no blank or separator lines at the ends. At most `MAX_TEXT_CHARS`
     are read. Quotes and signatures are NOT cut (nothing is quoted in the console), and
     "#close" is not a command here. Typographic quotes and dashes are left to
     `segments.split_for_sms`, exactly as for email."""
-    return replies.tidy_text(text[:MAX_TEXT_CHARS])
+    return reading.tidy_text(text[:MAX_TEXT_CHARS])
 
 
 def _address(value: str | None) -> str:
@@ -217,7 +217,7 @@ def queue_reply(
 def _copy_details(
     agent: str, agent_name: str | None, text: str, outcome: str, parts: int, shortened: bool
 ) -> dict[str, object]:
-    """The details of a "console_reply" copy (see `gateway.emails.AgentNotice`)."""
+    """The details of a "console_reply" copy (see `gateway.rules.emails.AgentNotice`)."""
     return {
         "agent_name": agent_name,
         "agent_email": agent,

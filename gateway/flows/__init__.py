@@ -1,0 +1,1 @@
+"""What happens, one store transaction each: a text in, a reply in, an agent's reply, a delivery."""

@@ -1,0 +1,1 @@
+"""Running the gateway: the web server, the asyncio worker, systemd notification, the sandbox."""

@@ -1,0 +1,1 @@
+"""Twilio (and Twilio-compatible APIs): REST client, webhook signature, error codes."""
