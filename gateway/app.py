@@ -16,7 +16,7 @@ from gateway.flows.text_in import InboundService
 from gateway.metrics import Metrics
 from gateway.rules.municipalities import Directory
 from gateway.settings import Settings, load_municipality_map
-from gateway.sms import SmsProvider, make_provider
+from gateway.sms import SmsProvider, Webhooks, make_provider, make_webhooks
 from gateway.store import SqlStore, Store, open_store
 from gateway.store.console import ConsoleStore
 
@@ -74,6 +74,12 @@ class Gateway:
         if not isinstance(self.store, SqlStore):  # pragma: no cover - the one implementation
             raise TypeError(f"the console needs a SqlStore, not {type(self.store).__name__}")
         return ConsoleStore(self.store)
+
+    @cached_property
+    def webhooks(self) -> Webhooks:
+        """The provider's webhooks (signature, forms, answers), checked against
+        `public_url`; made once, reused by every request."""
+        return make_webhooks(self.settings.sms, self.settings.public_url)
 
     @cached_property
     def inbound(self) -> InboundService:

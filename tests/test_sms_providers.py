@@ -20,15 +20,13 @@ from twilio.request_validator import RequestValidator
 from gateway.settings import SmsSettings
 from gateway.sms import (
     MediaError,
-    SandboxProvider,
     SmsPermanentError,
     SmsProvider,
     SmsTemporaryError,
-    TwilioProvider,
-    base,
     make_provider,
 )
-from gateway.sms.sandbox import read_sent
+from gateway.sms.sandbox import SandboxProvider, read_sent
+from gateway.sms.twilio import TwilioProvider, errors
 from gateway.sms.twilio.client import same_body
 from tests.fake_twilio import FakeTwilio
 
@@ -89,7 +87,7 @@ def test_too_many_requests_is_temporary_with_retry_after(api: FakeTwilio) -> Non
     for _ in range(2):
         with pytest.raises(SmsTemporaryError) as raised:
             twilio.send(RESIDENT, "hello")
-        assert raised.value.code == base.TOO_MANY_REQUESTS
+        assert raised.value.code == errors.TOO_MANY_REQUESTS
         assert raised.value.retry_after == 2.0
         assert raised.value.maybe_sent is False
     assert api.messages == []
@@ -101,7 +99,7 @@ def test_plain_http_429_without_twilio_code(api: FakeTwilio) -> None:
     api.fail_next(1, 429, 429)
     with pytest.raises(SmsTemporaryError) as raised:
         provider(api).send(RESIDENT, "hello")
-    assert raised.value.code == base.HTTP_TOO_MANY_REQUESTS
+    assert raised.value.code == errors.HTTP_TOO_MANY_REQUESTS
     assert raised.value.retry_after is None
 
 
@@ -109,7 +107,7 @@ def test_opted_out_is_permanent(api: FakeTwilio) -> None:
     api.fail_next(1, 400, 21610)
     with pytest.raises(SmsPermanentError) as raised:
         provider(api).send(RESIDENT, "hello")
-    assert raised.value.code == base.OPTED_OUT
+    assert raised.value.code == errors.OPTED_OUT
     assert raised.value.opted_out
 
 
@@ -117,7 +115,7 @@ def test_invalid_number_is_permanent(api: FakeTwilio) -> None:
     api.fail_next(1, 400, 21211)
     with pytest.raises(SmsPermanentError) as raised:
         provider(api).send("+1555", "hello")
-    assert raised.value.code == base.INVALID_TO and not raised.value.opted_out
+    assert raised.value.code == errors.INVALID_TO and not raised.value.opted_out
 
 
 def test_server_error_is_temporary_and_may_have_been_sent(api: FakeTwilio) -> None:
@@ -131,7 +129,7 @@ def test_bad_credentials_are_temporary(api: FakeTwilio) -> None:
     twilio = TwilioProvider(SID, "wrong-token", "31100", api.base_url)
     with pytest.raises(SmsTemporaryError, match="auth_token") as raised:
         twilio.send(RESIDENT, "hello")
-    assert raised.value.code == base.AUTHENTICATION_FAILED
+    assert raised.value.code == errors.AUTHENTICATION_FAILED
     assert api.attempts == []
 
 
@@ -239,7 +237,7 @@ def test_fake_posts_signed_status_callbacks(api: FakeTwilio) -> None:
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/sms/status"
         sid = provider(api).send(RESIDENT, "hello", url)
-        assert api.send_status(sid, "undelivered", base.UNREACHABLE_HANDSET) == 204
+        assert api.send_status(sid, "undelivered", errors.UNREACHABLE_HANDSET) == 204
     finally:
         server.shutdown()
         server.server_close()
@@ -347,17 +345,17 @@ def test_permanent_errors_say_why(api: FakeTwilio, status: int, code: int, reaso
 
 
 def test_delivery_codes_classified() -> None:
-    assert base.permanent_reason(30007) == "filtered"
-    assert base.permanent_reason(30004) == "filtered"
-    assert base.permanent_reason(30005) == "invalid_number"
-    assert base.permanent_reason(30006) == "unreachable"
-    assert base.permanent_reason(None) == "rejected"
+    assert errors.permanent_reason(30007) == "filtered"
+    assert errors.permanent_reason(30004) == "filtered"
+    assert errors.permanent_reason(30005) == "invalid_number"
+    assert errors.permanent_reason(30006) == "unreachable"
+    assert errors.permanent_reason(None) == "rejected"
 
 
 def test_the_fake_refuses_bodies_over_1600_characters(api: FakeTwilio) -> None:
     with pytest.raises(SmsPermanentError) as raised:
         provider(api).send(RESIDENT, "x" * 1601)
-    assert raised.value.code == base.BODY_TOO_LONG and raised.value.reason == "too_long"
+    assert raised.value.code == errors.BODY_TOO_LONG and raised.value.reason == "too_long"
 
 
 def test_server_error_with_retry_after(api: FakeTwilio) -> None:
@@ -510,7 +508,7 @@ def test_the_fake_records_arrivals_and_can_refuse_bursts() -> None:
         twilio.send(RESIDENT, "x" * 200)  # two segments
         with pytest.raises(SmsTemporaryError) as raised:
             twilio.send(RESIDENT, "too many")
-        assert raised.value.code == base.TOO_MANY_REQUESTS and raised.value.retry_after == 1.0
+        assert raised.value.code == errors.TOO_MANY_REQUESTS and raised.value.retry_after == 1.0
         assert [n for _, n in api.arrivals] == [1, 2]
         assert api.max_in_window() == 3
         times = [t for t, _ in api.arrivals]

@@ -18,41 +18,10 @@ from gateway.logs import log_full_detail, mask_phone
 from gateway.rules import dialogue, emails, keywords, prompts
 from gateway.rules.municipalities import Directory, Municipality
 from gateway.settings import Settings
+from gateway.sms.base import InboundText
 from gateway.store import Conversation, DuplicateWebhook, Resident, Store, StoredMessage, Tx
 
 log = logging.getLogger(__name__)
-
-# Where the email shows the resident's local time, by province.
-PROVINCE_TIMEZONES = {
-    "BC": "America/Vancouver",
-    "AB": "America/Edmonton",
-    "SK": "America/Regina",
-    "MB": "America/Winnipeg",
-    "ON": "America/Toronto",
-    "QC": "America/Toronto",
-    "NB": "America/Moncton",
-    "NS": "America/Halifax",
-    "PE": "America/Halifax",
-    "NL": "America/St_Johns",
-    "YT": "America/Whitehorse",
-    "NT": "America/Yellowknife",
-    "NU": "America/Iqaluit",
-}
-
-
-@dataclass(frozen=True)
-class InboundText:
-    """One validated inbound SMS/MMS, numbers already in E.164."""
-
-    sid: str
-    phone: str
-    to: str
-    body: str
-    received_at: datetime
-    media: tuple[emails.MediaRef, ...] = ()
-    from_city: str | None = None
-    from_state: str | None = None
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -302,7 +271,7 @@ class InboundService:
             to=(agent,) if agent else (municipality.mailbox,),
             cc=(municipality.mailbox,) if agent else (),
             municipality_name=emails.local_name(municipality.name, municipality.name_fr, language),
-            timezone=PROVINCE_TIMEZONES.get(municipality.province, "America/Toronto"),
+            timezone=municipality.timezone,
             language=language,
             note=None,
         )

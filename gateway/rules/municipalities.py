@@ -46,6 +46,25 @@ class CannedReply:
     language: str | None = None  # "en" | "fr"; None: offered whatever the resident's language
 
 
+DEFAULT_TIMEZONE = "America/Toronto"
+# Where a municipality's times (emails, console) are shown, by province.
+PROVINCE_TIMEZONES = {
+    "BC": "America/Vancouver",
+    "AB": "America/Edmonton",
+    "SK": "America/Regina",
+    "MB": "America/Winnipeg",
+    "ON": "America/Toronto",
+    "QC": "America/Toronto",
+    "NB": "America/Moncton",
+    "NS": "America/Halifax",
+    "PE": "America/Halifax",
+    "NL": "America/St_Johns",
+    "YT": "America/Whitehorse",
+    "NT": "America/Yellowknife",
+    "NU": "America/Iqaluit",
+}
+
+
 @dataclass(frozen=True)
 class Municipality:
     """One municipality of the directory, as in `municipality_map.yaml`."""
@@ -65,6 +84,11 @@ class Municipality:
     def label(self) -> str:
         """Name and province as shown to residents: "Victoria, BC"."""
         return f"{self.name}, {self.province}"
+
+    @property
+    def timezone(self) -> str:
+        """The IANA time zone its times are shown in (by province; Toronto's if unknown)."""
+        return PROVINCE_TIMEZONES.get(self.province, DEFAULT_TIMEZONE)
 
 
 @dataclass(frozen=True)

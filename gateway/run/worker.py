@@ -37,13 +37,14 @@ import random
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
 from typing import Any, TypeVar
 
 from gateway.app import Gateway
-from gateway.flows.thread_mail import enqueue_notice, reply_address_pattern
+from gateway.flows.delivery import record_refusal
+from gateway.flows.thread_mail import reply_address_pattern
 from gateway.logs import mask_phone
 from gateway.mail.smtp import PermanentSmtpError, TemporarySmtpError, send_email
 from gateway.rules import emails, segments
@@ -444,29 +445,10 @@ class Dispatcher:
     async def _sms_failed_for_good(self, item: OutboxItem, exc: SmsPermanentError) -> None:
         """The provider refused for good: tell the agent, mark the resident if opted out."""
         self._gateway.metrics.texts_out.labels("refused").inc()
-        await asyncio.to_thread(self._report_refusal, item.payload, exc)
+        await asyncio.to_thread(
+            record_refusal, self._gateway.store, self._gateway.settings, item.payload, exc
+        )
         await self._park(item, f"refused by the provider ({exc.code}): {exc}; agent told")
-
-    def _report_refusal(self, payload: dict[str, Any], exc: SmsPermanentError) -> None:
-        settings = self._gateway.settings
-        with self._gateway.store.transaction() as tx:
-            conversation = tx.get_conversation(int(payload["conversation_id"]))
-            if conversation is None:
-                return
-            resident = tx.get_resident(conversation.phone)
-            if exc.opted_out and resident is not None:
-                tx.save_resident(replace(resident, opted_out=True))
-            if payload.get("message_id") is not None:
-                tx.set_message_status(int(payload["message_id"]), "failed", exc.code)
-            agent = str(payload.get("agent") or conversation.agent_address or "")
-            if not agent:
-                return
-            kind = "opted_out" if exc.opted_out else "delivery_failed"
-            details: dict[str, Any] = {"reply_excerpt": str(payload.get("body", ""))[:200]}
-            if not exc.opted_out:
-                details |= {"status": "failed", "error_code": exc.code}
-            enqueue_notice(tx, settings, conversation, agent, kind, details,
-                           language=resident.language if resident else "en")
 
     # -- retries ----------------------------------------------------------------------------
 

@@ -1,37 +1,63 @@
-"""SMS providers: the interface (`base`), Twilio (`twilio`), the sandbox (`sandbox`)."""
+"""SMS providers: the neutral interface (`base`), and one folder or module per provider —
+Twilio and Twilio-compatible APIs (`twilio/`), the sandbox (`sandbox`).
+
+Adding a provider: a folder `gateway/sms/<name>/` whose `PROVIDER` (a `ProviderKind`)
+builds its client and its webhooks, one line in `PROVIDERS` below, its name in the
+`sms.provider` choices (`gateway.settings`), and one test module that inherits the shared
+webhook security cases (`tests/webhook_security.py`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.settings import SmsSettings
+from gateway.sms import sandbox, twilio
 from gateway.sms.base import (
     MediaError,
+    ProviderKind,
     SmsError,
     SmsPermanentError,
     SmsProvider,
     SmsTemporaryError,
+    Webhooks,
 )
-from gateway.sms.sandbox import SandboxProvider
-from gateway.sms.twilio.client import TwilioProvider
 
 __all__ = [
+    "PROVIDERS",
     "MediaError",
-    "SandboxProvider",
     "SmsError",
     "SmsPermanentError",
     "SmsProvider",
     "SmsTemporaryError",
-    "TwilioProvider",
+    "Webhooks",
     "make_provider",
+    "make_webhooks",
 ]
+
+#: Every provider, by its `sms.provider` name.
+PROVIDERS: Mapping[str, ProviderKind] = {
+    "twilio": twilio.PROVIDER,
+    "sandbox": sandbox.PROVIDER,
+}
+
+
+def _kind(sms: SmsSettings) -> ProviderKind:
+    try:
+        return PROVIDERS[sms.provider]
+    except KeyError:
+        names = " | ".join(PROVIDERS)
+        raise ValueError(f"unknown sms.provider {sms.provider!r} ({names})") from None
 
 
 def make_provider(sms: SmsSettings, state_dir: Path) -> SmsProvider:
-    """The provider named by `sms.provider`: "twilio" (the real API at
+    """The client of the provider named by `sms.provider`: "twilio" (the real API at
     `sms.api_base_url`) or "sandbox" (records texts to `<state_dir>/sms.jsonl`)."""
-    if sms.provider == "twilio":
-        return TwilioProvider(sms.account_sid, sms.auth_token, sms.sender, sms.api_base_url)
-    if sms.provider == "sandbox":
-        return SandboxProvider(state_dir)
-    raise ValueError(f"unknown sms.provider {sms.provider!r} (twilio | sandbox)")
+    return _kind(sms).client(sms, state_dir)
+
+
+def make_webhooks(sms: SmsSettings, public_url: str) -> Webhooks:
+    """The webhooks of the provider named by `sms.provider`, checked against
+    `public_url` (the base URL the provider calls)."""
+    return _kind(sms).webhooks(sms, public_url)

@@ -7,8 +7,13 @@ A provider is synchronous (the twilio client is): the asyncio worker calls it th
   must fix them; the message itself is fine). `maybe_sent` is True when the request may
   have reached the provider (a read timeout, a 5xx): resending could text twice.
 - `SmsPermanentError`: this message to this number will never go (opted out, invalid
-  number, …); `code` is the provider's error code (Twilio codes below), `reason` a
-  short classification of it (`permanent_reason`).
+  number, …); `code` is the provider's own error code (kept for the agent and the logs),
+  `reason` the provider-neutral classification the rest of the gateway acts on — each
+  provider maps its codes to reasons (Twilio's: `gateway.sms.twilio.errors`).
+
+This module is provider-neutral: no provider's codes, field names or formats. A provider
+is one folder under `gateway/sms/` with a client (`SmsProvider`) and its webhooks
+(`Webhooks`), registered in `gateway.sms.PROVIDERS`.
 
 After a `maybe_sent` failure, `SmsProvider.find_sent` tells whether the provider has
 the message after all, so a retry never texts a resident twice.
@@ -16,81 +21,71 @@ the message after all, so a retry never texts a resident twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-# Twilio error codes (https://www.twilio.com/docs/api/errors)
-AUTHENTICATION_FAILED = 20003
-NOT_FOUND = 20404
-TOO_MANY_REQUESTS = 20429
-HTTP_TOO_MANY_REQUESTS = 429
-INVALID_FROM = 21212
-INVALID_TO = 21211
-NOT_A_MOBILE_NUMBER = 21614
-REGION_NOT_ENABLED = 21408
-OPTED_OUT = 21610  # the recipient texted STOP to this sender
-NOT_REACHABLE_BY_SMS = 21612
-BODY_TOO_LONG = 21617  # more than 1,600 characters
-NOT_A_VALID_NUMBER = 21614  # "To" is not a valid mobile number
-MESSAGING_SERVICE_NO_SENDERS = 21703
-# delivery error codes (status callbacks: ErrorCode of an undelivered/failed message)
-QUEUE_OVERFLOW = 30001
-ACCOUNT_SUSPENDED = 30002
-UNREACHABLE_HANDSET = 30003
-MESSAGE_BLOCKED = 30004
-UNKNOWN_HANDSET = 30005
-LANDLINE_OR_UNREACHABLE_CARRIER = 30006
-CARRIER_VIOLATION = 30007  # filtered as spam
-UNKNOWN_DELIVERY_ERROR = 30008
-MISSING_SEGMENT = 30009
+from werkzeug.datastructures import Headers
 
-#: Codes for which sending again later may work.
-TEMPORARY_CODES = frozenset(
-    {AUTHENTICATION_FAILED, TOO_MANY_REQUESTS, HTTP_TOO_MANY_REQUESTS, QUEUE_OVERFLOW}
-)
-#: Delivery codes meaning "this number will not get texts from us" (do not retry).
-UNDELIVERABLE_CODES = frozenset(
-    {
-        OPTED_OUT,
-        INVALID_TO,
-        NOT_A_MOBILE_NUMBER,
-        NOT_REACHABLE_BY_SMS,
-        UNKNOWN_HANDSET,
-        LANDLINE_OR_UNREACHABLE_CARRIER,
-    }
-)
+from gateway.rules.emails import MediaRef
+
+if TYPE_CHECKING:
+    from gateway.settings import SmsSettings
 
 MAX_MEDIA_BYTES = 5 * 1024 * 1024
+MAX_BODY_CHARS = 5000  # inbound: Twilio caps at 1,600; anything far beyond is no provider
+MAX_MEDIA = 10  # media per inbound message
+MAX_SID_CHARS = 64
 
 PermanentReason = Literal[
     "opted_out", "invalid_number", "unreachable", "filtered", "too_long", "sender", "rejected"
 ]
 
-_REASONS: dict[int, PermanentReason] = {
-    OPTED_OUT: "opted_out",
-    INVALID_TO: "invalid_number",
-    NOT_A_MOBILE_NUMBER: "invalid_number",
-    NOT_REACHABLE_BY_SMS: "unreachable",
-    UNKNOWN_HANDSET: "invalid_number",
-    LANDLINE_OR_UNREACHABLE_CARRIER: "unreachable",
-    UNREACHABLE_HANDSET: "unreachable",
-    REGION_NOT_ENABLED: "unreachable",
-    CARRIER_VIOLATION: "filtered",
-    MESSAGE_BLOCKED: "filtered",
-    BODY_TOO_LONG: "too_long",
-    INVALID_FROM: "sender",
-    MESSAGING_SERVICE_NO_SENDERS: "sender",
-    ACCOUNT_SUSPENDED: "sender",
-}
+#: Delivery states a provider reports; a report of another state is kept as "other".
+DELIVERY_STATES = frozenset({
+    "queued", "accepted", "sending", "sent", "delivered", "undelivered", "failed", "read",
+    "canceled", "scheduled", "receiving", "received",
+})
+#: The delivery states that mean "it did not arrive" (the agent is told).
+FAILED_STATES = frozenset({"undelivered", "failed"})
 
 
-def permanent_reason(code: int | None) -> PermanentReason:
-    """Why a provider error code means "never": "opted_out" (21610), "invalid_number"
-    (21211, 21614, 30005), "unreachable" (21612, 21408, 30003, 30006), "filtered"
-    (30004, 30007), "too_long" (21617), "sender" (the sender is misconfigured: 21212,
-    21703, 30002), else "rejected"."""
-    return _REASONS.get(code, "rejected") if code is not None else "rejected"
+@dataclass(frozen=True)
+class InboundText:
+    """One validated inbound SMS/MMS, numbers already in E.164 (what any provider's
+    webhook becomes)."""
 
+    sid: str
+    phone: str
+    to: str
+    body: str
+    received_at: datetime
+    media: tuple[MediaRef, ...] = ()
+    from_city: str | None = None
+    from_state: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """A provider's delivery status callback: our message `sid` is now in `state`
+    (lower case); `code` is the provider's error code, `reason` its neutral meaning
+    when the state is a failure (None otherwise)."""
+
+    sid: str
+    state: str
+    code: int | None = None
+    reason: PermanentReason | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.state in FAILED_STATES
+
+
+class BadWebhook(ValueError):
+    """A webhook whose signature held but whose form lacks or garbles a field the
+    provider always sends (answered 400; nothing is stored)."""
 
 class SmsError(Exception):
     """Sending or fetching failed."""
@@ -118,21 +113,24 @@ class SmsTemporaryError(SmsError):
 
 
 class SmsPermanentError(SmsError):
-    """This message will never be accepted as it is; `code` says why (e.g. OPTED_OUT)."""
+    """This message will never be accepted as it is; `reason` says why, `code` is the
+    provider's own error code."""
+
+    def __init__(
+        self, message: str, code: int | None = None, *, reason: PermanentReason = "rejected"
+    ) -> None:
+        super().__init__(message, code)
+        self.reason: PermanentReason = reason
 
     @property
     def opted_out(self) -> bool:
-        """The resident texted STOP to this sender (21610): nothing goes until START."""
-        return self.code == OPTED_OUT
+        """The resident texted STOP to this sender: nothing goes until START."""
+        return self.reason == "opted_out"
 
     @property
     def invalid_number(self) -> bool:
-        """The number cannot receive texts at all (21211, 21614, 30005)."""
+        """The number cannot receive texts at all."""
         return self.reason == "invalid_number"
-
-    @property
-    def reason(self) -> PermanentReason:
-        return permanent_reason(self.code)
 
 
 class MediaError(SmsError):
@@ -175,3 +173,49 @@ class SmsProvider(Protocol):
     def fetch_media(self, url: str) -> tuple[str, bytes]:
         """Download a received media: (content type, data). Raises MediaError."""
         ...
+
+
+@dataclass(frozen=True)
+class WebhookAnswer:
+    """What the inbound webhook answers: the body and its content type."""
+
+    body: str
+    content_type: str
+
+
+@runtime_checkable
+class Webhooks(Protocol):
+    """A provider's side of `POST /sms/inbound` and `POST /sms/status`.
+
+    `gateway.web.webhooks` stacks the checks in this order and fails closed: `authentic`
+    (else 403, nothing read), then `inbound`/`status` (BadWebhook: 400), then the flow."""
+
+    def authentic(
+        self, path: str, query: str, form: Mapping[str, str], headers: Mapping[str, str] | Headers
+    ) -> bool:
+        """True only when the request is signed by the provider for this URL and form
+        (`path` relative to the application root, `query` without "?")."""
+        ...
+
+    def inbound(self, form: Mapping[str, str], region: str) -> InboundText:
+        """The inbound message in `form` (numbers normalised with `region`); raises
+        BadWebhook."""
+        ...
+
+    def status(self, form: Mapping[str, str]) -> DeliveryReport:
+        """The delivery report in `form`; raises BadWebhook."""
+        ...
+
+    def answer(self, replies: tuple[str, ...]) -> WebhookAnswer:
+        """The inbound webhook's answer texting `replies` back to the sender."""
+        ...
+
+
+@dataclass(frozen=True)
+class ProviderKind:
+    """What a provider folder registers in `gateway.sms.PROVIDERS` under its
+    `sms.provider` name: how to build its client (from the `sms` settings and the state
+    directory) and its webhooks (from the `sms` settings and `public_url`)."""
+
+    client: Callable[[SmsSettings, Path], SmsProvider]
+    webhooks: Callable[[SmsSettings, str], Webhooks]

@@ -1,4 +1,5 @@
-"""The sandbox SMS provider: records each text it would send, sends nothing.
+"""The sandbox SMS provider: records each text it would send, sends nothing. Its webhooks
+are Twilio's (`sms311 sandbox text` signs a Twilio-shaped form with the sandbox's token).
 
 Each `send` appends one JSON line `{"sid", "to", "body", "at", "status_callback"}` to
 `<directory>/sms.jsonl` (read it with `read_sent`); `find_sent` looks there. `fetch_media` reads `file://`
@@ -15,13 +16,17 @@ import secrets
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 from gateway.logs import mask_phone
-from gateway.sms.base import MAX_MEDIA_BYTES, MediaError
+from gateway.sms.base import MAX_MEDIA_BYTES, MediaError, ProviderKind
 from gateway.sms.twilio.client import fetch_http_media
+from gateway.sms.twilio.webhook import TwilioWebhooks
+
+if TYPE_CHECKING:
+    from gateway.settings import SmsSettings
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +115,14 @@ class SandboxProvider:
             raise MediaError(f"cannot read media file: {exc.strerror or exc}") from exc
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return content_type, data
+
+
+def _client(sms: SmsSettings, state_dir: Path) -> SandboxProvider:
+    return SandboxProvider(state_dir)
+
+
+def _webhooks(sms: SmsSettings, public_url: str) -> TwilioWebhooks:
+    return TwilioWebhooks(sms.auth_token, public_url)
+
+
+PROVIDER = ProviderKind(client=_client, webhooks=_webhooks)

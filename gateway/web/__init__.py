@@ -1,13 +1,13 @@
-"""The web half: a Flask app factory with the Twilio webhooks, health, metrics and the
-staff console."""
+"""The web half: a Flask app factory with the provider's webhooks, health, metrics and
+the staff console."""
 
 from __future__ import annotations
 
 from flask import Flask
 
 from gateway.app import Gateway
-from gateway.sms.twilio.signature import TwilioSignature
 from gateway.web import health, sandbox_media, webhooks
+from gateway.web.extension import attach
 
 
 def create_app(gateway: Gateway) -> Flask:
@@ -16,11 +16,7 @@ def create_app(gateway: Gateway) -> Flask:
 
     app = Flask("gateway.web", static_folder=None)  # static files: /console/static/
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024  # a Twilio form is a few KB
-    app.extensions["sms311"] = gateway
-    # One signature checker for every request (not one RequestValidator per request).
-    app.extensions["sms311.signature"] = TwilioSignature(
-        gateway.settings.sms.auth_token, gateway.settings.public_url
-    )
+    attach(app, gateway)
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(health.blueprint)
     if gateway.settings.sms.provider == "sandbox":

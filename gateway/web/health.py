@@ -8,22 +8,18 @@ import logging
 import socket
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.app import Gateway
 from gateway.store.reply_mail import count_failed_emails
+from gateway.web.extension import current_gateway
 
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("health", __name__)
 
 CHECK_TIMEOUT = 2.0
-
-
-def _gateway() -> Gateway:
-    gateway: Gateway = current_app.extensions["sms311"]
-    return gateway
 
 
 def _tcp(host: str, port: int) -> str | None:
@@ -74,7 +70,7 @@ def _mailbox(gateway: Gateway) -> str | None:
 
 @blueprint.get("/healthz")
 def healthz() -> Response:
-    checks = run_checks(_gateway())
+    checks = run_checks(current_gateway())
     healthy = all(check["ok"] for check in checks.values())
     failing = [name for name, check in checks.items() if not check["ok"]]
     response = jsonify({"status": "ok" if healthy else "unavailable", "failing": failing,
@@ -85,7 +81,7 @@ def healthz() -> Response:
 
 @blueprint.get("/metrics")
 def metrics() -> Response:
-    gateway = _gateway()
+    gateway = current_gateway()
     try:
         stats = gateway.store.outbox_stats()
         gateway.metrics.outbox_depth.set(stats["depth"])

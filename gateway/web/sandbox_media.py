@@ -3,14 +3,14 @@ Twilio serves MMS media, so the worker fetches them like real ones."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, send_from_directory
+from flask import Blueprint, Response, send_from_directory
 
-from gateway.app import Gateway
+from gateway.web.extension import current_gateway
 
 blueprint = Blueprint("sandbox", __name__)
 
 
 @blueprint.get("/sandbox/media/<name>")
 def media(name: str) -> Response:
-    gateway: Gateway = current_app.extensions["sms311"]
+    gateway = current_gateway()
     return send_from_directory(gateway.settings.state_dir / "media", name)

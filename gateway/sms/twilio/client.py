@@ -34,13 +34,16 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from gateway.logs import mask_phone
 from gateway.rules.segments import smart_quotes_to_gsm
 from gateway.sms.base import (
-    AUTHENTICATION_FAILED,
-    HTTP_TOO_MANY_REQUESTS,
     MAX_MEDIA_BYTES,
-    TEMPORARY_CODES,
     MediaError,
     SmsPermanentError,
     SmsTemporaryError,
+)
+from gateway.sms.twilio.errors import (
+    AUTHENTICATION_FAILED,
+    HTTP_TOO_MANY_REQUESTS,
+    TEMPORARY_CODES,
+    permanent_reason,
 )
 
 log = logging.getLogger(__name__)
@@ -230,7 +233,9 @@ class TwilioProvider:
                 retry_after=_retry_after(self._http.last_headers()),
                 maybe_sent=True,
             )
-        return SmsPermanentError(message, code or status)
+        return SmsPermanentError(
+            message, code or status, reason=permanent_reason(code or status)
+        )
 
     # -- was it sent after all? -----------------------------------------------------------
 

@@ -25,7 +25,8 @@ from flask_login import current_user, login_user, logout_user
 from gateway.rules import accounts
 from gateway.store.console import User
 from gateway.web.console import display
-from gateway.web.console.context import ConsoleUser, gateway, is_htmx, now, remote_addr
+from gateway.web.console.context import ConsoleUser, is_htmx, now, remote_addr
+from gateway.web.extension import current_gateway as gateway
 
 log = logging.getLogger(__name__)
 

@@ -66,11 +66,6 @@ def load_user(gateway: Gateway, session_id: str) -> ConsoleUser | None:
     return ConsoleUser(account)
 
 
-def gateway() -> Gateway:
-    found: Gateway = current_app.extensions["sms311"]
-    return found
-
-
 def user() -> User:
     """The signed-in account (only in views behind `login_required`)."""
     who = current_user

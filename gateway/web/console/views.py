@@ -37,22 +37,14 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from gateway.flows.agent_reply import QueuedReply, prepare_text, queue_reply
-from gateway.flows.text_in import PROVINCE_TIMEZONES
 from gateway.logs import mask_phone
 from gateway.rules import accounts, emails
-from gateway.rules.municipalities import Municipality
+from gateway.rules.municipalities import DEFAULT_TIMEZONE, Municipality
 from gateway.store import Conversation, StoreUnavailable
 from gateway.store.console import LIST_FILTERS, ConsoleTx, ListFilter, NotTextedReply, User
 from gateway.web.console import auth, display
-from gateway.web.console.context import (
-    ConsoleUser,
-    gateway,
-    is_htmx,
-    login_required,
-    now,
-    remote_addr,
-    user,
-)
+from gateway.web.console.context import ConsoleUser, is_htmx, login_required, now, remote_addr, user
+from gateway.web.extension import current_gateway as gateway
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +57,6 @@ blueprint = Blueprint(
     static_url_path="/static",
 )
 
-DEFAULT_TIMEZONE = "America/Toronto"
 MAX_NOTE_CHARS = 4000
 MAX_REPLY_CHARS = 8000  # far beyond one SMS; the reply path shortens and tells the agent
 
@@ -191,7 +182,7 @@ def _timezone_of(municipality_id: str | None) -> str:
     municipality = _municipality(municipality_id)
     if municipality is None:
         return DEFAULT_TIMEZONE
-    return PROVINCE_TIMEZONES.get(municipality.province, DEFAULT_TIMEZONE)
+    return municipality.timezone
 
 
 MAX_ID = 2**63 - 1  # the widest id either database stores
