@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import textwrap
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +30,10 @@ from gateway.settings import (
     load_municipality_map,
     load_settings,
 )
+from gateway.settings.declare import Leaf, Section, derive, section, setting
+from gateway.settings.directory_build import MAP_KEYS as WRITTEN_MAP_KEYS
+from gateway.settings.model import SCHEMA
+from gateway.settings.municipality_map import MAP_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "systemd" / "sms311.example.yaml"
@@ -255,6 +262,114 @@ def test_secrets_are_not_in_the_repr(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path / "etc", FULL), {})
     assert "s3cret" not in repr(settings)
     assert "password=" not in repr(settings)
+
+
+# ------------------------------------------------------------------------------------------
+# Each key is declared once (gateway/settings/model.py): the schema the loader walks, the
+# dataclasses the gateway reads and the defaults both apply cannot disagree.
+
+
+def dataclass_keys(cls: type, prefix: str = "") -> dict[str, dataclasses.Field[Any]]:
+    """Every settings key of dataclass `cls`, walked from its fields (not from the schema)."""
+    hints = typing.get_type_hints(cls)
+    keys: dict[str, dataclasses.Field[Any]] = {}
+    for f in dataclasses.fields(cls):
+        if cls is Settings and f.name == "config_path":  # the file itself, not a key
+            continue
+        kind = hints[f.name]
+        inner = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            keys.update(dataclass_keys(typing.cast(type, inner[0]), f"{prefix}{f.name}."))
+        else:
+            keys[prefix + f.name] = f
+    return keys
+
+
+def schema_keys(spec: Section, prefix: str = "") -> dict[str, Leaf]:
+    keys: dict[str, Leaf] = {}
+    for name, child in spec.keys.items():
+        if isinstance(child, Section):
+            keys.update(schema_keys(child, f"{prefix}{name}."))
+        else:
+            keys[prefix + name] = child
+    return keys
+
+
+def attribute(settings: Settings, dotted: str) -> Any:
+    value: Any = settings
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+# Only the required keys, and the sections that are optional, with their required keys. The
+# SMS provider is left out (its credentials are given, as its default, twilio, needs them).
+REQUIRED_ONLY = """\
+database: sqlite:///gateway.db
+public_url: https://sms.example.ca
+sms: {account_sid: AC1, auth_token: t, sender: "31100"}
+email:
+  from_address: sms@gw.example
+  reply_address: reply+{token}@gw.example
+  smtp: {host: smtp.example}
+  imap: {host: imap.example, username: reply, password: pw}
+  ingress: {}
+"""
+REQUIRED_ONLY_GIVEN = {
+    "database", "public_url", "sms.account_sid", "sms.auth_token", "sms.sender",
+    "email.from_address", "email.reply_address", "email.smtp.host", "email.imap.host",
+    "email.imap.username", "email.imap.password",
+}  # fmt: skip
+
+
+def test_every_schema_key_is_a_dataclass_field_and_every_field_a_key() -> None:
+    in_schema, in_dataclasses = schema_keys(SCHEMA), dataclass_keys(Settings)
+    assert sorted(in_schema) == sorted(in_dataclasses)
+    for key, leaf in in_schema.items():
+        field = in_dataclasses[key]
+        assert leaf.required == (field.default is dataclasses.MISSING), key
+        if not leaf.required:
+            assert leaf.default == field.default, key
+        assert leaf.help.strip(), f"{key} has no help"
+        assert field.repr is not leaf.secret, f"{key}: a secret is left out of the repr"
+
+
+def test_the_loader_applies_the_dataclass_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, REQUIRED_ONLY), {})
+    required = {key for key, leaf in schema_keys(SCHEMA).items() if leaf.required}
+    assert required <= REQUIRED_ONLY_GIVEN
+    for key, field in dataclass_keys(Settings).items():
+        if key in REQUIRED_ONLY_GIVEN:
+            continue
+        assert field.default is not dataclasses.MISSING, f"{key}: required, but not by the file"
+        expected = field.default
+        if isinstance(expected, Path):  # municipality_map, state_dir: beside the settings file
+            expected = tmp_path / expected
+        assert attribute(settings, key) == expected, key
+
+
+def test_sms_provider_defaults_to_twilio(tmp_path: Path) -> None:
+    # The settings file has always defaulted to twilio (README; the credentials are then
+    # required); the dataclass said sandbox until both came from one declaration.
+    assert SmsSettings().provider == "twilio"
+    assert load_settings(write(tmp_path, REQUIRED_ONLY), {}).sms.provider == "twilio"
+    path = write(tmp_path, BASE.replace("  provider: sandbox\n", ""))
+    assert [p.key for p in problems_of(path)] == ["sms.account_sid", "sms.auth_token", "sms.sender"]
+
+
+def test_a_field_without_a_declaration_is_refused() -> None:
+    @section
+    class Stray:
+        declared: int = setting(default=1, help="a declared key")
+        undeclared: int = 2
+
+    with pytest.raises(TypeError, match=r"Stray\.undeclared: declare it with setting"):
+        derive(Stray)
+
+
+def test_the_map_keys_have_one_home() -> None:
+    assert WRITTEN_MAP_KEYS is MAP_KEYS  # directory_build writes the reader's keys
+    assert set(MAP_KEYS) == {f.name for f in dataclasses.fields(Municipality)}
 
 
 # ------------------------------------------------------------------------------------------

@@ -29,24 +29,29 @@ from typing import Any
 import yaml
 
 from gateway.rules.municipalities import Directory, Municipality, normalize
-from gateway.settings import ConfigError, load_municipality_map
+from gateway.settings.municipality_map import MAP_KEYS, load_municipality_map
+from gateway.settings.problems import ConfigError
+
+__all__ = [
+    "CENSUS_COLUMNS",
+    "ID_NAME_MAX",
+    "MAP_KEYS",
+    "CensusSubdivision",
+    "MergeReport",
+    "build_census_directory",
+    "build_directory_command",
+    "census_ids",
+    "dump_map",
+    "load_census_directory",
+    "main",
+    "map_entry",
+    "merge_with_census",
+    "read_census",
+    "slugify",
+]
 
 CENSUS_COLUMNS = ("csd_code", "name", "name_fr", "province_code")
 """Columns `build_census_directory` needs in the census CSV."""
-
-MAP_KEYS = (
-    "id",
-    "name",
-    "name_fr",
-    "province",
-    "aliases",
-    "postal_prefixes",
-    "mailbox",
-    "agents",
-    "languages",
-    "canned_replies",
-)
-"""Keys of one `municipality_map.yaml` entry, in the order they are written."""
 
 
 @dataclass(frozen=True)
@@ -169,25 +174,23 @@ def load_census_directory(csv_path: Path | str) -> Directory:
 
 def map_entry(m: Municipality) -> dict[str, Any]:
     """One municipality as a map entry: keys in `MAP_KEYS` order, empty optional keys left out."""
-    entry: dict[str, Any] = {"id": m.id, "name": m.name}
-    if m.name_fr and m.name_fr != m.name:
-        entry["name_fr"] = m.name_fr
-    entry["province"] = m.province
-    if m.aliases:
-        entry["aliases"] = list(m.aliases)
-    if m.postal_prefixes:
-        entry["postal_prefixes"] = list(m.postal_prefixes)
-    entry["mailbox"] = m.mailbox
-    if m.agents:
-        entry["agents"] = list(m.agents)
-    if m.languages:
-        entry["languages"] = list(m.languages)
-    if m.canned_replies:
-        entry["canned_replies"] = [
+    values: dict[str, Any] = {
+        "id": m.id,
+        "name": m.name,
+        "name_fr": m.name_fr if m.name_fr != m.name else None,
+        "province": m.province,
+        "aliases": list(m.aliases),
+        "postal_prefixes": list(m.postal_prefixes),
+        "mailbox": m.mailbox,
+        "agents": list(m.agents),
+        "languages": list(m.languages),
+        "canned_replies": [
             {"title": c.title, "text": c.text} | ({"language": c.language} if c.language else {})
             for c in m.canned_replies
-        ]
-    return entry
+        ],
+    }
+    required = ("id", "name", "province", "mailbox")
+    return {key: values[key] for key in MAP_KEYS if key in required or values[key]}
 
 
 def dump_map(municipalities: Iterable[Municipality]) -> str:
