@@ -1,4 +1,5 @@
-"""Email composition (gateway.rules.emails): threading, tokens, formats, safety. No servers."""
+"""Email composition (gateway.rules.thread, resident_email, agent_notice, email_payload): threading,
+tokens, formats, safety. No servers."""
 
 from __future__ import annotations
 
@@ -14,18 +15,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.rules import emails
-from gateway.rules.emails import (
+from gateway.rules.agent_notice import NOTICE_KINDS, AgentNotice, compose_notice
+from gateway.rules.email_payload import from_payload
+from gateway.rules.resident_email import (
     Attachment,
     MediaRef,
     ResidentEmail,
     ResidentText,
     compose,
+    media_filename,
+    safe_content_type,
+)
+from gateway.rules.thread import (
     format_national,
+    is_token,
+    local_name,
     new_message_id,
     new_token,
     next_thread_headers,
     reply_address,
+    reply_subject,
     thread_subject,
 )
 
@@ -89,7 +98,7 @@ def test_tokens_are_long_lowercase_base32_and_unique() -> None:
     for token in tokens:
         assert re.fullmatch(r"[a-z2-7]+", token)
         assert len(token) * 5 >= 128  # at least 128 bits of entropy
-        assert emails.is_token(token)
+        assert is_token(token)
     # every base32 symbol shows up: the bits are really random, not a narrow alphabet
     assert set("".join(tokens)) == set("abcdefghijklmnopqrstuvwxyz234567")
 
@@ -168,8 +177,8 @@ def test_subject_names_the_municipality_in_the_residents_language() -> None:
         "— Montreal"
     )
     assert thread_subject("Ottawa", "(613) 555-0123", "fr", name_fr=None).endswith("— Ottawa")
-    assert emails.local_name("Quebec City", "Québec", "fr") == "Québec"
-    assert emails.local_name("Quebec City", "Québec", "en") == "Quebec City"
+    assert local_name("Quebec City", "Québec", "fr") == "Québec"
+    assert local_name("Quebec City", "Québec", "en") == "Quebec City"
 
 
 def test_an_accented_subject_goes_as_encoded_words_and_comes_back_intact() -> None:
@@ -275,7 +284,7 @@ def test_media_become_typed_attachments_and_failures_are_listed() -> None:
     )
     resident_email = make_email((ResidentText(NOV, "", (jpeg, png)),))
     data = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
-    attachment = Attachment(emails.media_filename(1, "image/jpeg"), "image/jpeg", data)
+    attachment = Attachment(media_filename(1, "image/jpeg"), "image/jpeg", data)
     message = parse(compose(resident_email, [attachment], failed_media=[png]))
     assert message.get_content_type() == "multipart/mixed"
     attachments = list(message.iter_attachments())
@@ -290,14 +299,14 @@ def test_media_become_typed_attachments_and_failures_are_listed() -> None:
 
 
 def test_media_filenames_and_content_types() -> None:
-    assert emails.media_filename(1, "image/jpeg") == "media-1.jpg"
-    assert emails.media_filename(2, "image/PNG; charset=binary") == "media-2.png"
-    assert emails.media_filename(3, "video/3gpp") == "media-3.3gp"
-    assert emails.media_filename(4, "application/x-unknown") == "media-4.bin"
-    assert emails.media_filename("media-1-2", "image/heic") == "media-1-2.heic"
-    assert emails.media_filename("../x\r\n", "image/gif") == "x.gif"
-    assert emails.safe_content_type("image/jpeg\r\nX-Evil: 1") == "application/octet-stream"
-    assert emails.safe_content_type("nonsense") == "application/octet-stream"
+    assert media_filename(1, "image/jpeg") == "media-1.jpg"
+    assert media_filename(2, "image/PNG; charset=binary") == "media-2.png"
+    assert media_filename(3, "video/3gpp") == "media-3.3gp"
+    assert media_filename(4, "application/x-unknown") == "media-4.bin"
+    assert media_filename("media-1-2", "image/heic") == "media-1-2.heic"
+    assert media_filename("../x\r\n", "image/gif") == "x.gif"
+    assert safe_content_type("image/jpeg\r\nX-Evil: 1") == "application/octet-stream"
+    assert safe_content_type("nonsense") == "application/octet-stream"
     message = compose(make_email(), [Attachment("../../etc/passwd\r\n", "bad\ntype", b"x")])
     (attachment,) = parse(message).iter_attachments()
     assert attachment.get_content_type() == "application/octet-stream"
@@ -393,9 +402,9 @@ def make_notice(
     language: str = "en",
     subject: str | None = None,
     thread: tuple[str, ...] = ("<first@gateway.example.ca>", "<second@gateway.example.ca>"),
-) -> emails.AgentNotice:
+) -> AgentNotice:
     in_reply_to, references = next_thread_headers(thread)
-    return emails.AgentNotice(
+    return AgentNotice(
         conversation_id=42,
         from_address="311 Text <sms@gateway.example.ca>",
         to=(AGENT,),
@@ -411,8 +420,8 @@ def make_notice(
     )
 
 
-def notice_text(notice: emails.AgentNotice) -> tuple[EmailMessage, str]:
-    parsed = parse(emails.compose_notice(notice))
+def notice_text(notice: AgentNotice) -> tuple[EmailMessage, str]:
+    parsed = parse(compose_notice(notice))
     return parsed, " ".join(body_of(parsed).split())
 
 
@@ -478,13 +487,13 @@ def test_re_is_never_doubled() -> None:
     for subject in ("RE: Pothole", "Re: Pothole", "re : Pothole", " Re:Pothole"):
         parsed, _ = notice_text(make_notice(subject=subject))
         assert str(parsed["Subject"]).lower().count("re") == 1, subject
-    assert emails.reply_subject("Pothole") == "Re: Pothole"
-    assert emails.reply_subject("Réparation") == "Re: Réparation"  # "Ré…" is not "Re:"
+    assert reply_subject("Pothole") == "Re: Pothole"
+    assert reply_subject("Réparation") == "Re: Réparation"  # "Ré…" is not "Re:"
 
 
 def test_first_notice_of_a_thread_and_cc() -> None:
     notice = make_notice(thread=())
-    notice = emails.AgentNotice.from_dict({**notice.to_dict(), "cc": ["311@ottawa.example"]})
+    notice = AgentNotice.from_dict({**notice.to_dict(), "cc": ["311@ottawa.example"]})
     parsed, _ = notice_text(notice)
     assert parsed["In-Reply-To"] is None and parsed["References"] is None
     assert parsed["Cc"] == "311@ottawa.example"
@@ -528,27 +537,27 @@ def test_notice_round_trip_and_retry_is_the_same_email() -> None:
     notice = make_notice("shortened", {"sent_chars": 10, "original_chars": 20})
     payload = json.loads(json.dumps(notice.to_dict()))
     assert payload["type"] == "notice"
-    again = emails.AgentNotice.from_dict(payload)
+    again = AgentNotice.from_dict(payload)
     assert again == notice
-    assert emails.from_payload(payload) == notice
-    assert emails.compose_notice(again).as_bytes() == emails.compose_notice(notice).as_bytes()
+    assert from_payload(payload) == notice
+    assert compose_notice(again).as_bytes() == compose_notice(notice).as_bytes()
 
 
 def test_notice_date_is_fixed_when_made() -> None:
-    notice = emails.AgentNotice.from_dict(
+    notice = AgentNotice.from_dict(
         {k: v for k, v in make_notice().to_dict().items() if k != "date"}
     )
     assert notice.date.tzinfo is not None
     assert abs((datetime.now(UTC) - notice.date).total_seconds()) < 60
-    again = emails.AgentNotice.from_dict(json.loads(json.dumps(notice.to_dict())))
-    assert emails.compose_notice(again).as_bytes() == emails.compose_notice(notice).as_bytes()
+    again = AgentNotice.from_dict(json.loads(json.dumps(notice.to_dict())))
+    assert compose_notice(again).as_bytes() == compose_notice(notice).as_bytes()
 
 
 def test_unknown_notice_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown notice kind"):
         make_notice("postcard")
     with pytest.raises(ValueError):
-        emails.AgentNotice.from_dict({**make_notice().to_dict(), "kind": "postcard"})
+        AgentNotice.from_dict({**make_notice().to_dict(), "kind": "postcard"})
 
 
 def test_resident_payloads_are_typed_and_old_ones_still_read() -> None:
@@ -556,13 +565,13 @@ def test_resident_payloads_are_typed_and_old_ones_still_read() -> None:
     payload = json.loads(json.dumps(resident_email.to_dict()))
     assert payload["type"] == "resident"
     assert ResidentEmail.from_dict(payload) == resident_email
-    assert emails.from_payload(payload) == resident_email
+    assert from_payload(payload) == resident_email
     del payload["type"]  # a payload queued before issue 3
-    assert emails.from_payload(payload) == resident_email
+    assert from_payload(payload) == resident_email
 
 
 def test_crlf_in_notice_values_cannot_inject_headers() -> None:
-    notice = emails.AgentNotice.from_dict(
+    notice = AgentNotice.from_dict(
         {
             **make_notice("not_sent").to_dict(),
             "subject": "Hi\r\nBcc: victim@evil.example",
@@ -572,16 +581,16 @@ def test_crlf_in_notice_values_cannot_inject_headers() -> None:
             "details": {"reason": "bad\r\nBcc: victim@evil.example", "reply_excerpt": "x"},
         }
     )
-    raw = emails.compose_notice(notice).as_bytes()
+    raw = compose_notice(notice).as_bytes()
     head = raw.split(b"\r\n\r\n", 1)[0]
     for line in head.split(b"\r\n"):
         assert not line.lower().startswith(b"bcc:"), line
-    assert parse(emails.compose_notice(notice))["Bcc"] is None
+    assert parse(compose_notice(notice))["Bcc"] is None
 
 
 @settings(max_examples=100, deadline=None)
 @given(
-    kind=st.sampled_from(emails.NOTICE_KINDS),
+    kind=st.sampled_from(NOTICE_KINDS),
     language=st.sampled_from(["en", "fr", "es"]),
     excerpt=header_text,
     reason=header_text,
@@ -604,9 +613,9 @@ def test_any_notice_composes(
 # -- the copy of a console reply ---------------------------------------------------------
 
 
-def console_copy(details: dict[str, object], *, language: str = "en") -> emails.AgentNotice:
+def console_copy(details: dict[str, object], *, language: str = "en") -> AgentNotice:
     notice = make_notice("console_reply", language=language)
-    return emails.AgentNotice.from_dict(
+    return AgentNotice.from_dict(
         {**notice.to_dict(), "to": ["311@ottawa.example"], "cc": [AGENT], "details": details}
     )
 
@@ -695,7 +704,7 @@ def test_console_reply_copy_quotes_a_long_reply_whole() -> None:
 def test_console_reply_copy_round_trips() -> None:
     notice = console_copy(COPY)
     payload = json.loads(json.dumps(notice.to_dict()))
-    assert emails.from_payload(payload) == notice
-    assert emails.compose_notice(emails.AgentNotice.from_dict(payload)).as_bytes() == (
-        emails.compose_notice(notice).as_bytes()
+    assert from_payload(payload) == notice
+    assert compose_notice(AgentNotice.from_dict(payload)).as_bytes() == (
+        compose_notice(notice).as_bytes()
     )

@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.rules import reading
-from gateway.rules.emails import new_token
 from gateway.rules.reading import (
     MalformedEmail,
     ParsedReply,
@@ -27,6 +26,7 @@ from gateway.rules.reading import (
     parse_reply,
     visible_text,
 )
+from gateway.rules.thread import new_token
 
 TEMPLATE = "reply+{token}@gateway.example.ca"
 OWN = ("311 Text <sms@gateway.example.ca>",)

@@ -1,4 +1,4 @@
-"""Reply and bounce corpora: gateway.rules.reading measured on real mail from ../shared/data.
+"""Reply and bounce corpora: gateway.rules.reading measured on real mail from tests/data.
 
 Visible-text scores (cases whose visible text meets the corpus's expectation; how each
 expectations.json is read is explained below), measured with bench/compare_reply_parsers.py:
@@ -42,9 +42,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.rules import reading
-from tests.paths import SHARED_DATA, shared_file
+from tests.paths import TEST_DATA, data_file
 
-REPLIES = SHARED_DATA / "email-replies"
+REPLIES = TEST_DATA / "email-replies"
 REPLY_ADDRESS = "reply+{token}@gateway.example.ca"
 
 # -- the cases ---------------------------------------------------------------------------------
@@ -148,10 +148,10 @@ def _within(seconds: float) -> tuple[str, Check]:
 
 
 def _reply_parser_corpus(folder: str) -> Corpus:
-    spec = json.loads(shared_file("email-replies", folder, "expectations.json").read_text())
+    spec = json.loads(data_file("email-replies", folder, "expectations.json").read_text())
     corpus = Corpus()
     for name, case in spec["cases"].items():
-        body = shared_file("email-replies", folder, "emails", name).read_bytes().decode("utf-8")
+        body = data_file("email-replies", folder, "emails", name).read_bytes().decode("utf-8")
         assertions = case.get("assertions", [])
         hidden: list[bool] | None = None
         quoted: list[bool] | None = None
@@ -214,14 +214,14 @@ def _reply_parser_corpus(folder: str) -> Corpus:
 
 def _talon_corpus() -> Corpus:
     folder = "talon"
-    spec = json.loads(shared_file("email-replies", folder, "expectations.json").read_text())
+    spec = json.loads(data_file("email-replies", folder, "expectations.json").read_text())
     corpus = Corpus()
     fixtures = REPLIES / folder / spec["fixtures_dir"]
     for name, case in spec["cases"].items():
         path = fixtures / name
         if not path.exists():
             corpus.not_scored.append(
-                NotScored(folder, name, "fixture not in the shared data (talon's ML signatures)")
+                NotScored(folder, name, "fixture not in the test data (talon's ML signatures)")
             )
             continue
         fmt = case["format"]
@@ -249,7 +249,7 @@ def _talon_corpus() -> Corpus:
             )
             html = path.read_bytes().decode("utf-8", "replace")
             corpus.cases.append(Case(folder, name, "html", html, (check,)))
-    inline = json.loads(shared_file("email-replies", folder, "inline_plain_cases.json").read_text())
+    inline = json.loads(data_file("email-replies", folder, "inline_plain_cases.json").read_text())
     for case in inline["cases"]:
         corpus.cases.append(
             Case(folder, case["id"], "plain", case["input"], (_equals(case["expected_reply"]),))
@@ -440,15 +440,15 @@ def test_the_checks_tell_good_from_bad() -> None:
         assert evaluate(identity, name, corpus).score < 0.35, name
 
 
-# -- every file of the shared data -------------------------------------------------------------
+# -- every file of the test data ---------------------------------------------------------------
 
 
 @functools.cache
-def parsed_shared_data() -> dict[str, reading.ParsedReply | None]:
-    """Every file under SHARED_DATA parsed (None: MalformedEmail), by path relative to it."""
+def parsed_test_data() -> dict[str, reading.ParsedReply | None]:
+    """Every file under TEST_DATA parsed (None: MalformedEmail), by path relative to it."""
     out: dict[str, reading.ParsedReply | None] = {}
-    for path in sorted(p for p in SHARED_DATA.rglob("*") if p.is_file()):
-        key = path.relative_to(SHARED_DATA).as_posix()
+    for path in sorted(p for p in TEST_DATA.rglob("*") if p.is_file()):
+        key = path.relative_to(TEST_DATA).as_posix()
         try:
             out[key] = reading.parse_reply(path.read_bytes(), reply_address=REPLY_ADDRESS)
         except reading.MalformedEmail as exc:
@@ -457,8 +457,8 @@ def parsed_shared_data() -> dict[str, reading.ParsedReply | None]:
     return out
 
 
-def test_every_shared_file_parses_or_is_malformed() -> None:
-    parsed = parsed_shared_data()
+def test_every_data_file_parses_or_is_malformed() -> None:
+    parsed = parsed_test_data()
     emails = [k for k in parsed if k.endswith(".eml")]
     assert len(emails) >= 740
     assert [k for k in emails if parsed[k] is None] == []
@@ -469,15 +469,15 @@ def test_every_shared_file_parses_or_is_malformed() -> None:
 
 
 REAL_EMAILS = sorted(
-    p.relative_to(SHARED_DATA).as_posix()
-    for p in (*SHARED_DATA.glob("email-replies/**/*.eml"), *SHARED_DATA.glob("bounces/**/*.eml"))
+    p.relative_to(TEST_DATA).as_posix()
+    for p in (*TEST_DATA.glob("email-replies/**/*.eml"), *TEST_DATA.glob("bounces/**/*.eml"))
 )[::12]
 
 
 @settings(max_examples=120, deadline=None)
 @given(st.sampled_from(REAL_EMAILS), st.floats(min_value=0.0, max_value=1.0))
 def test_real_mail_truncated_anywhere(name: str, where: float) -> None:
-    raw = (SHARED_DATA / name).read_bytes()
+    raw = (TEST_DATA / name).read_bytes()
     try:
         reading.parse_reply(raw[: int(len(raw) * where)], reply_address=REPLY_ADDRESS)
     except reading.MalformedEmail as exc:
@@ -485,7 +485,7 @@ def test_real_mail_truncated_anywhere(name: str, where: float) -> None:
 
 
 def test_ordinary_replies_are_not_automatic() -> None:
-    parsed = parsed_shared_data()
+    parsed = parsed_test_data()
     fixtures = [k for k in parsed if k.startswith("email-replies/") and k.endswith(".eml")]
     assert len(fixtures) == 13
     assert {k: parsed[k].automatic for k in fixtures if parsed[k].automatic} == {}  # type: ignore[union-attr]
@@ -506,13 +506,13 @@ SISIMAI_NOT_BOUNCE_BUT_AUTOMATIC = {
 
 
 def _labels(corpus: str) -> dict[str, dict[str, object]]:
-    files = json.loads(shared_file("bounces", corpus, "labels.json").read_text())["files"]
+    files = json.loads(data_file("bounces", corpus, "labels.json").read_text())["files"]
     assert isinstance(files, dict)
     return files
 
 
 def test_sisimai_bounces_are_all_automatic() -> None:
-    parsed = parsed_shared_data()
+    parsed = parsed_test_data()
     labels = _labels("sisimai")
     assert len(labels) == 712
     missed: dict[str, str] = {}
@@ -538,7 +538,7 @@ def test_sisimai_bounces_are_all_automatic() -> None:
 
 
 def test_flanker_bounces_automatic_and_ordinary_mail_not() -> None:
-    parsed = parsed_shared_data()
+    parsed = parsed_test_data()
     labels = _labels("flanker")
     assert len(labels) == 15
     for name, label in labels.items():

@@ -1,10 +1,16 @@
-"""Signature blocks with no "-- " line, and mail disclaimers, at the end of a reply (no I/O).
+"""Signatures at the end of a reply (no I/O): marked ones, blocks with no marker, disclaimers.
 
-`signature_start(lines)` says where the signature of a reply's visible lines (quoted history
-already cut) begins: the index of the first line to drop, or None to keep every line. It is
-used by gateway.rules.reading after the marked signatures ("-- ", "Sent from my iPhone", "-Name").
+`cut_signature(lines)` keeps the lines of a reply (quoted history already cut) above its
+signature, in two steps:
 
-What is cut:
+- `cut_marked_signature(lines)`: everything from the first signature marker down — a "-- "
+  line (RFC 3676, or "--" / "—" without the space), a device or app signature alone on a
+  short line ("Sent from my iPhone", "Envoyé de mon iPhone", "Get Outlook for iOS",
+  "Von meinem … gesendet", …) — or a last line "-Name";
+- `signature_start(lines)`: where a trailing signature block with no marker, or a mail
+  disclaimer, begins: the index of the first line to drop, or None to keep every line.
+
+What `signature_start` cuts:
 
 - a signature block: the last lines of the text (at most `MAX_BLOCK_LINES` non-blank ones,
   blank lines between them allowed), every one of them a signature line — a person's name,
@@ -242,6 +248,30 @@ _ENVIRONMENT_RE = re.compile(
     re.IGNORECASE,
 )
 
+_DEVICES = (
+    r"(?:outlook|gmail|yahoo|aol|mail|samsung|galaxy|blackberry|iphone|ipad|android|proton|"
+    r"mobile|phone|smartphone|tablet|verizon|bell|rogers|telus|huawei|pixel|motorola|nokia|"
+    r"xiaomi|windows|bluemail|spark|edison|airmail|superhuman|newton|zoho|hotmail)\b"
+)
+# Device and app signatures ("Sent from my iPhone", "Envoyé de mon iPhone", "Get Outlook for
+# iOS", …): the whole line, short, no sentence after it.
+_MOBILE_SIGNATURE_RE = re.compile(
+    r"^\s*(?:"
+    r"sent from my [\w.'’&-]+(?: [\w.'’&()-]+){0,5}|"
+    rf"sent (?:from|with|via|using|on) (?:the |a |an )?{_DEVICES}(?: [\w.'’&()-]+){{0,5}}|"
+    r"get outlook for (?:ios|android|mac|windows)\S*|"
+    r"(?:envoy[ée]|exp[ée]di[ée]) (?:de|depuis|à partir de|a partir de) (?:mon|ma) "
+    r"[\w.'’&-]+(?: [\w.'’&()-]+){0,5}|"
+    rf"(?:envoy[ée]|exp[ée]di[ée]) (?:avec|par|via|depuis|de) (?:l'application |l'appli |un |une )?"
+    rf"{_DEVICES}(?: [\w.'’&()-]+){{0,5}}|"
+    r"t[ée]l[ée]charger outlook pour (?:ios|android|mac|windows)\S*|"
+    r"obtenir outlook pour (?:ios|android|mac|windows)\S*|"
+    r"von meinem [\w .-]{1,40} gesendet"
+    r")\s*\.?\s*$",
+    re.IGNORECASE,
+)
+_DASH_NAME_RE = re.compile(r"^\s*-{1,2}\s?[A-ZÀ-Ý][\w.'’-]*(?: [A-ZÀ-Ý][\w.'’-]*){0,2}\s*$")
+
 
 @dataclass(frozen=True)
 class _Line:
@@ -252,6 +282,33 @@ class _Line:
     title: bool = False  # a job title or an organisation is on the line
     contacts: int = 0  # phone, email and web pieces on the line
     labelled: bool = False  # a contact piece has a label or an extension, or is an email
+
+
+def cut_signature(lines: list[str]) -> list[str]:
+    """The lines above the signature: the marked ones first ("-- ", "Sent from my iPhone",
+    a last "-Name" line), then a trailing signature block with no marker or a mail
+    disclaimer (the rules, and what is deliberately kept: the module docstring)."""
+    lines = cut_marked_signature(lines)
+    start = signature_start(lines)
+    return lines if start is None else lines[:start]
+
+
+def cut_marked_signature(lines: list[str]) -> list[str]:
+    """The lines above the first signature marker ("-- ", "Sent from my iPhone", …), or
+    above a last "-Name" line; all of `lines` when there is none."""
+    for idx, line in enumerate(lines):
+        stripped = line.strip()
+        if line.rstrip() in ("--", "—"):  # "-- " (RFC 3676), or without its space
+            return lines[:idx]
+        if len(stripped) <= 80 and _MOBILE_SIGNATURE_RE.match(stripped):
+            return lines[:idx]
+    # "-Name" as the last line (github's "^-\w" signature)
+    last = len(lines) - 1
+    while last >= 0 and _blank(lines[last]):
+        last -= 1
+    if last > 0 and _DASH_NAME_RE.match(lines[last]) and not lines[last].lstrip().startswith("- "):
+        return lines[:last]
+    return lines
 
 
 def signature_start(lines: Sequence[str]) -> int | None:
