@@ -23,7 +23,7 @@ What differs by door:
 - via="console": `text` is what the agent typed; it is prepared as an email reply's
   text is (`prepare_text`: line ends, invisible and control characters, trailing
   spaces, runs of blank lines; the SMS typography is left to `split_for_sms`, as for
-  email). In addition a COPY of the reply ("console_reply" notice, `gateway.rules.emails`)
+  email). In addition a COPY of the reply ("console_reply" notice, `gateway.rules.agent_notice`)
   is queued into the conversation's email thread, To the municipality's mailbox (Cc
   the conversation's sticky agent when that is another address), so mailbox users
   see the whole conversation, and pressing Reply on the copy answers the resident
@@ -45,6 +45,7 @@ from datetime import datetime
 from email.utils import parseaddr
 from typing import Literal, get_args
 
+from gateway.flows.payloads import SmsPayload
 from gateway.flows.thread_mail import enqueue_notice
 from gateway.logs import mask_phone
 from gateway.rules import reading, segments
@@ -172,20 +173,12 @@ def queue_reply(
         status="queued", agent_address=agent, via=via,
     )  # fmt: skip
     for number, part in enumerate(parts, start=1):
-        tx.enqueue(
-            "sms",
-            {
-                "type": "reply",
-                "to": conversation.phone,
-                "body": part,
-                "message_id": message_id,
-                "conversation_id": conversation.id,
-                "part": number,
-                "parts": len(parts),
-                "agent": agent,
-                "queued_at": now.isoformat(),
-            },
-        )
+        sms = SmsPayload(
+            to=conversation.phone, body=part, conversation_id=conversation.id,
+            message_id=message_id, part=number, parts=len(parts), agent=agent,
+            queued_at=now.isoformat(),
+        )  # fmt: skip
+        tx.enqueue("sms", sms.to_dict())
     if copy_to is not None:
         copy_id = enqueue_notice(
             tx, settings, conversation, copy_to, "console_reply",
@@ -217,7 +210,7 @@ def queue_reply(
 def _copy_details(
     agent: str, agent_name: str | None, text: str, outcome: str, parts: int, shortened: bool
 ) -> dict[str, object]:
-    """The details of a "console_reply" copy (see `gateway.rules.emails.AgentNotice`)."""
+    """The details of a "console_reply" copy (see `gateway.rules.agent_notice.AgentNotice`)."""
     return {
         "agent_name": agent_name,
         "agent_email": agent,

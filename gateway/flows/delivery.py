@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from gateway.flows.payloads import SmsPayload
 from gateway.flows.thread_mail import enqueue_notice
 from gateway.settings import Settings
 from gateway.sms.base import FAILED_STATES, DeliveryReport, PermanentReason, SmsPermanentError
@@ -47,21 +48,21 @@ def record_delivery_report(store: Store, settings: Settings, report: DeliveryRep
 
 
 def record_refusal(
-    store: Store, settings: Settings, payload: dict[str, Any], error: SmsPermanentError
+    store: Store, settings: Settings, sms: SmsPayload, error: SmsPermanentError
 ) -> None:
-    """The provider refused the outbox SMS `payload` for good: its message is "failed"
-    and the rule above applies."""
+    """The provider refused the outbox SMS `sms` for good: its message is "failed" and
+    the rule above applies."""
+    if sms.conversation_id is None:
+        return
     with store.transaction() as tx:
-        conversation = tx.get_conversation(int(payload["conversation_id"]))
+        conversation = tx.get_conversation(sms.conversation_id)
         if conversation is None:
             return
-        if payload.get("message_id") is not None:
-            tx.set_message_status(int(payload["message_id"]), "failed", error.code)
+        if sms.message_id is not None:
+            tx.set_message_status(sms.message_id, "failed", error.code)
         _not_delivered(
-            tx, settings, conversation,
-            agent=str(payload.get("agent") or conversation.agent_address or ""),
-            body=str(payload.get("body", "")), state="failed", code=error.code,
-            reason=error.reason,
+            tx, settings, conversation, agent=sms.agent or conversation.agent_address,
+            body=sms.body, state="failed", code=error.code, reason=error.reason,
         )
 
 

@@ -39,19 +39,12 @@ from typing import Any
 
 from gateway.app import Gateway
 from gateway.flows.agent_reply import EXCERPT_CHARS, queue_reply
-from gateway.flows.thread_mail import enqueue_notice, sender_domain
+from gateway.flows.thread_mail import answering, enqueue_notice, queue_email
 from gateway.mail.types import Disposition, MailOrigin
-from gateway.rules import emails, reading
+from gateway.rules import reading
+from gateway.rules.agent_notice import AgentNotice, NotTextedWhy
 from gateway.rules.municipalities import Municipality
 from gateway.store import Conversation, DuplicateEmail, StoreUnavailable, Tx
-from gateway.store.reply_mail import (
-    get_failed_email,
-    keep_failed_email,
-    reply_seen,
-    resolve_failed_email,
-    update_processed_email,
-)
-from gateway.store.sql import SqlTx
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +108,7 @@ class _Decision:
     disposition: Disposition
     reply: reading.ParsedReply | None = None
     conversation: Conversation | None = None
-    why: emails.NotTextedWhy | None = None  # the kind of failure (kept with the email)
+    why: NotTextedWhy | None = None  # the kind of failure (kept with the email)
     tell: bool = False  # send the sender a "not_texted" notice saying `why`
     municipality: Municipality | None = None  # the sender's (for "not_agent"/"unroutable")
 
@@ -157,7 +150,7 @@ class ReplyService:
         now texted (or ignored), it is marked resolved. No second notice goes to the agent
         when it fails again. Raises KeyError when there is no such kept email."""
         with self._gateway.store.transaction() as tx:
-            kept = get_failed_email(_sql(tx), failed_id)
+            kept = tx.get_failed_email(failed_id)
         if kept is None:
             raise KeyError(failed_id)
         origin = MailOrigin(**{k: v for k, v in kept.origin.items() if k in _ORIGIN_FIELDS})
@@ -174,8 +167,8 @@ class ReplyService:
                 seen = tx.processed_email(key)
                 if seen is not None and not (retry_of is not None and seen[0] == "failed"):
                     if retry_of is not None:  # texted meanwhile: nothing left to do
-                        resolve_failed_email(
-                            _sql(tx), retry_of, seen[0], f"already handled: {seen[1]}",
+                        tx.resolve_failed_email(
+                            retry_of, seen[0], f"already handled: {seen[1]}",
                             now=self._now(),
                         )  # fmt: skip
                     # (a failed email was kept in the Failed list when it was first seen)
@@ -188,8 +181,8 @@ class ReplyService:
                     self._keep(tx, key, raw, origin, decision, notify=retry_of is None)
                     disposition = replace(disposition, kept=True)
                 elif retry_of is not None:
-                    resolve_failed_email(
-                        _sql(tx), retry_of, disposition.outcome, disposition.reason,
+                    tx.resolve_failed_email(
+                        retry_of, disposition.outcome, disposition.reason,
                         now=self._now(),
                     )  # fmt: skip
                 if seen is None:
@@ -197,8 +190,8 @@ class ReplyService:
                         key, disposition.outcome, disposition.reason, asdict(origin)
                     )
                 else:
-                    update_processed_email(
-                        _sql(tx), key, disposition.outcome, disposition.reason
+                    tx.update_processed_email(
+                        key, disposition.outcome, disposition.reason
                     )
         except DuplicateEmail:
             with store.transaction() as tx:
@@ -227,8 +220,8 @@ class ReplyService:
         """Keep an email the pipeline could not decide, in a transaction of its own."""
         try:
             with self._gateway.store.transaction() as tx:
-                keep_failed_email(
-                    _sql(tx), key, raw, disposition.reason, asdict(origin), now=self._now()
+                tx.keep_failed_email(
+                    key, raw, disposition.reason, asdict(origin), now=self._now()
                 )
         except StoreUnavailable:
             raise
@@ -253,7 +246,7 @@ class ReplyService:
                 reply,
             )
         if reply.message_id is not None:
-            earlier = reply_seen(_sql(tx), reply.message_id)
+            earlier = tx.reply_seen(reply.message_id)
             if earlier is not None:
                 return _Decision(
                     Disposition(
@@ -370,8 +363,8 @@ class ReplyService:
         """Keep the failed email in the Failed list; tell its sender why when they are an
         agent (`decision.tell`) and this is its first handling (`notify`)."""
         reply, conversation = decision.reply, decision.conversation
-        keep_failed_email(
-            _sql(tx), key, raw, decision.disposition.reason, asdict(origin), now=self._now(),
+        tx.keep_failed_email(
+            key, raw, decision.disposition.reason, asdict(origin), now=self._now(),
             sender=reply.sender if reply else None, subject=reply.subject if reply else None,
             conversation_id=conversation.id if conversation else None, why=decision.why,
         )  # fmt: skip
@@ -383,7 +376,7 @@ class ReplyService:
         tx: Tx,
         reply: reading.ParsedReply,
         conversation: Conversation | None,
-        why: emails.NotTextedWhy,
+        why: NotTextedWhy,
         municipality: Municipality | None,
     ) -> None:
         """Queue a "not_texted" notice to the reply's sender, answering their email."""
@@ -405,28 +398,16 @@ class ReplyService:
             return
         # Not in any conversation: answer the agent's own email, in its thread.
         own_ids = (*reply.references, *((reply.message_id,) if reply.message_id else ()))
-        in_reply_to, references = emails.next_thread_headers(own_ids)
         language = municipality.languages[0] if municipality and municipality.languages else "en"
-        notice = emails.AgentNotice(
+        notice = AgentNotice(
             conversation_id=None,
-            from_address=settings.email.from_address,
             to=(reply.sender,),
-            reply_to=settings.email.from_address,
-            subject=reply.subject or "311",
-            message_id=emails.new_message_id(sender_domain(settings.email.from_address)),
-            in_reply_to=in_reply_to,
-            references=references,
             language="fr" if language == "fr" else "en",
             kind="not_texted",
             details=details,
+            **answering(settings, own_ids, reply.subject or "311"),
         )
-        tx.enqueue("email", notice.to_dict())
+        queue_email(tx, notice)
 
 
 _ORIGIN_FIELDS = frozenset(MailOrigin.__dataclass_fields__)
-
-
-def _sql(tx: Tx) -> SqlTx:
-    if not isinstance(tx, SqlTx):  # pragma: no cover - the one implementation
-        raise TypeError(f"the Failed list needs a SqlTx, not {type(tx).__name__}")
-    return tx

@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from gateway.flows.thread_mail import sender_domain
+from gateway.flows.thread_mail import next_in_thread, queue_email
 from gateway.logs import log_full_detail, mask_phone
-from gateway.rules import dialogue, emails, keywords, prompts
+from gateway.rules import dialogue, keywords, prompts
 from gateway.rules.municipalities import Directory, Municipality
+from gateway.rules.resident_email import MediaRef, ResidentEmail, ResidentText
+from gateway.rules.thread import format_national, local_name, new_token, thread_subject
 from gateway.settings import Settings
 from gateway.sms.base import InboundText
 from gateway.store import Conversation, DuplicateWebhook, Resident, Store, StoredMessage, Tx
@@ -36,12 +38,12 @@ class Outcome:
     step: str = "keyword"  # what the dialogue did: delivered | held | fallback | keyword
 
 
-def _media_dicts(media: Sequence[emails.MediaRef]) -> list[dict[str, str]]:
+def _media_dicts(media: Sequence[MediaRef]) -> list[dict[str, str]]:
     return [{"url": m.url, "content_type": m.content_type} for m in media]
 
 
-def _media_refs(media: Sequence[dict[str, str]]) -> tuple[emails.MediaRef, ...]:
-    return tuple(emails.MediaRef(url=m["url"], content_type=m["content_type"]) for m in media)
+def _media_refs(media: Sequence[dict[str, str]]) -> tuple[MediaRef, ...]:
+    return tuple(MediaRef(url=m["url"], content_type=m["content_type"]) for m in media)
 
 
 class InboundService:
@@ -233,12 +235,12 @@ class InboundService:
             if touch:
                 tx.touch_conversation(conversation.id, now)
             return conversation
-        national = emails.format_national(phone, self._settings.sms.default_region)
+        national = format_national(phone, self._settings.sms.default_region)
         name = municipality.name if municipality else _UNKNOWN[language]
-        token = emails.new_token()
+        token = new_token()
         # The short reference makes each conversation's subject distinct, so mail clients
         # that thread by subject do not merge a new conversation into a closed one.
-        subject = emails.thread_subject(
+        subject = thread_subject(
             name, national, language, reference=token[:6],
             name_fr=municipality.name_fr if municipality else None,
         )
@@ -270,7 +272,7 @@ class InboundService:
             messages,
             to=(agent,) if agent else (municipality.mailbox,),
             cc=(municipality.mailbox,) if agent else (),
-            municipality_name=emails.local_name(municipality.name, municipality.name_fr, language),
+            municipality_name=local_name(municipality.name, municipality.name_fr, language),
             timezone=municipality.timezone,
             language=language,
             note=None,
@@ -318,36 +320,27 @@ class InboundService:
         language: str,
         note: str | None,
     ) -> None:
-        settings = self._settings.email
-        message_id = emails.new_message_id(sender_domain(settings.from_address))
-        in_reply_to, references = emails.next_thread_headers(conversation.thread_message_ids)
-        email = emails.ResidentEmail(
+        email = ResidentEmail(
             conversation_id=conversation.id,
-            from_address=settings.from_address,
             to=to,
             cc=cc,
-            reply_to=emails.reply_address(settings.reply_address, conversation.token),
-            subject=conversation.subject,
-            message_id=message_id,
-            in_reply_to=in_reply_to,
-            references=references,
             resident_e164=conversation.phone,
-            resident_national=emails.format_national(
+            resident_national=format_national(
                 conversation.phone, self._settings.sms.default_region
             ),
             municipality_name=municipality_name,
             language=language,
             texts=tuple(
-                emails.ResidentText(
+                ResidentText(
                     received_at=m.received_at, body=m.body, media=_media_refs(m.media)
                 )
                 for m in messages
             ),
             note=note,
             timezone=timezone,
+            **next_in_thread(self._settings, conversation),
         )
-        tx.record_thread_email(conversation.id, message_id)
-        tx.enqueue("email", email.to_dict())
+        queue_email(tx, email)
 
 
 _UNKNOWN = {"en": "municipality unknown", "fr": "municipalité inconnue"}

@@ -1,18 +1,27 @@
-"""Telling an agent, by email in the conversation's thread, what happened to a reply:
-shortened, not sent (the resident opted out), or not delivered; and copying a reply
-written in the web console into the thread ("console_reply", see `gateway.flows.agent_reply`).
+"""Queueing an email in a conversation's thread: the one place that does it.
 
-Used inside a store transaction, so the notice is queued atomically with the state
-change that caused it.
+Every email the gateway sends — a resident's texts to the city (`gateway.flows.text_in`), a
+notice to an agent about a reply (shortened, not sent, not delivered, not texted, a console
+reply's copy: `enqueue_notice`) — takes its threading from `next_in_thread` (From, Reply-To
+with the conversation's token, the stable subject, a new Message-ID, In-Reply-To and
+References following the thread) and goes into the outbox through `queue_email`, which
+records its Message-ID in the thread in the same transaction. A notice about an email that
+belongs to no conversation answers that email instead (`answering`).
+
+Used inside a store transaction, so the email is queued atomically with the state change
+that caused it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from email.utils import parseaddr
-from typing import Any
+from typing import Any, TypedDict
 
-from gateway.rules import emails
+from gateway.rules.agent_notice import AgentNotice
+from gateway.rules.resident_email import ResidentEmail
+from gateway.rules.thread import new_message_id, next_thread_headers, reply_address
 from gateway.settings import Settings
 from gateway.store import Conversation, Tx
 
@@ -30,6 +39,58 @@ def reply_address_pattern(template: str) -> re.Pattern[str]:
     return re.compile(
         f"^{re.escape(before)}({TOKEN_PATTERN}){re.escape(after)}$", re.IGNORECASE
     )
+
+
+class Threading(TypedDict):
+    """The fields every threaded email shares (keyword arguments of `ResidentEmail` and
+    `AgentNotice`)."""
+
+    from_address: str
+    reply_to: str
+    subject: str
+    message_id: str
+    in_reply_to: str | None
+    references: tuple[str, ...]
+
+
+def _threading(
+    settings: Settings, thread_ids: Sequence[str], reply_to: str, subject: str
+) -> Threading:
+    in_reply_to, references = next_thread_headers(thread_ids)
+    return Threading(
+        from_address=settings.email.from_address,
+        reply_to=reply_to,
+        subject=subject,
+        message_id=new_message_id(sender_domain(settings.email.from_address)),
+        in_reply_to=in_reply_to,
+        references=references,
+    )
+
+
+def next_in_thread(settings: Settings, conversation: Conversation) -> Threading:
+    """The threading of the next email of `conversation`: Reply-To carries its token,
+    In-Reply-To / References follow `conversation.thread_message_ids`, a new Message-ID."""
+    return _threading(
+        settings, conversation.thread_message_ids,
+        reply_address(settings.email.reply_address, conversation.token), conversation.subject,
+    )  # fmt: skip
+
+
+def answering(settings: Settings, message_ids: Sequence[str], subject: str) -> Threading:
+    """The threading of an email answering one that belongs to no conversation (its
+    References then its Message-ID in `message_ids`): Reply-To is the gateway's own From
+    address, since there is no conversation token to carry."""
+    return _threading(settings, message_ids, settings.email.from_address, subject)
+
+
+def queue_email(tx: Tx, email: ResidentEmail | AgentNotice) -> str:
+    """Put `email` in the outbox and, when it belongs to a conversation, its Message-ID in
+    that conversation's thread (so a reply to it routes back, and the next email of the
+    thread follows it). Returns the Message-ID."""
+    if email.conversation_id is not None:
+        tx.record_thread_email(email.conversation_id, email.message_id)
+    tx.enqueue("email", email.to_dict())
+    return email.message_id
 
 
 def enqueue_notice(
@@ -51,22 +112,8 @@ def enqueue_notice(
     second email in the same transaction, pass a `conversation` whose
     `thread_message_ids` end with that returned id (or read it again).
     """
-    message_id = emails.new_message_id(sender_domain(settings.email.from_address))
-    in_reply_to, references = emails.next_thread_headers(conversation.thread_message_ids)
-    notice = emails.AgentNotice(
-        conversation_id=conversation.id,
-        from_address=settings.email.from_address,
-        to=(to,),
-        cc=cc,
-        reply_to=emails.reply_address(settings.email.reply_address, conversation.token),
-        subject=conversation.subject,
-        message_id=message_id,
-        in_reply_to=in_reply_to,
-        references=references,
-        language=language,
-        kind=kind,
-        details=details,
-    )
-    tx.record_thread_email(conversation.id, message_id)
-    tx.enqueue("email", notice.to_dict())
-    return message_id
+    notice = AgentNotice(
+        conversation_id=conversation.id, to=(to,), cc=cc, language=language, kind=kind,
+        details=details, **next_in_thread(settings, conversation),
+    )  # fmt: skip
+    return queue_email(tx, notice)

@@ -44,10 +44,19 @@ from typing import Any, TypeVar
 
 from gateway.app import Gateway
 from gateway.flows.delivery import record_refusal
+from gateway.flows.payloads import SmsPayload
 from gateway.flows.thread_mail import reply_address_pattern
 from gateway.logs import mask_phone
 from gateway.mail.smtp import PermanentSmtpError, TemporarySmtpError, send_email
-from gateway.rules import emails, segments
+from gateway.rules import segments
+from gateway.rules.agent_notice import AgentNotice, compose_notice
+from gateway.rules.resident_email import (
+    Attachment,
+    MediaRef,
+    ResidentEmail,
+    compose,
+    media_filename,
+)
 from gateway.settings import Settings
 from gateway.sms import MediaError, SmsPermanentError, SmsTemporaryError
 from gateway.store import OutboxItem, OutboxKind, StoreUnavailable
@@ -313,15 +322,15 @@ class Dispatcher:
     async def _send_email(self, item: OutboxItem) -> None:
         self._begin(item)
         if item.payload.get("type") == "notice":
-            notice = emails.AgentNotice.from_dict(item.payload)
-            await send_email(emails.compose_notice(notice), self._gateway.settings.email.smtp)
+            notice = AgentNotice.from_dict(item.payload)
+            await send_email(compose_notice(notice), self._gateway.settings.email.smtp)
             self._gateway.metrics.emails_sent.inc()
             log.info("notice sent: %s conversation=%s outbox=%s", notice.kind,
                      notice.conversation_id, item.id)
             return
-        email = emails.ResidentEmail.from_dict(item.payload)
-        attachments: list[emails.Attachment] = []
-        failed: list[emails.MediaRef] = []
+        email = ResidentEmail.from_dict(item.payload)
+        attachments: list[Attachment] = []
+        failed: list[MediaRef] = []
         # A media that keeps failing must not hold the text back for ever: after half the
         # attempts the email goes without it, its URL listed in the body.
         give_up_media = item.attempts + 1 >= self._gateway.settings.outbox.max_attempts // 2
@@ -334,7 +343,7 @@ class Dispatcher:
                         raise TemporarySmtpError(f"media not fetched yet: {exc}") from exc
                     log.warning("outbox %s: media left out of the email: %s", item.id, exc)
                     failed.append(media)
-        message = emails.compose(email, attachments, failed)
+        message = compose(email, attachments, failed)
         await send_email(message, self._gateway.settings.email.smtp)
         self._gateway.metrics.emails_sent.inc()
         if email.texts:
@@ -342,12 +351,12 @@ class Dispatcher:
             self._gateway.metrics.text_to_email_seconds.observe(max(0.0, age))
         log.info("email sent: conversation=%s outbox=%s", email.conversation_id, item.id)
 
-    async def _fetch(self, media: emails.MediaRef, stem: str) -> emails.Attachment:
+    async def _fetch(self, media: MediaRef, stem: str) -> Attachment:
         """Fetch one MMS media with the provider's credentials."""
         content_type, data = await asyncio.to_thread(self._gateway.provider.fetch_media, media.url)
         content_type = content_type or media.content_type
-        return emails.Attachment(
-            filename=emails.media_filename(stem, content_type),
+        return Attachment(
+            filename=media_filename(stem, content_type),
             content_type=content_type,
             data=data,
         )
@@ -401,8 +410,8 @@ class Dispatcher:
         return await loop.run_in_executor(self._sms_threads, functools.partial(call, *args))
 
     async def _send_sms(self, item: OutboxItem) -> None:
-        payload = item.payload
-        to, body = str(payload["to"]), str(payload["body"])
+        sms = SmsPayload.from_dict(item.payload)
+        to, body = sms.to, sms.body
         provider = self._gateway.provider
         sid: str | None = None
         if item.maybe_sent:
@@ -423,30 +432,29 @@ class Dispatcher:
             self._begin(item)
             sid = await self._provider(provider.send, to, body, self._status_callback())
         self._gateway.metrics.texts_out.labels("sent").inc()
-        queued_at = payload.get("queued_at")
-        if queued_at:
-            age = (self._now() - datetime.fromisoformat(str(queued_at))).total_seconds()
+        if sms.queued_at:
+            age = (self._now() - datetime.fromisoformat(sms.queued_at)).total_seconds()
             self._gateway.metrics.reply_to_sms_seconds.observe(max(0.0, age))
-        await asyncio.to_thread(self._record_sent, payload, sid)
+        await asyncio.to_thread(self._record_sent, sms, sid)
         log.info("sms sent: to=%s outbox=%s part=%s/%s", mask_phone(to), item.id,
-                 payload.get("part", 1), payload.get("parts", 1))
+                 sms.part, sms.parts)
 
     def _status_callback(self) -> str:
         return self._gateway.settings.public_url.rstrip("/") + "/sms/status"
 
-    def _record_sent(self, payload: dict[str, Any], sid: str) -> None:
-        message_id = payload.get("message_id")
-        if message_id is None:
+    def _record_sent(self, sms: SmsPayload, sid: str) -> None:
+        if sms.message_id is None:
             return
         with self._gateway.store.transaction() as tx:
-            first = int(payload.get("part", 1)) == 1  # status callbacks follow the first part
-            tx.set_message_status(int(message_id), "sent", None, sid if first else None)
+            first = sms.part == 1  # status callbacks follow the first part
+            tx.set_message_status(sms.message_id, "sent", None, sid if first else None)
 
     async def _sms_failed_for_good(self, item: OutboxItem, exc: SmsPermanentError) -> None:
         """The provider refused for good: tell the agent, mark the resident if opted out."""
         self._gateway.metrics.texts_out.labels("refused").inc()
         await asyncio.to_thread(
-            record_refusal, self._gateway.store, self._gateway.settings, item.payload, exc
+            record_refusal, self._gateway.store, self._gateway.settings,
+            SmsPayload.from_dict(item.payload), exc,
         )
         await self._park(item, f"refused by the provider ({exc.code}): {exc}; agent told")
 
@@ -577,15 +585,13 @@ async def run_worker(
         postgres_conninfo,
         while_leased,
     )
-    from gateway.store.sql import SqlStore
 
     dispatcher = dispatcher or Dispatcher(gateway)
     sink = ReplyService(gateway, on_queued=dispatcher.wake)
     email = gateway.settings.email
     tasks = [dispatcher.run(stop), retention_loop(gateway, stop)]
     # PostgreSQL: several instances may share the database (None on SQLite)
-    store = gateway.store
-    conninfo = postgres_conninfo(store.engine) if isinstance(store, SqlStore) else None
+    conninfo = postgres_conninfo(gateway.store)
     if email.imap is not None:
         listener = ImapListener(
             email.imap, sink, gateway.store, idle_timeout=email.imap.idle_restart_seconds
@@ -622,11 +628,8 @@ async def retention_loop(
     """Blank message texts older than `privacy.retention_days`, daily (counts are kept);
     and forget the console's day-old form keys and presence marks."""
     from gateway.store.privacy import purge_texts
-    from gateway.store.sql import SqlStore
 
     days = gateway.settings.privacy.retention_days
-    if not isinstance(gateway.store, SqlStore):
-        return
     await _sleep_or(stop, first_after)
     while not stop.is_set():
         now = datetime.now(UTC)

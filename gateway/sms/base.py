@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from werkzeug.datastructures import Headers
 
-from gateway.rules.emails import MediaRef
+from gateway.rules.resident_email import MediaRef
 
 if TYPE_CHECKING:
     from gateway.settings import SmsSettings

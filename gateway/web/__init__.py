@@ -3,7 +3,8 @@ the staff console."""
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, redirect, url_for
+from werkzeug.wrappers import Response
 
 from gateway.app import Gateway
 from gateway.web import health, sandbox_media, webhooks
@@ -22,6 +23,7 @@ def create_app(gateway: Gateway) -> Flask:
     if gateway.settings.sms.provider == "sandbox":
         app.register_blueprint(sandbox_media.blueprint)
     init_console(app, gateway)
+    app.add_url_rule("/", "root", _root)
     proxies = gateway.settings.web.trusted_proxies
     if proxies:
         from werkzeug.middleware.proxy_fix import ProxyFix
@@ -30,3 +32,8 @@ def create_app(gateway: Gateway) -> Flask:
             app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=0
         )
     return app
+
+
+def _root() -> Response:
+    """`/` (the sandbox banner's first link, a browser's guess) is the staff console."""
+    return redirect(url_for("console.index"))

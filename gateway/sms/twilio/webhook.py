@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from twilio.twiml.messaging_response import MessagingResponse
 from werkzeug.datastructures import Headers
 
-from gateway.rules.emails import MediaRef
 from gateway.rules.phone import NotAPhoneNumber, normalise_number
+from gateway.rules.resident_email import MediaRef
 from gateway.sms.base import (
     MAX_BODY_CHARS,
     MAX_MEDIA,

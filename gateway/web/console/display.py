@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from gateway.rules import segments
-from gateway.rules.emails import NOT_TEXTED_WHY, NotTextedWhy
+from gateway.rules.agent_notice import NOT_TEXTED_WHY, NotTextedWhy
 from gateway.store import StoredMessage
 from gateway.store.console import ConversationRow, Note, NotTextedReply
 from gateway.store.reply_mail import resolution_outcome
@@ -90,7 +90,7 @@ def timeline(
 
 def why_not_texted(reply: NotTextedReply) -> NotTextedWhy | None:
     """The reply's `why` when it is one the console has a phrase for (one of
-    `gateway.rules.emails.NOT_TEXTED_WHY`); None (the generic phrase) otherwise."""
+    `gateway.rules.agent_notice.NOT_TEXTED_WHY`); None (the generic phrase) otherwise."""
     why = reply.why
     for known in NOT_TEXTED_WHY:
         if why == known:

@@ -38,8 +38,9 @@ from werkzeug.exceptions import HTTPException
 
 from gateway.flows.agent_reply import QueuedReply, prepare_text, queue_reply
 from gateway.logs import mask_phone
-from gateway.rules import accounts, emails
+from gateway.rules import accounts
 from gateway.rules.municipalities import DEFAULT_TIMEZONE, Municipality
+from gateway.rules.thread import format_national
 from gateway.store import Conversation, StoreUnavailable
 from gateway.store.console import LIST_FILTERS, ConsoleTx, ListFilter, NotTextedReply, User
 from gateway.web.console import auth, display
@@ -122,7 +123,7 @@ for _code in _ERRORS:
 
 @blueprint.app_template_filter("national")
 def _national(phone: str) -> str:
-    return emails.format_national(phone, gateway().settings.sms.default_region)
+    return format_national(phone, gateway().settings.sms.default_region)
 
 
 @blueprint.app_template_filter("when")
