@@ -52,6 +52,7 @@ def test_check_config_prints_every_problem_and_exits_2(
     assert any(re.match(rf"{map_file}:\d+: municipalities\[1\]\.province: ", ln) for ln in lines)
 
 
+@pytest.mark.slow  # an `sms311` subprocess
 def test_gateway_config_environment_variable(tmp_path: Path) -> None:
     config = write_settings(tmp_path)
     result = subprocess.run(

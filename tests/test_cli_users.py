@@ -430,6 +430,7 @@ def test_set_refusals(config: str, stdin: io.StringIO, capsys: pytest.CaptureFix
 # As a real process: the console script reads the password from its standard input
 
 
+@pytest.mark.slow  # `sms311` subprocesses
 def test_add_as_a_subprocess(config: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "--config", config, "user", "add", "kim@ottawa.example",

@@ -5,19 +5,19 @@ choice; bad input gets one line, never a traceback."""
 
 from __future__ import annotations
 
-import configparser
 import email
 import email.policy
-import fnmatch
 import os
 import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -26,10 +26,13 @@ import pytest
 import requests
 
 from gateway.mail.sandbox import mailbox_messages
-from gateway.run.sandbox import ensure_sandbox
+from gateway.run.sandbox import ensure_sandbox, sandbox_banner
 from gateway.sandbox_data import SAMPLE_PICTURE, SANDBOX_PLACES
+from gateway.settings import load_settings
 from gateway.store import open_store
 from tests.gateway_fixtures import REPO, free_port
+
+pytestmark = pytest.mark.slow  # `sms311 sandbox run` subprocesses
 
 
 def wait_until_healthy(web_port: int, process: subprocess.Popen[str]) -> None:
@@ -46,6 +49,19 @@ def wait_until_healthy(web_port: int, process: subprocess.Popen[str]) -> None:
         time.sleep(0.1)
 
 
+@contextmanager
+def held(port: int) -> Iterator[None]:
+    """`port` taken meanwhile, as on a busy machine (the sandbox used to put its reply ingress
+    on the SMTP port + 1, whatever held it)."""
+    with socket.socket() as holder:
+        try:
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+        except OSError:  # someone else holds it already: as busy
+            pass
+        yield
+
+
 def sms311(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True,
@@ -55,6 +71,11 @@ def sms311(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_play_resident_in_the_sandbox(tmp_path: Path) -> None:
     web_port, smtp_port = free_port(), free_port()
+    with held(smtp_port + 1):
+        play_resident(tmp_path, web_port, smtp_port)
+
+
+def play_resident(tmp_path: Path, web_port: int, smtp_port: int) -> None:
     sandbox = tmp_path / "sandbox"
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "sandbox", "run", "--dir", str(sandbox),
@@ -119,6 +140,9 @@ def test_play_resident_in_the_sandbox(tmp_path: Path) -> None:
     assert "sandbox text" in output  # it told the user what to try
     assert f"http://127.0.0.1:{web_port}/console/" in output
     assert f"agent@ottawa.example  password: {accounts[1]}" in output
+    # …how to run any other command against it, and how to start over.
+    assert "sms311 --config sandbox/sms311.yaml outbox" in output
+    assert "Start over: stop it (Ctrl-C), remove sandbox/, and start it again." in output
 
 
 def test_sandbox_console_accounts_follow_the_database(tmp_path: Path) -> None:
@@ -197,6 +221,11 @@ class Sandbox:
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     folder = tmp_path_factory.mktemp("shared") / "sandbox"
     web_port, smtp_port = free_port(), free_port()
+    with held(smtp_port + 1):
+        yield from running_sandbox(folder, web_port, smtp_port)
+
+
+def running_sandbox(folder: Path, web_port: int, smtp_port: int) -> Iterator[Sandbox]:
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "sandbox", "run", "--dir", str(folder),
          "--map", str(REPO / "municipality_map.yaml"), "--port", str(web_port),
@@ -319,6 +348,25 @@ def test_sandbox_commands_refuse_bad_input_in_one_line(sandbox: Sandbox, tmp_pat
     assert "Which city" in first.stdout, first.stdout
 
 
+def test_an_empty_text_is_said_to_be_ignored(sandbox: Sandbox) -> None:
+    """The gateway drops a text with no words and no picture (nothing stored, emailed or
+    answered): `sandbox text` says so, not that it was emailed."""
+    number = "613-555-0154"
+    for blank in ("", "   "):
+        result = sandbox.run("sandbox", "text", number, blank)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            "(no reply: the gateway ignores an empty text; nothing was emailed)"
+        ]
+    # Nothing was kept: the number's first real text is asked for its city, and only it is
+    # emailed once the city is known.
+    assert "Which city" in sandbox.run("sandbox", "text", number, "Graffiti on Elgin St").stdout
+    answered = sandbox.run("sandbox", "text", number, "otawa")
+    assert "Ottawa" in answered.stdout, answered.stdout
+    done = sandbox.run("sandbox", "text", number, "Still there")
+    assert done.stdout.splitlines() == ["(no reply: the text was emailed)"]
+
+
 def test_sandbox_commands_say_when_the_sandbox_is_not_running(tmp_path: Path) -> None:
     folder = tmp_path / "sandbox"
     config = ensure_sandbox(folder, REPO / "municipality_map.yaml", free_port(), free_port())
@@ -339,19 +387,59 @@ def test_sandbox_commands_say_when_the_sandbox_is_not_running(tmp_path: Path) ->
     assert "no such file: start the sandbox first (`make run`)" in missing.stderr
 
 
-def test_the_sandbox_data_ships_with_the_package() -> None:
-    setup = configparser.ConfigParser()
-    setup.read(REPO / "setup.cfg")
-    patterns = setup["options.package_data"]["gateway"].replace(",", " ").split()
-    gateway = REPO / "gateway"
-    for path in (SAMPLE_PICTURE, SANDBOX_PLACES):
-        relative = path.relative_to(gateway).as_posix()
-        assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative
+def test_the_sandbox_data_is_whole() -> None:
+    # (That it ships with the package: tests/test_packaging.py builds it.)
     picture = SAMPLE_PICTURE.read_bytes()
     assert picture[:3] == b"\xff\xd8\xff" and picture[-2:] == b"\xff\xd9"  # a whole JPEG
     assert 1_000 < len(picture) < 20_000
     rows = SANDBOX_PLACES.read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("csd_code,name,name_fr,") and 15 <= len(rows) - 1 <= 60
+
+
+def test_each_listener_has_its_own_port_kept_in_the_settings(tmp_path: Path) -> None:
+    folder = tmp_path / "sandbox"
+    with held(8026):  # the old smtp + 1, as on a busy machine
+        config = ensure_sandbox(folder, REPO / "municipality_map.yaml", 8311, 8025)
+    settings = load_settings(config)
+    assert settings.email.ingress is not None
+    ingress = int(settings.email.ingress.listen.rpartition(":")[2])
+    assert ingress not in (8311, 8025, 8026)
+    with socket.socket() as probe:  # it was free when chosen
+        probe.bind(("127.0.0.1", ingress))
+    # A re-run (other ports asked for: the settings file is the truth) keeps every port, so
+    # `sandbox reply` and the other commands find the listeners where the sandbox put them.
+    text = config.read_text()
+    assert ensure_sandbox(folder, REPO / "municipality_map.yaml", 9311, 9025, 9026) == config
+    assert config.read_text() == text
+    assert f'ingress: {{listen: "127.0.0.1:{ingress}"}}' in text
+    # A sandbox set up before (ingress on the SMTP port + 1) keeps working as it was.
+    config.write_text(text.replace(f"127.0.0.1:{ingress}", "127.0.0.1:8026"))
+    ensure_sandbox(folder, REPO / "municipality_map.yaml")
+    reloaded = load_settings(config).email.ingress
+    assert reloaded is not None and reloaded.listen == "127.0.0.1:8026"
+    # Asked for: that port.
+    other = ensure_sandbox(tmp_path / "other", REPO / "municipality_map.yaml", 8311, 8025, 8099)
+    chosen = load_settings(other).email.ingress
+    assert chosen is not None and chosen.listen == "127.0.0.1:8099"
+
+
+def test_the_banner_says_how_to_use_and_reset_the_sandbox(tmp_path: Path) -> None:
+    """`make run`'s banner, as seen in the repository: `.venv/bin/sms311`, the settings file
+    to name for any other command, and `make sandbox-reset` to start over."""
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "sms311").write_text("")
+    (tmp_path / "Makefile").write_text("")
+    config = ensure_sandbox(tmp_path / "var" / "sandbox", REPO / "municipality_map.yaml")
+    banner = sandbox_banner(load_settings(config), [("agent@ottawa.example", "pw")], tmp_path)
+    lines = [line.strip() for line in banner.splitlines()]
+    assert 'web:       http://127.0.0.1:8311  (the console; health: /healthz, metrics: ' \
+        "/metrics)" in lines
+    assert ".venv/bin/sms311 sandbox text 613-555-0123 \"otawa\"" in lines
+    assert ".venv/bin/sms311 --config var/sandbox/sms311.yaml outbox" in lines
+    assert ".venv/bin/sms311 --config var/sandbox/sms311.yaml user list" in lines
+    assert ("Start over: stop it (Ctrl-C), `make sandbox-reset` (removes var/sandbox/, keeps "
+            ".venv), then `make run`.") in lines
+    assert "agent@ottawa.example  password: pw" in lines
 
 
 def test_the_sandbox_map_is_written_anew_at_every_start(tmp_path: Path) -> None:

@@ -16,8 +16,11 @@ import asyncio
 import email
 import email.policy
 import mimetypes
+import os
 import secrets
+import shlex
 import smtplib
+import socket
 import textwrap
 import time
 import uuid
@@ -33,15 +36,15 @@ import requests
 
 from gateway.app import Gateway
 from gateway.mail.sandbox import SandboxMailServer, mailbox_messages
+from gateway.rules.phone import NotAPhoneNumber, normalise_number
 from gateway.run.server import run_gateway, split_listen
-from gateway.sandbox_data import SAMPLE_MEDIA, SAMPLE_PICTURE, SANDBOX_PLACES
+from gateway.sandbox_data import SAMPLE_MEDIA, SAMPLE_PICTURE, SANDBOX_DIR, SANDBOX_PLACES
 from gateway.settings import Settings, load_municipality_map, load_settings
 from gateway.settings.directory_build import dump_map, merge_with_census, read_census
 from gateway.sms.sandbox import read_sent
 from gateway.sms.twilio.signature import TwilioSignature
 from gateway.store import open_store
 from gateway.store.console import Role
-from gateway.web.webhooks import BadRequest, normalise_number
 
 SANDBOX_SMTP_PORT = 8025
 SANDBOX_SENDER = "31100"
@@ -59,10 +62,25 @@ class SandboxError(Exception):
         self.code = code
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on or connects from now (the kernel's choice)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 def sandbox_settings_text(
-    map_path: Path, token: str, web_port: int = 8311, smtp_port: int = SANDBOX_SMTP_PORT
+    map_path: Path,
+    token: str,
+    web_port: int = 8311,
+    smtp_port: int = SANDBOX_SMTP_PORT,
+    ingress_port: int | None = None,
 ) -> str:
-    """The sandbox's settings file."""
+    """The sandbox's settings file. Each listener has its own port, kept in the file: the
+    web half, the sandbox mail server (the gateway's SMTP) and the gateway's reply ingress
+    (`sandbox reply` plays the agent through it; default: a free port chosen now)."""
+    if ingress_port is None:
+        ingress_port = free_port()
     return textwrap.dedent(
         f"""\
         # sms311 sandbox settings, written by `sms311 sandbox run`. Safe to edit or delete.
@@ -79,7 +97,7 @@ def sandbox_settings_text(
           from_address: "311 Text <sms@gateway.example>"
           reply_address: "reply+{{token}}@gateway.example"
           smtp: {{host: 127.0.0.1, port: {smtp_port}, security: none}}
-          ingress: {{listen: "127.0.0.1:{smtp_port + 1}"}}   # `sandbox reply` plays the agent
+          ingress: {{listen: "127.0.0.1:{ingress_port}"}}   # `sandbox reply` plays the agent
         fallback_mailbox: 311-unrouted@gateway.example
         """
     )
@@ -111,18 +129,23 @@ def write_sandbox_map(directory: Path, map_path: Path) -> Path:
 
 
 def ensure_sandbox(
-    directory: Path, map_path: Path, web_port: int = 8311, smtp_port: int = SANDBOX_SMTP_PORT
+    directory: Path,
+    map_path: Path,
+    web_port: int = 8311,
+    smtp_port: int = SANDBOX_SMTP_PORT,
+    ingress_port: int | None = None,
 ) -> Path:
     """Create the sandbox folder and its settings file if missing, and write the sandbox's
     municipality map (see `write_sandbox_map`); the settings path.
 
-    The ports only matter the first time: afterwards the settings file is the truth."""
+    The ports only matter the first time (`ingress_port` None: a free port, chosen now):
+    afterwards the settings file is the truth, so later commands find every listener."""
     directory.mkdir(parents=True, exist_ok=True)
     write_sandbox_map(directory, map_path)
     config = directory / "sms311.yaml"
     if not config.exists():
         token = secrets.token_hex(16)
-        text = sandbox_settings_text(Path(SANDBOX_MAP), token, web_port, smtp_port)
+        text = sandbox_settings_text(Path(SANDBOX_MAP), token, web_port, smtp_port, ingress_port)
         config.write_text(text, encoding="utf-8")
         return config
     # Settings written before the sandbox had its own map name `map_path` itself: move them
@@ -176,6 +199,61 @@ def ensure_sandbox_accounts(gateway: Gateway) -> list[tuple[str, str]]:
     return created
 
 
+def _shown(path: Path, here: Path) -> str:
+    """`path` as a user types it in `here`: relative when inside it, else whole."""
+    try:
+        return path.relative_to(here).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def sandbox_banner(
+    settings: Settings, console_accounts: Sequence[tuple[str, str]], here: Path | None = None
+) -> str:
+    """What `sandbox run` prints once the gateway answers: where to look, how to play
+    resident and agent, how to run any other command against this sandbox (its settings
+    file), and how to start over. Commands are written as typed in `here` (the current
+    folder): `.venv/bin/sms311` when that exists, `--config` unless it is the default
+    sandbox, `make sandbox-reset` for `make run`'s own sandbox."""
+    here = (here or Path.cwd()).absolute()
+    host, port = split_listen(settings.web.listen)
+    base = settings.state_dir
+    folder = _shown(base, here)
+    config = _shown(settings.config_path, here)
+    program = ".venv/bin/sms311" if (here / ".venv" / "bin" / "sms311").exists() else "sms311"
+    with_config = f"{program} --config {shlex.quote(config)}"
+    default = Path(os.path.abspath(here / SANDBOX_DIR / "sms311.yaml"))
+    is_default = Path(os.path.abspath(settings.config_path)) == default
+    play = f"{program} sandbox" if is_default else f"{with_config} sandbox"
+    if is_default and (here / "Makefile").exists():
+        reset = (f"stop it (Ctrl-C), `make sandbox-reset` (removes {folder}/, keeps .venv), "
+                 "then `make run`")
+    else:
+        reset = f"stop it (Ctrl-C), remove {folder}/, and start it again"
+    signins = "".join(f"\n               {e}  password: {p}" for e, p in console_accounts)
+    return textwrap.dedent(
+        f"""
+        sms311 sandbox is running.
+          web:       http://{host}:{port}  (the console; health: /healthz, metrics: /metrics)
+          console:   http://{host}:{port}/console/  (staff web console), sign in as:SIGNINS
+          emails:    {base / "mail"}/<mailbox>/*.eml
+          SMS sent:  {base}/sms.jsonl
+          settings:  {settings.config_path}
+        Play resident from another terminal:
+          {play} text 613-555-0123 "There is a pothole on Bank St"
+          {play} text 613-555-0123 "otawa"
+          {play} text 613-555-0123 "It is getting bigger" --media sample
+        Play the city's agent (answers the latest email in that mailbox):
+          {play} reply 311@ottawa.example "A crew is on the way."
+        Other commands work on this sandbox when given its settings file, e.g.:
+          {with_config} outbox
+          {with_config} user list
+        Start over: {reset}.
+        Stop with Ctrl-C.
+        """
+    ).replace("SIGNINS", signins)
+
+
 async def serve_sandbox(settings: Settings, printer: Callable[[str], None] = print) -> None:
     """Run the sandbox mail server and the whole gateway until SIGTERM/SIGINT."""
     base = settings.state_dir
@@ -187,29 +265,9 @@ async def serve_sandbox(settings: Settings, printer: Callable[[str], None] = pri
     await mail.start()
     gateway = Gateway.from_settings(settings)
     console_accounts = await asyncio.to_thread(ensure_sandbox_accounts, gateway)
-    signins = "".join(f"\n               {e}  password: {p}" for e, p in console_accounts)
 
     def ready() -> None:
-        host, port = split_listen(settings.web.listen)
-        printer(
-            textwrap.dedent(
-                f"""
-                sms311 sandbox is running.
-                  web:       http://{host}:{port}  (health: /healthz, metrics: /metrics)
-                  console:   http://{host}:{port}/console/  (staff web console), sign in as:SIGNINS
-                  emails:    {mail_dir}/<mailbox>/*.eml
-                  SMS sent:  {base}/sms.jsonl
-                  settings:  {settings.config_path}
-                Play resident from another terminal:
-                  .venv/bin/sms311 sandbox text 613-555-0123 "There is a pothole on Bank St"
-                  .venv/bin/sms311 sandbox text 613-555-0123 "otawa"
-                  .venv/bin/sms311 sandbox text 613-555-0123 "It is getting bigger" --media sample
-                Play the city's agent (answers the latest email in that mailbox):
-                  .venv/bin/sms311 sandbox reply 311@ottawa.example "A crew is on the way."
-                Stop with Ctrl-C.
-                """
-            ).replace("SIGNINS", signins)
-        )
+        printer(sandbox_banner(settings, console_accounts))
 
     try:
         await run_gateway(gateway, on_ready=ready)
@@ -219,9 +277,13 @@ async def serve_sandbox(settings: Settings, printer: Callable[[str], None] = pri
 
 
 def run_sandbox(
-    directory: Path, map_path: Path, web_port: int = 8311, smtp_port: int = SANDBOX_SMTP_PORT
+    directory: Path,
+    map_path: Path,
+    web_port: int = 8311,
+    smtp_port: int = SANDBOX_SMTP_PORT,
+    ingress_port: int | None = None,
 ) -> int:
-    config = ensure_sandbox(directory, map_path, web_port, smtp_port)
+    config = ensure_sandbox(directory, map_path, web_port, smtp_port, ingress_port)
     settings = load_settings(config)
     asyncio.run(serve_sandbox(settings))
     return 0
@@ -278,7 +340,7 @@ def send_text(
     (code 1)."""
     try:
         normalise_number(number, settings.sms.default_region)
-    except BadRequest:
+    except NotAPhoneNumber:
         raise SandboxError(2, f"{number!r} is not a phone number (like 613-555-0123)") from None
     pictures = [(path, read_media(path)) for path in media]
     media_urls = []

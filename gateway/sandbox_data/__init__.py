@@ -17,5 +17,8 @@ from pathlib import Path
 SANDBOX_DATA = Path(__file__).resolve().parent
 SAMPLE_PICTURE = SANDBOX_DATA / "pothole.jpg"
 SANDBOX_PLACES = SANDBOX_DATA / "sandbox_places.csv"
+SANDBOX_DIR = Path("var/sandbox")
+"""Where `make run` keeps its sandbox (relative to the repository; `make sandbox-reset`
+removes it)."""
 SAMPLE_MEDIA = "sample"
 """The `--media` value that means `SAMPLE_PICTURE` (unless a file of that name exists)."""
