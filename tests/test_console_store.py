@@ -13,7 +13,6 @@ import sqlalchemy as sa
 from alembic import command
 
 from gateway.store import SqlStore, open_store
-from gateway.store import console as console_module
 from gateway.store.console import (
     ConsoleStore,
     ConsoleTx,
@@ -22,6 +21,7 @@ from gateway.store.console import (
     UserExists,
     phone_digits,
 )
+from gateway.store.console import inbox as console_module
 from gateway.store.privacy import delete_resident, export_resident
 from gateway.store.reply_mail import keep_failed_email, resolve_failed_email
 from gateway.store.schema import (
@@ -34,11 +34,8 @@ from gateway.store.schema import (
     residents,
 )
 from gateway.store.sql import alembic_config
-from tests import test_store as backends
 
-# The store's fixtures: every test here runs on SQLite and on PostgreSQL.
-pg_database, pg_url, db_url = backends.pg_database, backends.pg_url, backends.db_url
-empty_store, store = backends.empty_store, backends.store
+# The store fixtures (tests/conftest.py): every test here runs on SQLite and on PostgreSQL.
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 ALL = Scope(None)
@@ -70,7 +67,7 @@ def _conversation(tx: ConsoleTx, phone: str, city: str | None, at: datetime,
     if agent is not None:
         core.set_agent(conv.id, agent)
     # last_activity_at exactly `at` (create_conversation starts it at the wall clock)
-    core._exec(conversations.update().where(conversations.c.id == conv.id)
+    core.execute(conversations.update().where(conversations.c.id == conv.id)
                .values(last_activity_at=at, created_at=at))
     return conv.id
 
@@ -635,7 +632,7 @@ def _last_inbound(store: SqlStore, conversation_id: int) -> datetime | None:
 def test_last_inbound_at_and_via(store: SqlStore) -> None:
     with store.transaction() as tx:
         conv = tx.create_conversation(PHONE, "ottawa", "t" * 32, "s")
-        tx._exec(conversations.update().values(last_activity_at=T0 - timedelta(days=7)))
+        tx.execute(conversations.update().values(last_activity_at=T0 - timedelta(days=7)))
     assert _last_inbound(store, conv.id) is None
     with store.transaction() as tx:
         tx.add_message(PHONE, conv.id, "out", "reply", [], None, T0 + timedelta(hours=1),
@@ -892,7 +889,7 @@ def test_postgres_without_pg_trgm_migrates_and_searches(monkeypatch: pytest.Monk
                                                         caplog: pytest.LogCaptureFixture) -> None:
     """A role that may not create the extension (no CREATE on the database): the migration
     succeeds without the index (and says so), the search reads every text."""
-    from tests.postgres import connect, throwaway_database_name
+    from tests.postgres import connect, server_url, throwaway_database_name
 
     monkeypatch.setattr(console_module, "_PROBE", 1)
     role = f"sms311_noext_{secrets.token_hex(4)}"
@@ -902,7 +899,7 @@ def test_postgres_without_pg_trgm_migrates_and_searches(monkeypatch: pytest.Monk
             conn.execute(f'REVOKE CREATE ON DATABASE "{dbname}" FROM PUBLIC')
             conn.execute(f'CREATE SCHEMA app AUTHORIZATION "{role}"')
         try:
-            url = sa.make_url(backends.PG_URL).set(
+            url = sa.make_url(server_url()).set(
                 username=role, database=dbname, query={"options": "-csearch_path=app"})
             store = open_store(url.render_as_string(hide_password=False))
             try:
@@ -922,3 +919,8 @@ def test_postgres_without_pg_trgm_migrates_and_searches(monkeypatch: pytest.Monk
             with connect(dbname) as conn:
                 conn.execute("DROP SCHEMA app CASCADE")
                 conn.execute(f'DROP ROLE "{role}"')
+
+
+def test_the_console_needs_the_gateway_store() -> None:
+    with pytest.raises(TypeError):
+        ConsoleStore(object())  # type: ignore[arg-type]

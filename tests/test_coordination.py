@@ -29,27 +29,14 @@ from gateway.store.pacing import SegmentPacer
 from gateway.store.sql import SqlStore, open_store
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import free_port, settings_in
-from tests.postgres import connect, database_url, migrated_schema, throwaway_database_name
+from tests.postgres import connect, database_url
 
 _admin = connect  # an autocommit connection to a database of the test server
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    with throwaway_database_name("sms311_coord") as name:
-        yield name
 
 
 @pytest.fixture
 def conninfo(pg_database: str) -> str:
     return database_url(pg_database)
-
-
-@pytest.fixture
-def pg_store_url(pg_database: str) -> Iterator[str]:
-    """A migrated store in a fresh schema of the throwaway database."""
-    with migrated_schema(pg_database) as url:
-        yield url
 
 
 @pytest.fixture
@@ -100,7 +87,7 @@ def test_sqlite_lease_is_always_granted() -> None:
 def test_sqlite_store_has_no_conninfo(tmp_path: Any) -> None:
     store = open_store(f"sqlite:///{tmp_path}/gateway.db")
     try:
-        assert postgres_conninfo(store.engine) is None
+        assert postgres_conninfo(store) is None
     finally:
         store.close()
 
@@ -250,7 +237,7 @@ class _Wakes:
 
 
 def test_enqueue_wakes_a_listener_on_another_connection(pg_store: SqlStore) -> None:
-    conninfo = postgres_conninfo(pg_store.engine)
+    conninfo = postgres_conninfo(pg_store)
     assert conninfo is not None
 
     async def main() -> None:
@@ -278,7 +265,7 @@ def test_enqueue_wakes_a_listener_on_another_connection(pg_store: SqlStore) -> N
 
 
 def test_no_wake_before_commit_nor_for_a_rollback(pg_store: SqlStore) -> None:
-    conninfo = postgres_conninfo(pg_store.engine)
+    conninfo = postgres_conninfo(pg_store)
     assert conninfo is not None
 
     async def main() -> None:
@@ -322,7 +309,7 @@ def test_no_wake_before_commit_nor_for_a_rollback(pg_store: SqlStore) -> None:
 def test_listener_reconnects_after_its_connection_dies(
     pg_store: SqlStore, pg_database: str
 ) -> None:
-    conninfo = postgres_conninfo(pg_store.engine)
+    conninfo = postgres_conninfo(pg_store)
     assert conninfo is not None
 
     async def main() -> None:

@@ -221,8 +221,9 @@ def _pg_admin() -> psycopg.Connection[Any]:
 
 
 @pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A throwaway database, dropped after the test."""
+def own_pg_database() -> Iterator[str]:
+    """A throwaway database for this test alone (not conftest's shared `pg_database`),
+    dropped after it."""
     name = f"sms311_durability_{secrets.token_hex(6)}"
     with _pg_admin() as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -241,11 +242,11 @@ def dovecot(tmp_path: Path) -> Iterator[Dovecot]:
 
 @pytest.mark.slow
 def test_postgresql_gone_answers_503_then_recovers(
-    tmp_path: Path, pg_database: str, dovecot: Dovecot
+    tmp_path: Path, own_pg_database: str, dovecot: Dovecot
 ) -> None:
     url = sa.make_url(PG_URL)
     with TcpProxy(url.port or 5432, url.host or "127.0.0.1") as proxy:
-        through = url.set(host="127.0.0.1", port=proxy.port, database=pg_database)
+        through = url.set(host="127.0.0.1", port=proxy.port, database=own_pg_database)
         loop = Loop(tmp_path, dovecot, database=through.render_as_string(hide_password=False))
         try:
             to_city = first_email(loop, PHONE, "Pothole on Bank St")

@@ -1,4 +1,5 @@
-"""SegmentPacer (gateway.store.pacing) on a fake clock: deterministic, no real waiting."""
+"""SegmentPacer (gateway.store.pacing, around the rule of gateway.rules.pacing) on a fake clock:
+deterministic, no real waiting."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.store.pacing import DEFAULT_MARGIN, SegmentPacer
+from gateway.rules.pacing import DEFAULT_MARGIN, PacingWindow, window_wait
+from gateway.store.pacing import SegmentPacer
 
 
 class FakeClock:
@@ -246,3 +248,26 @@ def test_usable_from_one_event_loop_after_another() -> None:
     starts = first + second
     assert max_in_window(starts) <= 2
     assert [round(t, 2) for t, _ in starts] == [0.0, 0.0, round(1 + M, 2), round(1 + M, 2), round(2 + 2 * M, 2), round(2 + 2 * M, 2)]
+
+
+# --- the rule itself (gateway.rules.pacing): values in, waits out ------------------------------
+
+
+def test_window_wait_fits_waits_for_the_oldest_or_goes_alone() -> None:
+    assert window_wait(5, [], 0, 9) is None  # empty: even an oversized message goes
+    assert window_wait(5, [(2, 0.4), (2, 0.7)], 4, 1) is None  # 4 + 1 <= 5
+    assert window_wait(5, [(2, 0.4), (2, 0.7)], 4, 3) == 0.4  # once the first 2 have left
+    assert window_wait(5, [(2, 0.4), (2, 0.7)], 4, 5) == 0.7  # only when the window is empty
+    assert window_wait(5, [(2, 0.4), (2, 0.7)], 4, 9) == 0.7  # oversized: alone
+
+
+def test_pacing_window_counts_starts_and_refills() -> None:
+    rule = PacingWindow(2, margin=0.0)
+    assert rule.wait(1, 10.0) == 0.0
+    assert rule.wait(1, 10.0) == 0.0
+    assert rule.in_window == 2
+    wait = rule.wait(1, 10.0)  # the window is full until the first start leaves it
+    assert wait == pytest.approx(1.0 + 1e-6)
+    assert rule.wait(1, 10.0 + wait) == 0.0
+    rule.pause_until(20.0)
+    assert rule.wait(1, 15.0) == pytest.approx(5.0)

@@ -15,12 +15,9 @@ from gateway.store import Resident, SqlStore, open_store
 from gateway.store.privacy import delete_resident, export_resident, purge_texts
 from gateway.store.reply_mail import keep_failed_email, list_failed_emails
 from gateway.store.schema import messages
-from tests import test_store as backends
 from tests.gateway_fixtures import write_settings
 
-# The store's fixtures: every test here runs on SQLite and on PostgreSQL.
-pg_database, pg_url, db_url = backends.pg_database, backends.pg_url, backends.db_url
-empty_store, store = backends.empty_store, backends.store
+# The store fixtures (tests/conftest.py): every test here runs on SQLite and on PostgreSQL.
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 OLD = NOW - timedelta(days=400)

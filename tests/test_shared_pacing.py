@@ -19,31 +19,18 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from gateway.rules.pacing import DEFAULT_MARGIN, WINDOW
 from gateway.store import StoreUnavailable
-from gateway.store.pacing import DEFAULT_MARGIN, WINDOW, SegmentPacer, SharedPacer, pacer_for
+from gateway.store.pacing import SegmentPacer, SharedPacer, pacer_for
 from gateway.store.sql import SqlStore, open_store
-from tests.postgres import migrated_schema, throwaway_database_name
 
 SPAN = WINDOW + DEFAULT_MARGIN
 
 
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    with throwaway_database_name("sms311_pacing") as name:
-        yield name
-
-
 @pytest.fixture
-def pg_url(pg_database: str) -> Iterator[str]:
-    """A fresh schema, migrated to the newest revision, for one test."""
-    with migrated_schema(pg_database) as url:
-        yield url
-
-
-@pytest.fixture
-def instances(pg_url: str) -> Iterator[tuple[SqlStore, SqlStore]]:
+def instances(pg_store_url: str) -> Iterator[tuple[SqlStore, SqlStore]]:
     """Two stores on one database: two instances' connection pools."""
-    a, b = open_store(pg_url), open_store(pg_url)
+    a, b = open_store(pg_store_url), open_store(pg_store_url)
     try:
         yield a, b
     finally:

@@ -9,23 +9,20 @@ If the server cannot be reached the PostgreSQL tests fail (they never skip).
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from psycopg import sql
 
 from gateway.store import (
     DuplicateEmail,
@@ -36,6 +33,7 @@ from gateway.store import (
     StoreUnavailable,
     open_store,
 )
+from gateway.store.engine import normalize_url
 from gateway.store.schema import (
     JSONText,
     UTCDateTime,
@@ -45,87 +43,16 @@ from gateway.store.schema import (
     metadata,
     processed_emails,
 )
-from gateway.store.sql import alembic_config, head_revision, normalize_url
-from tests.postgres import server_url
+from gateway.store.sql import alembic_config, head_revision
+from tests.paths import REPO_ROOT
 
-PG_URL = server_url()  # GATEWAY_TEST_POSTGRES_URL, or a throwaway cluster (tests/postgres.py)
 PHONE = "+16135550123"
 OTHER = "+15145550199"
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=60)
 
 
-# --- fixtures -------------------------------------------------------------------------------
-
-
-def _pg_connect(dbname: str) -> psycopg.Connection[Any]:
-    url = sa.make_url(PG_URL)
-    args = url.translate_connect_args(username="user", database="dbname")
-    args["dbname"] = dbname
-    try:
-        return psycopg.connect(**args, autocommit=True, connect_timeout=5)
-    except psycopg.Error as exc:
-        problem = " ".join(str(exc).split())
-    pytest.fail(
-        f"PostgreSQL is not reachable at {url.render_as_string(hide_password=True)} "
-        f"({problem}). Start a server or set GATEWAY_TEST_POSTGRES_URL to one "
-        "(the role must be allowed to CREATE DATABASE).",
-        pytrace=False,
-    )
-
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A throwaway database for this test session, created through "postgres", dropped after."""
-    name = f"sms311_test_{secrets.token_hex(6)}"
-    with _pg_connect("postgres") as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield name
-    finally:
-        with _pg_connect("postgres") as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def pg_url(pg_database: str) -> Iterator[str]:
-    """A fresh, empty schema for one test, the first on the URL's search_path (dropped after).
-
-    (A schema rather than a database per test: CREATE DATABASE costs ~0.2 s.)
-    """
-    schema = f"t_{secrets.token_hex(6)}"
-    with _pg_connect(pg_database) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    url = sa.make_url(PG_URL).set(
-        database=pg_database, query={"options": f"-csearch_path={schema}"}
-    )
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with _pg_connect(pg_database) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/state/gateway.db"
-    return str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture
-def empty_store(db_url: str) -> Iterator[SqlStore]:
-    store = open_store(db_url)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def store(empty_store: SqlStore) -> SqlStore:
-    empty_store.upgrade()
-    return empty_store
+# --- helpers (the fixtures `db_url`, `empty_store`, `store`: tests/conftest.py) ----------
 
 
 def _rows(store: SqlStore, stmt: sa.Select[Any]) -> list[sa.RowMapping]:
@@ -1209,3 +1136,17 @@ def test_imap_checkpoints(store: SqlStore) -> None:
     with pytest.raises(ValueError):
         store.save_imap_checkpoint("", 1, 1)
     assert store.imap_checkpoint("INBOX") == (1800000000, 0)
+
+
+def test_code_outside_the_store_depends_on_its_protocols_only() -> None:
+    """Outside gateway/store/, the store is the `Store` / `Tx` protocols and the public
+    functions of gateway/store/: nothing names (casts to, checks for) SqlStore or SqlTx."""
+    gateway = REPO_ROOT / "gateway"
+    found = [
+        f"{path.relative_to(REPO_ROOT)}:{n}: {line.strip()}"
+        for path in sorted(gateway.rglob("*.py"))
+        if (gateway / "store") not in path.parents
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "SqlStore" in line or "SqlTx" in line
+    ]
+    assert found == []

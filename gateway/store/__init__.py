@@ -5,7 +5,24 @@
     with store.transaction() as tx:         # one transaction; commit on exit, rollback on error
         ...
 
-See `gateway.store.base` for the contract (records, errors, protocols).
+See `gateway.store.base` for the contract (records, errors, protocols). The modules:
+
+    base          the contract: records, errors, the `Store` and `Tx` protocols
+    engine        URLs, engines (SQLite pragmas, PostgreSQL keepalives), error translation
+    sql           `SqlStore` (the one `Store`): connections, schema revisions, checkpoints
+    transaction   `SqlTx` (the one `Tx`): residents, messages, conversations, thread emails
+    outbox        `SqlStore`'s outbox methods: claims, leases, outcomes
+    rows          value checks in, records out
+    group         SQLite group commit
+    schema        the tables; migrations/ the Alembic revisions
+    reply_mail    the Failed list (reply emails not texted)
+    console/      the staff console's data: users, inbox, activity
+    privacy       retention purge, a resident's export and erasure
+    pacing        the pacers (in process, or shared through PostgreSQL)
+    coordination  instances on one PostgreSQL: mailbox lease, outbox notifications
+
+Code outside `gateway/store/` uses the protocols and these modules' public functions, never
+`SqlStore` / `SqlTx` themselves.
 """
 
 from gateway.store.base import (
@@ -16,6 +33,7 @@ from gateway.store.base import (
     DuplicateWebhook,
     EmailDirection,
     EmailOutcome,
+    FailedEmail,
     OutboxItem,
     OutboxKind,
     OutboxStats,
@@ -38,6 +56,7 @@ __all__ = [
     "DuplicateWebhook",
     "EmailDirection",
     "EmailOutcome",
+    "FailedEmail",
     "OutboxItem",
     "OutboxKind",
     "OutboxStats",

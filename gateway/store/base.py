@@ -2,8 +2,11 @@
 
 Everything the rest of the gateway knows about persistence is here. The one
 implementation is `gateway.store.sql.SqlStore` (SQLite or PostgreSQL through
-SQLAlchemy Core); code outside `gateway/store/` should depend on these
-protocols, never on SQLAlchemy.
+SQLAlchemy Core, its transaction `gateway.store.transaction.SqlTx`); code outside
+`gateway/store/` depends on these protocols and on the public functions of
+`gateway/store/` that take a `Store` (`ConsoleStore(store)`, `pacer_for(store, rate)`,
+`postgres_conninfo(store)`, `purge_texts(store, ...)`), never on SQLAlchemy, `SqlStore` or
+`SqlTx`.
 
 Conventions shared by every method:
 
@@ -224,6 +227,27 @@ class OutboxItem:
     maybe_sent: bool = False
 
 
+@dataclass(frozen=True)
+class FailedEmail:
+    """One reply email kept in the Failed list (`gateway.store.reply_mail`): it was not texted.
+    `raw` is b"" when listed (only `get_failed_email` reads it)."""
+
+    id: int
+    key: str
+    received_at: datetime
+    origin: dict[str, Any]
+    reason: str
+    why: str | None  # one of gateway.rules.emails.NOT_TEXTED_WHY, or None (malformed, internal)
+    sender: str | None
+    subject: str | None
+    conversation_id: int | None
+    truncated: bool
+    resolved_at: datetime | None
+    resolution: str | None
+    raw: bytes = b""
+    size: int = 0
+
+
 class OutboxStats(TypedDict):
     """What `Store.outbox_stats` returns (for /metrics and /healthz)."""
 
@@ -442,6 +466,45 @@ class Tx(Protocol):
         self, kind: OutboxKind, payload: Mapping[str, Any], available_at: datetime | None = None
     ) -> int:
         """Queue an email or SMS, due at `available_at` (default: now). Returns its id."""
+        ...
+
+    # the Failed list: reply emails that were not texted (gateway.store.reply_mail)
+
+    def keep_failed_email(
+        self,
+        key: str,
+        raw: bytes,
+        reason: str,
+        origin: Mapping[str, Any],
+        *,
+        now: datetime,
+        sender: str | None = None,
+        subject: str | None = None,
+        conversation_id: int | None = None,
+        why: str | None = None,
+    ) -> int:
+        """Keep `raw` (at most `reply_mail.MAX_KEPT_BYTES`) as a failed reply; returns its id.
+        The same `key` kept again updates the reason (and un-resolves it): one row per email."""
+        ...
+
+    def get_failed_email(self, failed_id: int) -> FailedEmail | None:
+        """One kept failed reply with its bytes, or None."""
+        ...
+
+    def resolve_failed_email(
+        self, failed_id: int, outcome: EmailOutcome, detail: str, *, now: datetime
+    ) -> None:
+        """Mark a kept failed reply as dealt with by a retry that ended `outcome`
+        ("processed": texted, or "ignored"); `resolution` is stored as "<outcome>: <detail>"."""
+        ...
+
+    def update_processed_email(self, key: str, outcome: EmailOutcome, reason: str) -> None:
+        """Change the recorded outcome of an email already handled (a retried failed reply)."""
+        ...
+
+    def reply_seen(self, message_id: str) -> int | None:
+        """The conversation of an agent's reply with this Message-ID already recorded in a
+        thread (`record_thread_email(..., direction="in")`), or None."""
         ...
 
 

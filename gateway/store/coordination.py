@@ -1,7 +1,8 @@
 """Coordination of several gateway instances on one PostgreSQL database.
 
 Two pieces, each on its own dedicated connection (psycopg 3, async, autocommit, with the
-same TCP keepalives as the store's engine), outside the store's pool:
+store's connect arguments and TCP keepalives, `engine.POSTGRES_CONNECT_ARGS`), outside the
+store's pool, to the database `postgres_conninfo(store)` names (None on SQLite):
 
 - `MailboxLease`: one IMAP listener per mailbox at a time. A session-level advisory lock
   (`pg_try_advisory_lock`) keyed on "imap:" + host + user + mailbox, held for as long as
@@ -25,29 +26,23 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
-import sqlalchemy as sa
+
+from gateway.store.base import Store
+from gateway.store.engine import POSTGRES_CONNECT_ARGS
+from gateway.store.sql import SqlStore
 
 log = logging.getLogger(__name__)
 
 OUTBOX_CHANNEL = "sms311_outbox"
 
-# as the store's engine (gateway/store/sql.py): a server that vanishes without a word
-# becomes an error within ~30 s
-_CONNECT_ARGS: dict[str, Any] = {
-    "connect_timeout": 10,
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 30000,
-}
 
-
-def postgres_conninfo(engine: sa.Engine) -> str | None:
-    """A libpq URL for `engine`'s database, or None when it is not PostgreSQL."""
-    if engine.dialect.name != "postgresql":
+def postgres_conninfo(store: Store) -> str | None:
+    """A libpq URL for `store`'s database, or None when it is not PostgreSQL (SQLite: one
+    machine, nothing to coordinate)."""
+    if not isinstance(store, SqlStore) or not store.postgresql:
         return None
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    url = store.engine.url.set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
 
 
 def lease_key(host: str, user: str, mailbox: str) -> int:
@@ -58,7 +53,9 @@ def lease_key(host: str, user: str, mailbox: str) -> int:
 
 
 async def _connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
-    return await psycopg.AsyncConnection.connect(conninfo, autocommit=True, **_CONNECT_ARGS)
+    return await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, **POSTGRES_CONNECT_ARGS
+    )
 
 
 async def _close_quietly(conn: psycopg.AsyncConnection[Any] | None) -> None:

@@ -1,40 +1,23 @@
-"""Pacing outgoing texts to the sender's throughput (`sms.max_per_second`, in segments).
+"""Pacing outgoing texts to the sender's throughput (`sms.max_per_second`, in segments): the
+waiting, around the rule of `gateway.rules.pacing` (a sliding window and a token bucket).
 
-A sender (short code, long code, Messaging Service) may start at most so many
-*segments* per second; what goes faster is queued by Twilio, then failed (30001
-queue overflow). `SegmentPacer.acquire(n)` waits until a message of `n` segments may
-start.
+Contract
+    `pacer_for(store, rate)` gives the dispatcher its `Pacer`: `acquire(n)` waits until a
+    message of `n` segments may start (and counts it as started), `pause(seconds)` holds
+    every start back (a 429's Retry-After).
 
-Why not a plain token bucket: a bucket holding one second's worth (capacity = rate)
-lets a full bucket go at once and then refills during the same second, so up to twice
-the rate can start within one second. The pacer therefore combines:
+    - `SegmentPacer`, in process (one machine: SQLite): the rule's `PacingWindow` in
+      memory. Waiters are served in order (FIFO: the wait happens under an `asyncio.Lock`),
+      so a long message is never starved by short ones. Safe for any number of tasks of one
+      event loop (not across threads); used from a later event loop it carries on. The
+      clock and sleep are injectable, so tests run on a fake clock.
+    - `SharedPacer`, across every instance on one PostgreSQL database: the rule's window
+      (`window_wait`) kept in the `sms_starts` table (see its docstring), run through the
+      store's public API (`as_sql_store`, `engine.translated`).
 
-- a sliding-window log, the hard guarantee: the segments started during the last
-  second (plus `margin`, 30 ms by default, so that the milliseconds a request
-  takes to reach the provider cannot bunch two windows together) are remembered,
-  and a message starts only if they and its own stay within the rate, so in ANY
-  1-second window at most `rate` segments start. A message of more segments than
-  the rate waits until the window is empty and goes alone;
-- a token bucket (refilled at `rate`, holding at most `burst`, default one second's
-  worth), for the long run: a message takes its segments from it and may drive it
-  below zero (an oversized message), so that the average never exceeds the rate. A
-  smaller `burst` spreads the starts more evenly.
-
-Messages start whole, so a window can be left partly unused when the next message
-does not fit in what remains (up to its size minus one segment). With the margin,
-the sustained rate measured by bench/bench_pacing.py is ~99% of the rate for
-one-segment texts, ~98% at 50–100/s for 1–3 segment replies, 85–90% at 10/s.
-
-Waiters are served in order (FIFO: the wait happens under an `asyncio.Lock`), so a
-long message is never starved by short ones. Safe for any number of tasks of one event
-loop (not across threads); used from a later event loop it carries on.
-`pause(seconds)` holds every start back, e.g. after a 429 with Retry-After.
-The clock and sleep are injectable, so tests run on a fake clock.
-
-Several instances on one PostgreSQL database share one window: `SharedPacer` keeps
-the log in the `sms_starts` table instead of in memory (see its docstring), and
-`pacer_for(store, rate)` picks it for a PostgreSQL store (SQLite is one machine: the
-in-process `SegmentPacer`).
+Why here and not in `gateway/rules/`: waiting is not a rule. The rule (`PacingWindow`,
+`window_wait`) takes times and returns waits; what needs a lock, a clock, a sleep or the
+database is here.
 """
 
 from __future__ import annotations
@@ -42,18 +25,30 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import sqlalchemy as sa
 
+from gateway.rules.pacing import (
+    DEFAULT_MARGIN,
+    MIN_SLEEP,
+    WINDOW,
+    PacingWindow,
+    check_rate,
+    window_wait,
+)
 from gateway.store.base import Store
-from gateway.store.sql import SqlStore, _translated
+from gateway.store.engine import translated
+from gateway.store.sql import SqlStore, as_sql_store
 
-WINDOW = 1.0  # seconds
-DEFAULT_MARGIN = 0.03  # seconds added to the window: absorbs jitter on the way to the API
-_MIN_SLEEP = 1e-6  # never spin on a wait that rounds to nothing
+__all__ = [
+    "PACING_LOCK",
+    "Pacer",
+    "SegmentPacer",
+    "SharedPacer",
+    "pacer_for",
+]
 
 
 class Pacer(Protocol):
@@ -67,13 +62,28 @@ class Pacer(Protocol):
 def pacer_for(store: Store, rate_per_second: float) -> Pacer:
     """The pacer for a gateway on `store`: shared through the database on PostgreSQL
     (several instances may run on it), in-process otherwise."""
-    if isinstance(store, SqlStore) and store.engine.dialect.name == "postgresql":
+    if isinstance(store, SqlStore) and store.postgresql:
         return SharedPacer(store, rate_per_second)
     return SegmentPacer(rate_per_second)
 
 
+class _LoopLock:
+    """An `asyncio.Lock` for the running event loop (a new loop, e.g. another `asyncio.run`,
+    gets a new lock; the pacing state carries over)."""
+
+    def __init__(self) -> None:
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:
+            self._lock, self._loop = asyncio.Lock(), loop
+        return self._lock
+
+
 class SegmentPacer:
-    """Let at most `rate_per_second` SMS segments start in any 1-second window."""
+    """Let at most `rate_per_second` SMS segments start in any 1-second window (in process)."""
 
     def __init__(
         self,
@@ -84,34 +94,32 @@ class SegmentPacer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
-        if not math.isfinite(rate_per_second) or rate_per_second <= 0:
-            raise ValueError(f"rate_per_second must be positive, not {rate_per_second!r}")
-        if burst is not None and (not math.isfinite(burst) or burst <= 0):
-            raise ValueError(f"burst must be positive, not {burst!r}")
-        if not math.isfinite(margin) or margin < 0:
-            raise ValueError(f"margin must be >= 0, not {margin!r}")
-        self.rate = float(rate_per_second)
-        self.margin = max(float(margin), 1e-6)  # at least clear of float rounding
-        self.burst = float(burst) if burst is not None else self.rate
+        self._rule = PacingWindow(rate_per_second, burst=burst, margin=margin)
         self._clock = clock
         self._sleep = sleep
-        self._lock: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._window: deque[tuple[float, int]] = deque()  # (expires at, segments)
-        self._in_window = 0
-        self._tokens = self.burst
-        self._filled_at: float | None = None
-        self._paused_until = -math.inf
+        self._loop_lock = _LoopLock()
+
+    @property
+    def rate(self) -> float:
+        return self._rule.rate
+
+    @property
+    def burst(self) -> float:
+        return self._rule.burst
+
+    @property
+    def margin(self) -> float:
+        return self._rule.margin
 
     @property
     def in_window(self) -> int:
         """Segments started during the last second (as of the last acquire)."""
-        return self._in_window
+        return self._rule.in_window
 
     def pause(self, seconds: float) -> None:
         """Start nothing for the next `seconds` (a provider's Retry-After)."""
         if seconds > 0:
-            self._paused_until = max(self._paused_until, self._clock() + seconds)
+            self._rule.pause_until(self._clock() + seconds)
 
     async def acquire(self, segments: int = 1) -> float:
         """Wait until a message of `segments` segments may start, and count it as started;
@@ -124,54 +132,10 @@ class SegmentPacer:
         async with self._loop_lock():
             while True:
                 now = self._clock()
-                wait = self._wait(segments, now)
+                wait = self._rule.wait(segments, now)
                 if wait <= 0:
                     return now
-                await self._sleep(max(wait, _MIN_SLEEP))
-
-    def _loop_lock(self) -> asyncio.Lock:
-        """The lock for the running event loop (a new loop, e.g. another `asyncio.run`,
-        gets a new lock; the pacing state carries over)."""
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._loop is not loop:
-            self._lock, self._loop = asyncio.Lock(), loop
-        return self._lock
-
-    def _wait(self, segments: int, now: float) -> float:
-        """Seconds to wait before `segments` may start at `now`; 0 = started now."""
-        self._expire(now)
-        self._refill(now)
-        waits = [self._paused_until - now]
-        # the window: room for these segments, or empty for an oversized message
-        if self._in_window + segments > self.rate and self._in_window > 0:
-            room = self.rate - segments  # what may remain in the window
-            left = self._in_window
-            for expires, count in self._window:
-                left -= count
-                if left <= room or left == 0:
-                    waits.append(expires - now)
-                    break
-        # the bucket: these segments (at most a full bucket's worth) must be there
-        need = min(float(segments), self.burst)
-        if self._tokens + 1e-9 < need:
-            waits.append((need - self._tokens) / self.rate)
-        wait = max(waits)
-        if wait > 0:
-            return wait
-        self._window.append((now + WINDOW + self.margin, segments))
-        self._in_window += segments
-        self._tokens -= segments
-        return 0.0
-
-    def _expire(self, now: float) -> None:
-        while self._window and self._window[0][0] <= now:
-            self._in_window -= self._window.popleft()[1]
-
-    def _refill(self, now: float) -> None:
-        if self._filled_at is not None and now > self._filled_at:
-            self._tokens = min(self.burst, self._tokens + (now - self._filled_at) * self.rate)
-        if self._filled_at is None or now > self._filled_at:
-            self._filled_at = now
+                await self._sleep(max(wait, MIN_SLEEP))
 
 
 # pg_advisory_xact_lock key of the shared window: "sms311p" in ASCII (the migrations use "sms311")
@@ -230,24 +194,21 @@ class SharedPacer:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: Store,
         rate_per_second: float,
         *,
         margin: float = DEFAULT_MARGIN,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
-        if store.engine.dialect.name != "postgresql":
+        sql = as_sql_store(store)
+        if not sql.postgresql:
             raise ValueError("SharedPacer needs a PostgreSQL store (use SegmentPacer on SQLite)")
-        if not math.isfinite(rate_per_second) or rate_per_second <= 0:
-            raise ValueError(f"rate_per_second must be positive, not {rate_per_second!r}")
-        if not math.isfinite(margin) or margin < 0:
-            raise ValueError(f"margin must be >= 0, not {margin!r}")
+        check_rate(rate_per_second, margin)
         self.rate = float(rate_per_second)
         self.margin = max(float(margin), 1e-6)
-        self._store = store
+        self._engine = sql.engine
         self._sleep = sleep
-        self._lock: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = _LoopLock()
         self._paused_until = -math.inf  # time.monotonic(): a pause not yet written
         self._cleaned_at = -math.inf  # time.monotonic()
 
@@ -275,19 +236,13 @@ class SharedPacer:
                     self._cleaned_at = now
                 if started is not None:
                     return started
-                await self._sleep(max(wait, _MIN_SLEEP))
-
-    def _loop_lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._loop is not loop:
-            self._lock, self._loop = asyncio.Lock(), loop
-        return self._lock
+                await self._sleep(max(wait, MIN_SLEEP))
 
     def _try(self, segments: int, pause: float, clean: bool) -> tuple[float | None, float]:
         """One transaction: (start time, 0) if `segments` started, else (None, seconds to
         wait before trying again)."""
         span = WINDOW + self.margin
-        with _translated(), self._store.engine.begin() as conn:
+        with translated(), self._engine.begin() as conn:
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PACING_LOCK)))
             if pause > 0:
                 conn.execute(_INSERT_PAUSE, {"offset": pause - span})
@@ -296,14 +251,9 @@ class SharedPacer:
             if wait > 0:
                 return None, wait
             used = sum(n for n, _ in rows)
-            if used + segments > self.rate and used > 0:
-                room = self.rate - segments  # what may remain in the window
-                left = used
-                for count, expires_in in rows:
-                    left -= count
-                    if left <= room or left == 0:
-                        return None, expires_in
-                return None, _MIN_SLEEP  # pragma: no cover - the loop always ends it
+            window = window_wait(self.rate, rows, used, segments)
+            if window is not None:
+                return None, window
             started = float(conn.execute(_INSERT_START, {"segments": segments}).scalar_one())
             if clean:
                 conn.execute(_CLEAN, {"keep": _KEEP})

@@ -12,6 +12,9 @@
 
 Texts that are still held (the resident never named a municipality) are not purged: they
 have not reached anyone yet. Parked outbox rows are kept until an operator deals with them.
+
+Each function takes the gateway's `Store` and runs in one transaction of its own (a
+connection outside the group commit), errors translated (`StoreUnavailable`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from gateway.store.base import Store
+from gateway.store.engine import translated
 from gateway.store.reply_mail import LISTED_COLUMNS
 from gateway.store.schema import (
     conversations,
@@ -35,7 +40,7 @@ from gateway.store.schema import (
     residents,
     webhook_log,
 )
-from gateway.store.sql import SqlStore, _translated
+from gateway.store.sql import as_sql_store
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,10 @@ class PurgeResult:
     failed_emails_deleted: int = 0
 
 
-def purge_texts(store: SqlStore, older_than: datetime, now: datetime | None = None) -> PurgeResult:
+def purge_texts(store: Store, older_than: datetime, now: datetime | None = None) -> PurgeResult:
     """Blank texts received before `older_than`; drop sent outbox rows and logs as old."""
     now = now or datetime.now(UTC)
-    with _translated(), store.engine.begin() as conn:
+    with translated(), as_sql_store(store).engine.begin() as conn:
         blanked = conn.execute(
             sa.update(messages)
             .where(
@@ -92,9 +97,9 @@ def _outbox_of(phone: str) -> sa.ColumnElement[bool]:
     return sa.cast(outbox.c.payload, sa.Text).contains(needle)
 
 
-def export_resident(store: SqlStore, phone: str) -> dict[str, Any]:
+def export_resident(store: Store, phone: str) -> dict[str, Any]:
     """Everything stored about `phone` (E.164): for an access request."""
-    with _translated(), store.engine.connect() as conn:
+    with translated(), as_sql_store(store).engine.connect() as conn:
         conversation_ids = [
             row[0]
             for row in conn.execute(
@@ -136,9 +141,9 @@ def export_resident(store: SqlStore, phone: str) -> dict[str, Any]:
         }
 
 
-def delete_resident(store: SqlStore, phone: str) -> dict[str, int]:
+def delete_resident(store: Store, phone: str) -> dict[str, int]:
     """Erase everything stored about `phone` (E.164): for an erasure request."""
-    with _translated(), store.engine.begin() as conn:
+    with translated(), as_sql_store(store).engine.begin() as conn:
         conversation_ids = sa.select(conversations.c.id).where(conversations.c.phone == phone)
         counts = {
             "outbox": conn.execute(sa.delete(outbox).where(_outbox_of(phone))).rowcount,

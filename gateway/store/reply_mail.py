@@ -20,45 +20,33 @@ is one row (its reason updated). At most `MAX_KEPT_BYTES` of the email are kept 
 parser reads no more); `truncated` says when more was cut off. The retention purge deletes
 kept emails older than the retention period (`purge_failed_emails`).
 
+Code outside `gateway/store/` reaches these through the `Tx` protocol's methods of the same
+names (`tx.keep_failed_email(...)`, `tx.get_failed_email(...)`, `tx.resolve_failed_email`,
+`tx.update_processed_email`, `tx.reply_seen`), which call the functions here; the functions
+take the store's own `SqlTx` (`gateway.store.transaction`), as `store.transaction()` and
+`ConsoleTx.core` give it. The record, `FailedEmail`, is defined in `gateway.store.base`.
+
 Conventions are those of `gateway.store.base`: datetimes in are aware, out aware UTC.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from gateway.rules.reading import MAX_RAW_BYTES
-from gateway.store.base import EMAIL_OUTCOMES, EmailOutcome
+from gateway.store.base import EMAIL_OUTCOMES, EmailOutcome, FailedEmail
+from gateway.store.rows import aware
 from gateway.store.schema import email_messages, failed_emails, processed_emails
-from gateway.store.sql import SqlTx, _aware
+
+if TYPE_CHECKING:  # (SqlTx's methods of the same names call these functions)
+    from gateway.store.transaction import SqlTx
 
 MAX_KEPT_BYTES = MAX_RAW_BYTES
 LIST_LIMIT = 100
-
-
-@dataclass(frozen=True)
-class FailedEmail:
-    """One kept failed reply. `raw` is b"" when listed (only `get_failed_email` reads it)."""
-
-    id: int
-    key: str
-    received_at: datetime
-    origin: dict[str, Any]
-    reason: str
-    why: str | None  # one of gateway.rules.emails.NOT_TEXTED_WHY, or None (malformed, internal)
-    sender: str | None
-    subject: str | None
-    conversation_id: int | None
-    truncated: bool
-    resolved_at: datetime | None
-    resolution: str | None
-    raw: bytes = b""
-    size: int = 0
 
 
 def _row(row: sa.RowMapping, *, with_raw: bool) -> FailedEmail:
@@ -99,7 +87,7 @@ def keep_failed_email(
     The same `key` kept again updates the reason (and un-resolves it): one row per email."""
     if not key:
         raise ValueError("a failed-email key must be a non-empty string")
-    now = _aware(now, "now")
+    now = aware(now, "now")
     data = bytes(raw)
     values: dict[str, Any] = {
         "reason": reason[:2000],
@@ -111,13 +99,13 @@ def keep_failed_email(
         "resolved_at": None,
         "resolution": None,
     }
-    existing = tx._exec(
+    existing = tx.execute(
         sa.select(failed_emails.c.id).where(failed_emails.c.key == key)
     ).scalar_one_or_none()
     if existing is not None:
-        tx._exec(sa.update(failed_emails).where(failed_emails.c.id == existing).values(**values))
+        tx.execute(sa.update(failed_emails).where(failed_emails.c.id == existing).values(**values))
         return int(existing)
-    result = tx._exec(
+    result = tx.execute(
         failed_emails.insert()
         .values(
             key=key,
@@ -145,19 +133,19 @@ def list_failed_emails(
     stmt = sa.select(*LISTED_COLUMNS).order_by(failed_emails.c.id.desc()).limit(max(1, limit))
     if not include_resolved:
         stmt = stmt.where(failed_emails.c.resolved_at.is_(None))
-    return [_row(row, with_raw=False) for row in tx._exec(stmt).mappings()]
+    return [_row(row, with_raw=False) for row in tx.execute(stmt).mappings()]
 
 
 def count_failed_emails(tx: SqlTx) -> int:
     """How many kept failed replies are unresolved."""
     stmt = sa.select(sa.func.count()).where(failed_emails.c.resolved_at.is_(None))
-    return int(tx._exec(stmt.select_from(failed_emails)).scalar_one())
+    return int(tx.execute(stmt.select_from(failed_emails)).scalar_one())
 
 
 def get_failed_email(tx: SqlTx, failed_id: int) -> FailedEmail | None:
     """One kept failed reply with its bytes, or None."""
     stmt = sa.select(failed_emails).where(failed_emails.c.id == failed_id)
-    row = tx._exec(stmt).mappings().first()
+    row = tx.execute(stmt).mappings().first()
     return None if row is None else _row(row, with_raw=True)
 
 
@@ -166,10 +154,10 @@ def resolve_failed_email(
 ) -> None:
     """Mark a kept failed reply as dealt with by a retry that ended `outcome` ("processed":
     texted, or "ignored"); `resolution` is stored as "<outcome>: <detail>"."""
-    tx._exec(
+    tx.execute(
         sa.update(failed_emails)
         .where(failed_emails.c.id == failed_id)
-        .values(resolved_at=_aware(now, "now"), resolution=f"{outcome}: {detail}"[:2000])
+        .values(resolved_at=aware(now, "now"), resolution=f"{outcome}: {detail}"[:2000])
     )
 
 
@@ -181,23 +169,23 @@ def resolution_outcome(resolution: str | None) -> str | None:
 
 def delete_failed_email(tx: SqlTx, failed_id: int) -> bool:
     """Delete a kept failed reply; False when there was none with that id."""
-    result = tx._exec(sa.delete(failed_emails).where(failed_emails.c.id == failed_id))
+    result = tx.execute(sa.delete(failed_emails).where(failed_emails.c.id == failed_id))
     return bool(result.rowcount)
 
 
 def purge_failed_emails(tx: SqlTx, older_than: datetime) -> int:
     """Delete kept failed replies received before `older_than` (retention)."""
     stmt = sa.delete(failed_emails).where(
-        failed_emails.c.received_at < _aware(older_than, "older_than")
+        failed_emails.c.received_at < aware(older_than, "older_than")
     )
-    return int(tx._exec(stmt).rowcount)
+    return int(tx.execute(stmt).rowcount)
 
 
 def update_processed_email(tx: SqlTx, key: str, outcome: EmailOutcome, reason: str) -> None:
     """Change the recorded outcome of an email already handled (a retried failed reply)."""
     if outcome not in EMAIL_OUTCOMES:
         raise ValueError(f"outcome must be one of {EMAIL_OUTCOMES}, not {outcome!r}")
-    tx._exec(
+    tx.execute(
         sa.update(processed_emails)
         .where(processed_emails.c.key == key)
         .values(outcome=outcome, reason=reason)
@@ -214,5 +202,5 @@ def reply_seen(tx: SqlTx, message_id: str) -> int | None:
     stmt = sa.select(email_messages.c.conversation_id).where(
         email_messages.c.message_id == message_id, email_messages.c.direction == "in"
     )
-    found = tx._exec(stmt).scalar_one_or_none()
+    found = tx.execute(stmt).scalar_one_or_none()
     return None if found is None else int(found)

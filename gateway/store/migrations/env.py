@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
+from gateway.store.engine import create_store_engine
 from gateway.store.schema import metadata
-from gateway.store.sql import create_store_engine
 
 config = context.config
 
