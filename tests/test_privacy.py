@@ -109,7 +109,7 @@ def test_the_worker_purges_daily(tmp_path: Path) -> None:
     import asyncio
 
     from gateway.app import Gateway
-    from gateway.run.worker import retention_loop
+    from gateway.run.housekeeping import retention_loop
     from tests.gateway_fixtures import settings_in
 
     settings = settings_in(tmp_path / "gw", extra="privacy: {retention_days: 30}\n")
@@ -138,7 +138,7 @@ def test_the_worker_forgets_old_console_form_keys_even_without_retention(tmp_pat
     import asyncio
 
     from gateway.app import Gateway
-    from gateway.run.worker import retention_loop
+    from gateway.run.housekeeping import retention_loop
     from tests.console_fixtures import add_user
     from tests.gateway_fixtures import settings_in
 

@@ -57,10 +57,12 @@ from gateway.rules.resident_email import (
     compose,
     media_filename,
 )
+from gateway.run.housekeeping import retention_loop
 from gateway.settings import Settings
 from gateway.sms import MediaError, SmsPermanentError, SmsTemporaryError
 from gateway.store import OutboxItem, OutboxKind, StoreUnavailable
 from gateway.store.pacing import Pacer, SegmentPacer, pacer_for
+from gateway.waiting import sleep_or
 
 _T = TypeVar("_T")
 
@@ -181,11 +183,11 @@ class Dispatcher:
             except StoreUnavailable as exc:
                 log.error("dispatcher (%s): store unavailable: %s", kind, exc)
                 handled = 0
-                await _sleep_or(stop, 2.0)
+                await sleep_or(stop, 2.0)
             if handled:
                 continue
             self._wake[kind].clear()
-            await _sleep_or(stop, self._poll_interval, self._wake[kind])
+            await sleep_or(stop, self._poll_interval, self._wake[kind])
 
     async def dispatch_once(self, kind: OutboxKind | None = None) -> int:
         """Claim and handle one batch of due rows (of `kind`, or of both); the number handled."""
@@ -545,16 +547,6 @@ def is_dead_worker(claimant: str, me: str) -> bool:
     return False
 
 
-async def _sleep_or(stop: asyncio.Event, seconds: float, *others: asyncio.Event) -> None:
-    """Sleep up to `seconds`, waking early when any event is set."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in (stop, *others)]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
 def ingress_recipients(settings: Settings) -> Callable[[str], bool]:
     """Which RCPT addresses the reply ingress takes: the reply addresses
     (`email.reply_address` with any token) and the gateway's From address
@@ -612,43 +604,3 @@ async def run_worker(
     finally:
         if ingress is not None:
             await ingress.stop()
-
-
-RETENTION_EVERY = 24 * 3600.0
-RETENTION_FIRST_AFTER = 60.0
-
-
-async def retention_loop(
-    gateway: Gateway,
-    stop: asyncio.Event,
-    *,
-    first_after: float = RETENTION_FIRST_AFTER,
-    every: float = RETENTION_EVERY,
-) -> None:
-    """Blank message texts older than `privacy.retention_days`, daily (counts are kept);
-    and forget the console's day-old form keys and presence marks."""
-    from gateway.store.privacy import purge_texts
-
-    days = gateway.settings.privacy.retention_days
-    await _sleep_or(stop, first_after)
-    while not stop.is_set():
-        now = datetime.now(UTC)
-        try:
-            if days > 0:
-                result = await asyncio.to_thread(
-                    purge_texts, gateway.store, now - timedelta(days=days)
-                )
-                log.info(
-                    "retention purge (%d days): %d texts blanked, %d sent outbox rows deleted",
-                    days, result.texts_blanked, result.outbox_deleted,
-                )
-            await asyncio.to_thread(_prune_console, gateway, now - timedelta(days=1))
-        except StoreUnavailable as exc:
-            log.warning("retention purge postponed: store unavailable: %s", exc)
-        await _sleep_or(stop, every)
-
-
-def _prune_console(gateway: Gateway, before: datetime) -> None:
-    with gateway.console.transaction() as tx:
-        gone = tx.prune(before)
-    log.debug("console housekeeping: %d old form keys and presence marks removed", gone)

@@ -19,7 +19,6 @@ store's pool, to the database `postgres_conninfo(store)` names (None on SQLite):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ import psycopg
 from gateway.store.base import Store
 from gateway.store.engine import POSTGRES_CONNECT_ARGS
 from gateway.store.sql import SqlStore
+from gateway.waiting import sleep_or
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,6 @@ async def _close_quietly(conn: psycopg.AsyncConnection[Any] | None) -> None:
         await asyncio.wait_for(conn.close(), 5.0)
     except (psycopg.Error, OSError, TimeoutError) as exc:
         log.debug("closing a coordination connection: %s", exc)
-
-
-async def _sleep_or(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
 
 
 class MailboxLease:
@@ -132,7 +127,7 @@ class MailboxLease:
                     waiting_logged = True
             except (psycopg.Error, OSError) as exc:
                 log.warning("mailbox lease %s: database unavailable: %s", self.name, exc)
-            await _sleep_or(stop, self.retry_seconds)
+            await sleep_or(stop, self.retry_seconds)
         return False
 
     async def held(self) -> bool:
@@ -209,7 +204,7 @@ async def while_leased(
             raise error
         if not lost and not stop.is_set():
             # the listener returned by itself (it should not): pause before trying again
-            await _sleep_or(stop, lease.retry_seconds)
+            await sleep_or(stop, lease.retry_seconds)
 
 
 class OutboxListener:
@@ -256,5 +251,5 @@ class OutboxListener:
                 self.listening.clear()
                 await _close_quietly(conn)
             if not stop.is_set():
-                await _sleep_or(stop, delay)
+                await sleep_or(stop, delay)
                 delay = min(self.max_backoff, delay * 2)
