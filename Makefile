@@ -9,6 +9,9 @@ DEPS_HASH  := $(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 RUN_STAMP  := $(VENV)/.installed-run-$(DEPS_HASH)
 TEST_STAMP := $(VENV)/.installed-test-$(DEPS_HASH)
 SANDBOX    := var/sandbox
+# An editable install (so a change to gateway/ needs no reinstall); setuptools warns at every
+# editable install that a folder named like the package may shadow it, which is the point here.
+PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet
 
 .PHONY: run test lint typecheck unit bench system-deps sandbox-reset clean
 
@@ -17,13 +20,13 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(RUN_STAMP): setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(PIP_INSTALL) -e .
 	rm -f $(VENV)/.installed-run-*
 	touch $(RUN_STAMP)
 
 # The test install holds everything running needs too: it makes both stamps.
 $(TEST_STAMP): setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(PIP_INSTALL) -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $(TEST_STAMP) $(RUN_STAMP)
 
