@@ -365,9 +365,9 @@ def run(seconds: float, replies: int) -> tuple[list[Figure], str]:
 
 def load_burst(loop: Loop, numbers: list[str], folder: Path, seconds: float) -> int:
     """wrk, 16 connections, pre-signed texts from the seeded residents; the texts sent."""
+    from gateway.rules.phone import normalise_number
     from gateway.run.sandbox import twilio_form
     from gateway.sms.twilio.signature import TwilioSignature
-    from gateway.rules.phone import normalise_number
 
     signature = TwilioSignature(loop.settings.sms.auth_token, loop.settings.public_url)
     path = folder / "burst.tsv"

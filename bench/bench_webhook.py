@@ -96,8 +96,8 @@ def prepare(folder: Path, requests: int, residents: int = 1000) -> Prepared:
     """Settings, a migrated database with `residents` known residents (each already with an
     open conversation), and a file of `requests` pre-signed webhook requests."""
     from gateway.app import Gateway
-    from gateway.flows.text_in import InboundText
     from gateway.settings import load_settings
+    from gateway.sms.base import InboundText
     from gateway.sms.twilio.signature import TwilioSignature
     from gateway.store import Resident
 

@@ -95,9 +95,9 @@ def pacing(seconds: float) -> list[Figure]:
 
 
 def matcher() -> list[Figure]:
-    from tests.paths import shared_file
+    from tests.paths import data_file
 
-    census = shared_file("municipalities", "ocd_division_ids_ca", "derived_csd_with_province.csv")
+    census = data_file("municipalities", "ocd_division_ids_ca", "derived_csd_with_province.csv")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         worst, baseline = bench_matcher.run(census, REPO / "municipality_map.yaml", rounds=5)

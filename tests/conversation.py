@@ -1,10 +1,13 @@
-"""A salmon-style conversation driver over keywords + dialogue (pure: no store, no HTTP).
+"""A salmon-style conversation driver over the REAL inbound flow.
 
-It plays the webhook's part the way `gateway/inbound.py` does: keywords first (STOP marks the
-number opted out and answers; START clears it; HELP/INFO answer; CITY/VILLE go to the dialogue),
-then `dialogue.step`, whose actions it carries out in memory. Tests read like scripts:
+Each `say` hands one text to `gateway.inbound.handle` (`gateway.flows.text_in.InboundService`)
+of a real `Gateway` on a temporary SQLite store: exactly what `POST /sms/inbound` runs after
+the signature check and the form parsing (keywords, the dialogue, held texts, emails queued in
+the outbox, all in one transaction). The municipalities are the test's own `Directory`. What
+happened is read back from the store: the resident's row, the held texts, the resident emails
+in the outbox. Tests read like scripts (the `conversation` fixture of conftest.py makes one):
 
-    convo = Conversation(directory)
+    convo = conversation(directory)
     convo.say("+16135550100", "There is a pothole on Bank St", expect="Which city")
     convo.say("+16135550100", "otawa", expect="Ottawa")
     assert convo.delivered("+16135550100") == [("ottawa", ["There is a pothole on Bank St"])]
@@ -16,52 +19,84 @@ that is not found as a substring but matches as a regex) checked against the rep
 
 from __future__ import annotations
 
+import itertools
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
-from gateway.rules import dialogue, keywords
-from gateway.rules.dialogue import Action, DialogueState, DirectoryView, Inbound
-from gateway.rules.keywords import Keyword
+import sqlalchemy as sa
+
+from gateway.app import DirectoryHolder, Gateway
+from gateway.flows.text_in import Outcome
+from gateway.rules.dialogue import DialogueState
+from gateway.rules.municipalities import Directory
+from gateway.rules.resident_email import MediaRef, ResidentEmail
+from gateway.sms.base import InboundText
+from gateway.store.schema import messages
+from tests.gateway_fixtures import migrated_gateway
+
+PICTURE = MediaRef(url="https://api.twilio.com/media/ME1", content_type="image/jpeg")
+
+
+class GivenDirectory(DirectoryHolder):
+    """The gateway's directory holder, holding a `Directory` built by the test (no map file)."""
+
+    def __init__(self, directory: Directory) -> None:  # no map file to load: no super()
+        self._given = directory
+
+    def __call__(self) -> Directory:
+        return self._given
+
+    def reload(self) -> Directory:
+        return self._given
 
 
 @dataclass(frozen=True)
 class Turn:
-    """What one text caused."""
+    """What one text caused: the flow's own `Outcome`."""
 
     text: str
-    replies: tuple[str, ...]
-    actions: tuple[Action, ...]
-    keyword: Keyword | None
+    outcome: Outcome
+
+    @property
+    def replies(self) -> tuple[str, ...]:
+        return self.outcome.replies
 
     @property
     def reply(self) -> str:
         """All replies of the turn, one per line ("" if none)."""
         return "\n".join(self.replies)
 
+    @property
+    def step(self) -> str:
+        """What the dialogue did: held | answered | delivered | fallback | keyword."""
+        return self.outcome.step
 
-@dataclass
-class Resident:
-    """What the gateway would store for one phone number."""
-
-    state: DialogueState = field(default_factory=DialogueState)
-    opted_out: bool = False
-    held: list[str] = field(default_factory=list)
-    delivered: list[tuple[str, list[str]]] = field(default_factory=list)
-    fallback: list[list[str]] = field(default_factory=list)
-    suppressed: list[str] = field(default_factory=list)  # replies not sent (opted out)
-    turns: list[Turn] = field(default_factory=list)
+    @property
+    def keyword(self) -> str | None:
+        return self.outcome.keyword
 
 
 class Conversation:
-    """Drives texts from several phones through keywords and the dialogue."""
+    """Drives texts from several phones through a real gateway's inbound flow."""
 
-    def __init__(self, directory: DirectoryView, *, round_trip_state: bool = True) -> None:
-        self.directory = directory
-        self.round_trip_state = round_trip_state  # store the state as JSON between turns
-        self.residents: dict[str, Resident] = {}
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._sids = itertools.count(1)
+        self._engine = sa.create_engine(gateway.settings.database)
 
-    def resident(self, phone: str) -> Resident:
-        return self.residents.setdefault(phone, Resident())
+    @classmethod
+    def open(cls, folder: Path, directory: Directory) -> Conversation:
+        """A gateway over a freshly migrated SQLite store in `folder` whose municipalities
+        are `directory`. Close it with `close()`."""
+        gateway: Gateway = migrated_gateway(folder)
+        gateway.directory = GivenDirectory(directory)  # before `gateway.inbound` is built
+        return cls(gateway)
+
+    def close(self) -> None:
+        self._engine.dispose()
+        self.gateway.close()
 
     def say(
         self,
@@ -75,90 +110,68 @@ class Conversation:
         silent: bool = False,
     ) -> Turn:
         """Send ``text`` from ``phone``; check the replies against ``expect`` / ``silent``."""
-        resident = self.resident(phone)
-        keyword = None if has_media else keywords.classify(text)
-        if keyword is not None and keyword.kind != "city":
-            turn = self._keyword(resident, text, keyword)
-        else:
-            turn = self._dialogue(resident, text, from_city, from_state, has_media)
-        resident.turns.append(turn)
+        inbound = InboundText(
+            sid=f"SM{next(self._sids):032d}",
+            phone=phone,
+            to="31100",
+            body=text,
+            received_at=datetime.now(UTC),
+            media=(PICTURE,) if has_media else (),
+            from_city=from_city,
+            from_state=from_state,
+        )
+        outcome = self.gateway.inbound.handle(inbound)
+        assert not outcome.duplicate, outcome
+        for reply in outcome.replies:
+            assert len(reply) <= 160, f"reply over 160 characters: {reply!r}"
+        turn = Turn(text=text, outcome=outcome)
         _check(turn, expect, silent)
         return turn
 
-    def _keyword(self, resident: Resident, text: str, keyword: Keyword) -> Turn:
-        language = keyword.language_or(resident.state.language)
-        resident.state = replace(resident.state, language=language)
-        if keyword.kind == "stop":
-            resident.opted_out = True
-            replies = [keywords.reply("stop", language)]  # the one message after STOP
-        elif keyword.kind == "start":
-            resident.opted_out = False
-            replies = [keywords.reply("start", language)]
-        elif resident.opted_out:
-            resident.suppressed.append(keywords.reply(keyword.kind, language))
-            replies = []
-        else:
-            replies = [keywords.reply(keyword.kind, language)]
-        return Turn(text=text, replies=tuple(replies), actions=(), keyword=keyword)
-
-    def _dialogue(
-        self,
-        resident: Resident,
-        text: str,
-        from_city: str | None,
-        from_state: str | None,
-        has_media: bool,
-    ) -> Turn:
-        state = resident.state
-        if self.round_trip_state:
-            state = DialogueState.from_dict(state.to_dict())
-        inbound = Inbound(
-            text=text,
-            from_city=from_city,
-            from_state=from_state,
-            has_media=has_media,
-            opted_out=resident.opted_out,
-        )
-        state, actions = dialogue.step(state, inbound, self.directory)
-        replies: list[str] = []
-        for action in actions:
-            if isinstance(action, dialogue.Hold):
-                resident.held.append(text)
-            elif isinstance(action, dialogue.Reply):
-                assert len(action.text) <= 160, f"reply over 160 characters: {action.text!r}"
-                if resident.opted_out:
-                    resident.suppressed.append(action.text)
-                else:
-                    replies.append(action.text)
-            elif isinstance(action, dialogue.Deliver):
-                assert self.directory.get(action.municipality_id) is not None, action
-                texts = [*resident.held, *([text] if action.include_current else [])]
-                resident.held.clear()
-                if texts:
-                    resident.delivered.append((action.municipality_id, texts))
-            elif isinstance(action, dialogue.Fallback):
-                if resident.held:
-                    resident.fallback.append(list(resident.held))
-                resident.held.clear()
-        resident.state = state
-        return Turn(text=text, replies=tuple(replies), actions=tuple(actions), keyword=None)
-
-    # -- what happened, per phone ----------------------------------------------------------
+    # -- what happened, per phone, as the store has it ---------------------------------------
 
     def state(self, phone: str) -> DialogueState:
-        return self.resident(phone).state
-
-    def held(self, phone: str) -> list[str]:
-        return list(self.resident(phone).held)
-
-    def delivered(self, phone: str) -> list[tuple[str, list[str]]]:
-        return list(self.resident(phone).delivered)
-
-    def fallback(self, phone: str) -> list[list[str]]:
-        return list(self.resident(phone).fallback)
+        """The resident's dialogue state as stored (a fresh one for an unknown number)."""
+        with self.gateway.store.transaction() as tx:
+            resident = tx.get_resident(phone)
+        return DialogueState.from_dict(resident.dialogue) if resident else DialogueState()
 
     def municipality(self, phone: str) -> str | None:
-        return self.resident(phone).state.municipality_id
+        with self.gateway.store.transaction() as tx:
+            resident = tx.get_resident(phone)
+        return resident.municipality_id if resident else None
+
+    def held(self, phone: str) -> list[str]:
+        """The texts kept while the municipality is asked for, oldest first."""
+        query = (
+            sa.select(messages.c.body)
+            .where(messages.c.phone == phone, messages.c.held.is_(True))
+            .order_by(messages.c.received_at, messages.c.id)
+        )
+        with self._engine.connect() as conn:
+            return [str(body) for body in conn.execute(query).scalars()]
+
+    def delivered(self, phone: str) -> list[tuple[str, list[str]]]:
+        """Each email queued to a municipality for this phone: (municipality id, its texts)."""
+        return [(m, texts) for m, texts in self._emails(phone) if m is not None]
+
+    def fallback(self, phone: str) -> list[list[str]]:
+        """The texts of each email queued to the fallback mailbox (municipality unknown)."""
+        return [texts for m, texts in self._emails(phone) if m is None]
+
+    def _emails(self, phone: str) -> list[tuple[str | None, list[str]]]:
+        out: list[tuple[str | None, list[str]]] = []
+        for item in self.gateway.store.list_outbox(None):  # oldest first
+            if item.kind != "email" or item.payload.get("type", "resident") != "resident":
+                continue
+            email = ResidentEmail.from_dict(item.payload)
+            if email.resident_e164 != phone:
+                continue
+            with self.gateway.store.transaction() as tx:
+                conversation = tx.get_conversation(email.conversation_id)
+            assert conversation is not None, email.conversation_id
+            out.append((conversation.municipality_id, [t.body for t in email.texts]))
+        return out
 
 
 def _check(turn: Turn, expect: str | re.Pattern[str] | None, silent: bool) -> None:

@@ -123,13 +123,17 @@ def _error_body(status: int, code: int, message: str) -> dict[str, Any]:
     }
 
 
+ACCOUNT_SID = "AC" + "0" * 32  # the default credentials (conftest's `api` fixture)
+AUTH_TOKEN = "fake-auth-token"
+
+
 class FakeTwilio:
     """The fake API; use as a context manager. `base_url` is "http://127.0.0.1:<port>"."""
 
     def __init__(
         self,
-        account_sid: str = "AC" + "0" * 32,
-        auth_token: str = "fake-auth-token",
+        account_sid: str = ACCOUNT_SID,
+        auth_token: str = AUTH_TOKEN,
         *,
         cdn_host: str = "localhost",
         queue_only: bool = False,

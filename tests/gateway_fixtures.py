@@ -1,6 +1,7 @@
 """Shared test helpers: settings files, a signed-webhook conversation driver, a free port.
 
-Kept out of conftest.py so that tests import what they use explicitly.
+Plain functions and classes, imported explicitly; the fixtures built on them (`gateway`,
+`api`, …) are in conftest.py.
 """
 
 from __future__ import annotations

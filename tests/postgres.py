@@ -138,6 +138,20 @@ def throwaway_database_name(prefix: str = "sms311_test") -> Iterator[str]:
 
 
 @contextmanager
+def empty_schema(dbname: str) -> Iterator[str]:
+    """A fresh, empty schema in `dbname`; yields a store URL whose search_path puts it first.
+    Dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with connect(dbname) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield database_url(dbname, search_path=schema)
+    finally:
+        with connect(dbname) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@contextmanager
 def migrated_schema(dbname: str) -> Iterator[str]:
     """A fresh schema in `dbname`, migrated to the newest revision; yields a store URL whose
     search_path puts it first. Dropped afterwards. (A schema rather than a database per

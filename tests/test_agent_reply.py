@@ -1,17 +1,15 @@
 """One reply path for both doors (gateway.flows.agent_reply): a console reply and an email reply
 queue the same SMS rows over a real SQLite store; a console reply is also copied into
-the conversation's email thread (a "console_reply" notice, composed by gateway.rules.emails)."""
+the conversation's email thread (a "console_reply" notice, composed by gateway.rules.agent_notice)."""
 
 from __future__ import annotations
 
 import email
 import email.policy
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import make_msgid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,13 +17,13 @@ import pytest
 from gateway.app import Gateway
 from gateway.flows.agent_reply import QueuedReply, prepare_text, queue_reply
 from gateway.flows.reply_in import ReplyService
-from gateway.flows.text_in import InboundText
 from gateway.mail.types import MailOrigin
-from gateway.rules import emails, segments
-from gateway.rules.emails import AgentNotice, ResidentEmail
+from gateway.rules import segments
+from gateway.rules.agent_notice import AgentNotice, compose_notice
 from gateway.rules.reading import parse_reply
+from gateway.rules.resident_email import ResidentEmail
+from gateway.sms.base import InboundText
 from gateway.store import Conversation, StoredMessage
-from tests.gateway_fixtures import migrated_gateway
 
 PHONE = "+16135550123"
 MAILBOX = "311@ottawa.example"
@@ -34,13 +32,6 @@ CONSOLE_NAME = "Sam Tremblay"
 EMAIL_AGENT = "jane.doe@ottawa.example"
 NOW = datetime(2026, 11, 22, 15, 4, tzinfo=UTC)
 ORIGIN = MailOrigin(kind="imap", mailbox="INBOX", uidvalidity=1, uid=1)
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    gw: Gateway = migrated_gateway(tmp_path)
-    yield gw
-    gw.close()
 
 
 _sids = iter(range(10_000))
@@ -130,7 +121,7 @@ def set_agent(gateway: Gateway, conversation: Conversation, agent: str | None) -
 
 def visible(notice: AgentNotice) -> tuple[EmailMessage, str, str]:
     """The copy as the mailbox receives it: headers, body, and the body on one line."""
-    raw = emails.compose_notice(notice).as_bytes()
+    raw = compose_notice(notice).as_bytes()
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     part = parsed.get_body(("plain",))

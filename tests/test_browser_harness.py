@@ -16,6 +16,8 @@ from playwright.sync_api import Browser
 from tests import browser as harness
 from tests.browser import axe_violations, format_violations, new_page, watch_console
 
+pytestmark = pytest.mark.slow  # headless Chromium
+
 STATIC = Path(__file__).resolve().parent.parent / "gateway" / "web" / "static"
 PIXEL = b'<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"/>'
 CSP = "default-src 'self'; script-src 'self'"

@@ -40,7 +40,7 @@ USERS = (
 )
 
 
-class Gateway:
+class RunningGateway:
     """The running gateway and what surrounds it."""
 
     def __init__(self, loop: Loop, ingress_port: int) -> None:
@@ -69,7 +69,8 @@ class Gateway:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """`sms311 run` as a subprocess for the whole module (not conftest's in-process `gateway`)."""
     ingress_port = free_port()
     loop = Loop(tmp_path_factory.mktemp("console"), None, ingress_port)
     try:
@@ -82,7 +83,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                 env=loop.env, check=False,
             )
             assert added.returncode == 0, added.stdout + added.stderr
-        yield Gateway(loop, ingress_port)
+        yield RunningGateway(loop, ingress_port)
     finally:
         output = loop.stop()
     assert "555-01" not in output.replace("***", "")  # numbers masked in the gateway's log
@@ -94,8 +95,8 @@ def chromium() -> Iterator[Browser]:
         yield b
 
 
-def sign_in(chromium: Browser, gateway: Gateway, email: str, locale: str = "en-CA") -> Page:
-    page = new_page(chromium, locale=locale, base_url=gateway.url)
+def sign_in(chromium: Browser, running: RunningGateway, email: str, locale: str = "en-CA") -> Page:
+    page = new_page(chromium, locale=locale, base_url=running.url)
     page.goto("/console/login")
     page.get_by_label("Email" if locale.startswith("en") else "Courriel").fill(email)
     page.get_by_label("Password" if locale.startswith("en") else "Mot de passe").fill(PASSWORD)
@@ -104,13 +105,13 @@ def sign_in(chromium: Browser, gateway: Gateway, email: str, locale: str = "en-C
     return page
 
 
-def new_resident(gateway: Gateway, number: str, text: str, media: Any = None,
+def new_resident(running: RunningGateway, number: str, text: str, media: Any = None,
                  city: str = "Ottawa") -> EmailMessage:
-    before = len(gateway.loop.collector.messages)
-    gateway.text(number, text, media)  # the gateway asks for the municipality
-    gateway.text(number, city)
-    wait_for(lambda: len(gateway.loop.collector.messages) > before, "the resident's email")
-    return gateway.loop.collector.messages[before]
+    before = len(running.loop.collector.messages)
+    running.text(number, text, media)  # the gateway asks for the municipality
+    running.text(number, city)
+    wait_for(lambda: len(running.loop.collector.messages) > before, "the resident's email")
+    return running.loop.collector.messages[before]
 
 
 def open_conversation(page: Page, number_shown: str) -> None:
@@ -118,12 +119,14 @@ def open_conversation(page: Page, number_shown: str) -> None:
     expect(page.get_by_role("heading", level=1)).to_contain_text(number_shown)
 
 
-def test_an_agent_answers_a_resident_from_the_browser(chromium: Browser, gateway: Gateway) -> None:
-    page = sign_in(chromium, gateway, "dana@ottawa.example")
+def test_an_agent_answers_a_resident_from_the_browser(
+    chromium: Browser, running: RunningGateway,
+) -> None:
+    page = sign_in(chromium, running, "dana@ottawa.example")
     console = watch_console(page)
     # A resident's text appears in the list without a reload.
-    picture = gateway.loop.api.add_media("image/png", PIXEL)
-    first_email = new_resident(gateway, "613-555-0101", "Pothole on Bank St at Gladstone",
+    picture = running.loop.api.add_media("image/png", PIXEL)
+    first_email = new_resident(running, "613-555-0101", "Pothole on Bank St at Gladstone",
                                media=[(picture, "image/png")])
     row = page.get_by_role("link", name="(613) 555-0101")
     expect(row).to_be_visible(timeout=15_000)
@@ -149,52 +152,56 @@ def test_an_agent_answers_a_resident_from_the_browser(chromium: Browser, gateway
     expect(page.get_by_role("status")).to_contain_text("Reply queued")
 
     # The SMS reaches the provider once; a copy goes into the email thread.
-    wait_for(lambda: [m["Body"] for m in gateway.loop.api.messages
+    wait_for(lambda: [m["Body"] for m in running.loop.api.messages
                       if m["To"] == "+16135550101"] == ["A crew is on the way."], "the SMS")
     wait_for(lambda: any("A crew is on the way." in body_text(m)
-                         for m in gateway.emails_to("311@ottawa.example")), "the email copy")
-    copy = next(m for m in gateway.emails_to("311@ottawa.example")
+                         for m in running.emails_to("311@ottawa.example")), "the email copy")
+    copy = next(m for m in running.emails_to("311@ottawa.example")
                 if "A crew is on the way." in body_text(m))
     assert copy["Subject"].endswith(first_email["Subject"])
     assert first_email["Message-ID"] in copy["References"]
 
     # Its delivery status appears live.
-    sms = next(m for m in gateway.loop.api.messages if m["To"] == "+16135550101")
-    gateway.loop.api.send_status(sms["_sid"], "delivered")
+    sms = next(m for m in running.loop.api.messages if m["To"] == "+16135550101")
+    running.loop.api.send_status(sms["_sid"], "delivered")
     out = page.locator(".item-out", has_text="A crew is on the way.")
     expect(out).to_contain_text("Delivered", timeout=15_000)
 
     # An agent's email reply appears in the console without a reload.
-    gateway.mail_reply(first_email, "Second answer, by email.", sender="jane@ottawa.example")
+    running.mail_reply(first_email, "Second answer, by email.", sender="jane@ottawa.example")
     expect(page.locator(".item-out", has_text="Second answer, by email.")).to_contain_text(
         "by email", timeout=15_000)
     # And a new text from the resident.
-    gateway.text("613-555-0101", "Thank you!")
+    running.text("613-555-0101", "Thank you!")
     expect(page.locator(".item-in", has_text="Thank you!")).to_be_visible(timeout=15_000)
     assert not [line for line in console if "Content Security Policy" in line], console
     page.context.close()
 
 
-def test_assignment_sends_the_next_text_to_that_agent(chromium: Browser, gateway: Gateway) -> None:
-    new_resident(gateway, "613-555-0102", "Streetlight out on Elgin")
-    page = sign_in(chromium, gateway, "dana@ottawa.example")
+def test_assignment_sends_the_next_text_to_that_agent(
+    chromium: Browser, running: RunningGateway,
+) -> None:
+    new_resident(running, "613-555-0102", "Streetlight out on Elgin")
+    page = sign_in(chromium, running, "dana@ottawa.example")
     open_conversation(page, "(613) 555-0102")
     page.get_by_label("Assign to", exact=True).select_option(label="Sam Agent (sam@ottawa.example)")
     page.get_by_role("button", name="Assign", exact=True).click()
     expect(page.get_by_role("status")).to_contain_text("Assigned to")
-    before = len(gateway.emails_to("sam@ottawa.example"))
-    gateway.text("613-555-0102", "Still dark tonight")
-    wait_for(lambda: len(gateway.emails_to("sam@ottawa.example")) > before, "the email to Sam")
-    email = gateway.emails_to("sam@ottawa.example")[-1]
+    before = len(running.emails_to("sam@ottawa.example"))
+    running.text("613-555-0102", "Still dark tonight")
+    wait_for(lambda: len(running.emails_to("sam@ottawa.example")) > before, "the email to Sam")
+    email = running.emails_to("sam@ottawa.example")[-1]
     assert "Still dark tonight" in body_text(email)
     assert "311@ottawa.example" in str(email["Cc"])
     page.context.close()
 
 
-def test_presence_shows_who_else_is_on_the_conversation(chromium: Browser, gateway: Gateway) -> None:
-    new_resident(gateway, "613-555-0103", "Graffiti on the bridge")
-    dana = sign_in(chromium, gateway, "dana@ottawa.example")
-    sam = sign_in(chromium, gateway, "sam@ottawa.example")
+def test_presence_shows_who_else_is_on_the_conversation(
+    chromium: Browser, running: RunningGateway,
+) -> None:
+    new_resident(running, "613-555-0103", "Graffiti on the bridge")
+    dana = sign_in(chromium, running, "dana@ottawa.example")
+    sam = sign_in(chromium, running, "sam@ottawa.example")
     open_conversation(dana, "(613) 555-0103")
     open_conversation(sam, "(613) 555-0103")
     expect(dana.locator("#presence")).to_contain_text("Sam Agent is viewing", timeout=15_000)
@@ -204,22 +211,22 @@ def test_presence_shows_who_else_is_on_the_conversation(chromium: Browser, gatew
     sam.context.close()
 
 
-def test_another_municipality_is_not_there(chromium: Browser, gateway: Gateway) -> None:
-    new_resident(gateway, "613-555-0104", "Noise complaint")
-    dana = sign_in(chromium, gateway, "dana@ottawa.example")
+def test_another_municipality_is_not_there(chromium: Browser, running: RunningGateway) -> None:
+    new_resident(running, "613-555-0104", "Noise complaint")
+    dana = sign_in(chromium, running, "dana@ottawa.example")
     open_conversation(dana, "(613) 555-0104")
     url = dana.url
     dana.context.close()
-    marc = sign_in(chromium, gateway, "marc@montreal.example")
+    marc = sign_in(chromium, running, "marc@montreal.example")
     expect(marc.get_by_role("link", name="(613) 555-0104")).to_have_count(0)
     response = marc.goto(url)
     assert response is not None and response.status == 404
     marc.context.close()
 
 
-def test_csrf_refusal_and_logout(chromium: Browser, gateway: Gateway) -> None:
-    new_resident(gateway, "613-555-0105", "Broken bench")
-    page = sign_in(chromium, gateway, "dana@ottawa.example")
+def test_csrf_refusal_and_logout(chromium: Browser, running: RunningGateway) -> None:
+    new_resident(running, "613-555-0105", "Broken bench")
+    page = sign_in(chromium, running, "dana@ottawa.example")
     open_conversation(page, "(613) 555-0105")
     reply_url = page.url + "/reply"
     # A forged form (a page elsewhere posting with the agent's cookie) carries no token.
@@ -230,7 +237,7 @@ def test_csrf_refusal_and_logout(chromium: Browser, gateway: Gateway) -> None:
              headers: {"Content-Type": "application/x-www-form-urlencoded"},
              body: "text=forged"})).status""", reply_url)
     assert sent == 400
-    assert not [m for m in gateway.loop.api.messages if m["Body"] == "forged"]
+    assert not [m for m in running.loop.api.messages if m["Body"] == "forged"]
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
     page.goto("/console/conversations")
@@ -238,29 +245,29 @@ def test_csrf_refusal_and_logout(chromium: Browser, gateway: Gateway) -> None:
     page.context.close()
 
 
-def test_french_interface(chromium: Browser, gateway: Gateway) -> None:
-    page = new_page(chromium, locale="fr-CA", base_url=gateway.url)
+def test_french_interface(chromium: Browser, running: RunningGateway) -> None:
+    page = new_page(chromium, locale="fr-CA", base_url=running.url)
     page.goto("/console/login")
     expect(page.locator("html")).to_have_attribute("lang", "fr")
     expect(page.get_by_role("button", name="Se connecter")).to_be_visible()
     page.context.close()
-    signed_in = sign_in(chromium, gateway, "marc@montreal.example", locale="fr-CA")
+    signed_in = sign_in(chromium, running, "marc@montreal.example", locale="fr-CA")
     expect(signed_in.get_by_role("link", name="Ouvertes", exact=False)).to_be_visible()
     expect(signed_in.get_by_role("button", name="Se déconnecter")).to_be_visible()
     signed_in.context.close()
 
 
-def test_accessibility_with_axe(chromium: Browser, gateway: Gateway) -> None:
-    email = new_resident(gateway, "613-555-0106", "Accessible pothole")
+def test_accessibility_with_axe(chromium: Browser, running: RunningGateway) -> None:
+    email = new_resident(running, "613-555-0106", "Accessible pothole")
     # an email reply that is not texted (the answer below the signature): an event in the timeline
-    gateway.mail_reply(email, "-- \nJane Doe, 311\n\nFixed tomorrow.")
-    page = new_page(chromium, base_url=gateway.url)
+    running.mail_reply(email, "-- \nJane Doe, 311\n\nFixed tomorrow.")
+    page = new_page(chromium, base_url=running.url)
     console = watch_console(page)
     page.goto("/console/login")
     problems = axe_violations(page)
     assert problems == [], "login: " + format_violations(problems)
     page.close()
-    page = sign_in(chromium, gateway, "sue@ottawa.example")
+    page = sign_in(chromium, running, "sue@ottawa.example")
     problems = axe_violations(page)
     assert problems == [], "list: " + format_violations(problems)
     open_conversation(page, "(613) 555-0106")
@@ -278,8 +285,8 @@ def test_accessibility_with_axe(chromium: Browser, gateway: Gateway) -> None:
     page.goto("/console/password")
     problems = axe_violations(page)
     assert problems == [], "password: " + format_violations(problems)
-    new_resident(gateway, "514-555-0107", "Nid-de-poule sur la rue Sherbrooke", city="Montréal")
-    french = sign_in(chromium, gateway, "marc@montreal.example", locale="fr-CA")
+    new_resident(running, "514-555-0107", "Nid-de-poule sur la rue Sherbrooke", city="Montréal")
+    french = sign_in(chromium, running, "marc@montreal.example", locale="fr-CA")
     problems = axe_violations(french)
     assert problems == [], "list (fr): " + format_violations(problems)
     open_conversation(french, "(514) 555-0107")

@@ -4,9 +4,7 @@ reply emails that were not texted."""
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,19 +14,19 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.flows.reply_in import ReplyService
-from gateway.flows.text_in import InboundText
-from gateway.rules.emails import AgentNotice, ResidentEmail
+from gateway.rules.agent_notice import AgentNotice
+from gateway.rules.resident_email import ResidentEmail
 from gateway.settings import load_settings
+from gateway.sms.base import InboundText
 from gateway.store import open_store
 from gateway.store.console import Scope
 from gateway.store.reply_mail import list_failed_emails
 from gateway.web import create_app
 from gateway.web.console import CONTENT_SECURITY_POLICY
 from tests.console_fixtures import PASSWORD, ConsoleClient, add_user
+from tests.flow_helpers import agent_reply
+from tests.flow_helpers import handle as reply_by_email
 from tests.gateway_fixtures import migrated_gateway, write_settings
-from tests.postgres import migrated_schema, throwaway_database_name
-from tests.test_reply_flow import agent_reply
-from tests.test_reply_flow import handle as reply_by_email
 
 OTTAWA_PHONE = "+16135550123"
 MONTREAL_PHONE = "+15145550199"
@@ -40,22 +38,13 @@ def make_gateway(folder: Path, **kwargs: Any) -> Gateway:
     return gateway
 
 
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    with throwaway_database_name("sms311_console") as name:
-        yield name
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
-def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gateway]:
-    """The console's tests run on both stores (the scale-out one too)."""
-    with contextlib.ExitStack() as stack:
-        database = None
-        if request.param == "postgresql":
-            database = stack.enter_context(migrated_schema(request.getfixturevalue("pg_database")))
-        gw = make_gateway(tmp_path, database=database)
-        stack.callback(gw.close)
-        yield gw
+def gateway_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The console's tests run on both stores (the scale-out one too): conftest's `gateway`
+    on SQLite, and on a migrated PostgreSQL schema."""
+    if request.param == "postgresql":
+        return {"database": request.getfixturevalue("pg_store_url")}
+    return {}
 
 
 def text_in(gateway: Gateway, body: str, phone: str = OTTAWA_PHONE) -> None:

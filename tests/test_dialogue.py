@@ -1,10 +1,13 @@
-"""The municipality dialogue, as scripts through the conversation driver (EN and FR)."""
+"""The municipality dialogue: `gateway.rules.dialogue.step` on its own, and as scripts (EN and
+FR) through the conversation driver (tests/conversation.py), which hands each text to the real
+inbound flow of a gateway on a temporary SQLite store, as the webhook does."""
 
 from __future__ import annotations
 
 import csv
 import json
 import re
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -15,7 +18,6 @@ from gateway.rules.dialogue import (
     MAX_ATTEMPTS,
     Deliver,
     DialogueState,
-    Fallback,
     Hold,
     Inbound,
     Reply,
@@ -24,7 +26,9 @@ from gateway.rules.dialogue import (
 from gateway.rules.municipalities import Directory, Municipality
 from gateway.settings.directory_build import load_census_directory
 from tests.conversation import Conversation
-from tests.paths import shared_file
+from tests.paths import data_file
+
+MakeConversation = Callable[[Directory], Conversation]  # conftest's `conversation` fixture
 
 
 def town(id: str, name: str, province: str, **kw: object) -> Municipality:
@@ -69,8 +73,8 @@ def directory() -> Directory:
 
 
 @pytest.fixture
-def convo(directory: Directory) -> Conversation:
-    return Conversation(directory)
+def convo(conversation: MakeConversation, directory: Directory) -> Conversation:
+    return conversation(directory)
 
 
 # -- English scripts ----------------------------------------------------------------------------
@@ -94,7 +98,8 @@ def test_first_text_is_held_then_a_typo_answer_delivers_it(convo: Conversation) 
 
 def test_first_text_reply_says_it_was_kept(convo: Conversation) -> None:
     turn = convo.say(ME, "Garbage was not picked up this week", expect="we got your message")
-    assert turn.actions == (Hold(), Reply(prompts.ask_city_first("en")))
+    assert (turn.step, turn.replies) == ("held", (prompts.ask_city_first("en"),))
+    assert convo.held(ME) == ["Garbage was not picked up this week"]
 
 
 def test_ambiguous_name_then_answer_by_number(convo: Conversation) -> None:
@@ -127,13 +132,13 @@ def test_ambiguous_name_then_a_different_city(convo: Conversation) -> None:
     assert convo.delivered(ME) == [("ottawa", ["Broken swing in the park"])]
 
 
-def test_province_answer_narrows_a_choice(directory: Directory) -> None:
+def test_province_answer_narrows_a_choice(conversation: MakeConversation) -> None:
     twins = [
         town("woodstock-nb-1", "Woodstock", "NB"),
         town("woodstock-nb-2", "Woodstock", "NB"),
         town("woodstock-on", "Woodstock", "ON"),
     ]
-    convo = Conversation(Directory([*MUNICIPALITIES, *twins]))
+    convo = conversation(Directory([*MUNICIPALITIES, *twins]))
     convo.say(ME, "Woodstock", expect="3 Woodstock, ON")
     convo.say(ME, "New Brunswick", expect=re.compile(r"1 Woodstock, NB\n2 Woodstock, NB\nOr"))
     assert convo.state(ME).attempts == 0
@@ -234,7 +239,7 @@ def test_three_failures_send_everything_held_to_the_fallback(convo: Conversation
     convo.say(ME, "There is also a dead skunk near the school, it smells terrible",
               expect="we will send this too")
     turn = convo.say(ME, "qwerty", expect="Text CITY to try again, or call 311")
-    assert Fallback() in turn.actions
+    assert turn.step == "fallback"
     assert convo.fallback(ME) == [
         ["Dead raccoon on my lawn",
          "There is also a dead skunk near the school, it smells terrible"],
@@ -263,7 +268,7 @@ def test_a_resident_who_never_answers_still_reaches_a_human(convo: Conversation)
 def test_media_while_asking_is_held(convo: Conversation) -> None:
     convo.say(ME, "Look at this pothole", expect="Which city")
     turn = convo.say(ME, "Ottawa", has_media=True, expect="we will send this too")
-    assert Hold() in turn.actions
+    assert turn.step == "held"
     convo.say(ME, "Ottawa", expect="Ottawa, ON")
     assert convo.delivered(ME) == [("ottawa", ["Look at this pothole", "Ottawa"])]
 
@@ -297,7 +302,7 @@ def test_city_then_failures_keep_the_old_city(convo: Conversation) -> None:
 
 def test_first_text_that_is_a_place_is_an_answer(convo: Conversation) -> None:
     turn = convo.say(ME, "Ottawa", expect="Your messages now go to Ottawa, ON")
-    assert Hold() not in turn.actions
+    assert turn.step == "answered"  # not held
     assert convo.delivered(ME) == []
     convo.say(YOU, "Victoria", expect="1 Victoria, BC")
     assert convo.held(YOU) == []
@@ -325,7 +330,7 @@ def test_first_text_that_is_not_only_a_place_is_held(convo: Conversation, text: 
 
 def test_empty_first_text_asks_without_holding(convo: Conversation) -> None:
     turn = convo.say(ME, "   ", expect="Which city")
-    assert turn.actions == (Reply(prompts.ask_city("en")),)
+    assert (turn.step, turn.replies) == ("answered", (prompts.ask_city("en"),))
     assert convo.held(ME) == []
 
 
@@ -396,9 +401,9 @@ def test_stop_in_the_middle_then_texts_go_to_the_fallback_silently(convo: Conver
     convo.say(ME, "Pothole on Bank", expect="Which city")
     convo.say(ME, "STOP", expect="no more messages")
     turn = convo.say(ME, "Another pothole on Elgin", silent=True)
-    assert turn.actions == (Hold(), Fallback())
+    assert turn.step == "fallback"  # held, then sent on with the others: no more questions
     assert convo.fallback(ME) == [["Pothole on Bank", "Another pothole on Elgin"]]
-    convo.say(ME, "HELP", silent=True)
+    convo.say(ME, "HELP", expect="STOP")  # keywords are answered from anyone, even now
     convo.say(ME, "START", expect="subscribed again")
     convo.say(ME, "Ottawa", expect="Ottawa, ON")
 
@@ -542,7 +547,7 @@ def test_step_never_fails_and_keeps_its_promises(
 
 # -- the whole census directory -------------------------------------------------------------------
 
-CENSUS_CSV = shared_file("municipalities", "ocd_division_ids_ca", "derived_csd_with_province.csv")
+CENSUS_CSV = data_file("municipalities", "ocd_division_ids_ca", "derived_csd_with_province.csv")
 
 
 @pytest.fixture(scope="module")
@@ -550,15 +555,15 @@ def census() -> Directory:
     return load_census_directory(CENSUS_CSV)
 
 
-def test_census_script(census: Directory) -> None:
-    convo = Conversation(census)
+def test_census_script(conversation: MakeConversation, census: Directory) -> None:
+    convo = conversation(census)
     convo.say(ME, "Il y a un nid-de-poule devant l'église", expect="Dans quelle ville")
     convo.say(ME, "Saint-Isidore", expect=re.compile(r"^Laquelle \? .*\n1 Saint-Isidore, "))
     convo.say(ME, "Saint-Isidore, Québec", expect="Laquelle")
     turn = convo.say(ME, "1", expect="Saint-Isidore, QC")
     held = ["Il y a un nid-de-poule devant l'église"]
     assert convo.delivered(ME) == [(convo.municipality(ME), held)]
-    assert isinstance(turn.actions[-1], Deliver)
+    assert turn.step == "delivered"
     convo.say(YOU, "Victoria B.C.", expect="Victoria, BC")
     assert convo.municipality(YOU) == "victoria-bc"
 

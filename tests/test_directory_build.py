@@ -23,10 +23,10 @@ from gateway.settings.directory_build import (
     read_census,
     slugify,
 )
-from tests.paths import REPO_ROOT, shared_file
+from tests.paths import REPO_ROOT, data_file
 
-CENSUS_CSV = shared_file("municipalities", "ocd_division_ids_ca", "derived_csd_with_province.csv")
-EVIDENCE_JSON = shared_file("municipalities", "canada_311_evidence.json")
+CENSUS_CSV = data_file("municipalities", "ocd_division_ids_ca", "derived_csd_with_province.csv")
+EVIDENCE_JSON = data_file("municipalities", "canada_311_evidence.json")
 HAND_MAP = REPO_ROOT / "municipality_map.yaml"
 
 

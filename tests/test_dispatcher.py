@@ -19,9 +19,9 @@ from aiosmtpd.controller import Controller
 
 from gateway.app import Gateway
 from gateway.cli import main as sms311
-from gateway.flows.text_in import InboundText
-from gateway.rules.emails import MediaRef
+from gateway.rules.resident_email import MediaRef
 from gateway.run.worker import Dispatcher, backoff_seconds
+from gateway.sms.base import InboundText
 from gateway.store import open_store
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import free_port, settings_in

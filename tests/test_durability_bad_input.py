@@ -21,12 +21,10 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.flows.reply_in import ReplyService
-from gateway.flows.text_in import InboundText
 from gateway.mail.types import MailOrigin
-from gateway.rules.emails import ResidentEmail, compose
-from gateway.store import open_store
+from gateway.rules.resident_email import ResidentEmail, compose
+from gateway.sms.base import InboundText
 from tests.dovecot import Dovecot
-from tests.gateway_fixtures import settings_in
 from tests.loop import Loop, agent_reply, first_email, wait_for
 
 pytestmark = pytest.mark.slow
@@ -145,17 +143,6 @@ def test_garbage_in_the_mailbox_is_filed_never_texted_and_the_listener_keeps_goi
 
 
 # -- what the reader makes of damaged encodings (in process: fast) -----------------------------
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    settings = settings_in(tmp_path)
-    store = open_store(settings.database)
-    store.upgrade()
-    store.close()
-    gw = Gateway.from_settings(settings)
-    yield gw
-    gw.close()
 
 
 def queued_sms(gateway: Gateway) -> list[str]:

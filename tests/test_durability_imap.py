@@ -24,10 +24,10 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.flows.reply_in import ReplyService
-from gateway.flows.text_in import InboundText
 from gateway.mail.imap import ImapListener
 from gateway.run.worker import Dispatcher
 from gateway.settings import ImapSettings
+from gateway.sms.base import InboundText
 from gateway.store import open_store
 from tests.dovecot import Dovecot
 from tests.fake_twilio import FakeTwilio

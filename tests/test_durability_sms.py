@@ -18,10 +18,10 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.flows.reply_in import ReplyService
-from gateway.flows.text_in import InboundText
 from gateway.mail.types import MailOrigin
-from gateway.rules.emails import ResidentEmail, compose
+from gateway.rules.resident_email import ResidentEmail, compose
 from gateway.run.worker import Dispatcher
+from gateway.sms.base import InboundText
 from gateway.store import open_store
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import free_port, settings_in

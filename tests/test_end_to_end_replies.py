@@ -15,7 +15,7 @@ import pytest
 from tests.dovecot import Dovecot
 from tests.gateway_fixtures import free_port
 from tests.loop import Loop, agent_reply, body_text, first_email, wait_for
-from tests.paths import shared_file
+from tests.paths import data_file
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +39,8 @@ def test_agent_reply_in_the_mailbox_reaches_the_resident(tmp_path: Path, dovecot
         wait_for(lambda: len(dovecot.messages("Processed")) == 1, "the reply filed in Processed")
 
         # Never texted: a bounce, and a stranger's mail to the reply address.
-        dovecot.append(shared_file("bounces", "flanker", "messages", "bounce",
-                                   "gmail-invalid-address.eml").read_bytes())
+        dovecot.append(data_file("bounces", "flanker", "messages", "bounce",
+                                 "gmail-invalid-address.eml").read_bytes())
         dovecot.append(agent_reply(to_city, "I am not an agent", sender="x@evil.example"))
         wait_for(lambda: len(dovecot.messages("Failed")) == 1, "the stranger's mail in Failed")
         wait_for(lambda: len(dovecot.messages("Processed")) == 2, "the bounce filed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from aiosmtpd.controller import Controller
 
 from gateway.app import Gateway
@@ -73,6 +74,7 @@ def test_metrics_count_texts_and_refusals(tmp_path: Path) -> None:
     gateway.close()
 
 
+@pytest.mark.slow  # a real Dovecot
 def test_healthz_logs_in_to_the_replies_mailbox(tmp_path: Path) -> None:
     from tests.dovecot import Dovecot
 

@@ -31,6 +31,8 @@ from gateway.store import open_store
 from tests.dovecot import Dovecot
 from tests.gateway_fixtures import free_port
 
+pytestmark = pytest.mark.slow  # a real Dovecot per test
+
 FAST: dict[str, Any] = {
     "idle_timeout": 5.0,
     "command_timeout": 2.0,

@@ -23,10 +23,10 @@ from gateway.rules.municipalities import (
 )
 from gateway.settings import load_municipality_map
 from gateway.settings.directory_build import build_census_directory
-from tests.paths import REPO_ROOT, shared_file
+from tests.paths import REPO_ROOT, data_file
 
-CENSUS_CSV = shared_file("municipalities", "ocd_division_ids_ca", "derived_csd_with_province.csv")
-EVIDENCE_JSON = shared_file("municipalities", "canada_311_evidence.json")
+CENSUS_CSV = data_file("municipalities", "ocd_division_ids_ca", "derived_csd_with_province.csv")
+EVIDENCE_JSON = data_file("municipalities", "canada_311_evidence.json")
 HAND_MAP = REPO_ROOT / "municipality_map.yaml"
 
 
@@ -590,5 +590,5 @@ def test_suggest_on_census(
     assert ((suggestion.name, suggestion.province) if suggestion else None) == expected
 
 
-def test_paths_point_at_the_shared_data() -> None:
+def test_paths_point_at_the_test_data() -> None:
     assert CENSUS_CSV.is_file() and isinstance(CENSUS_CSV, Path)

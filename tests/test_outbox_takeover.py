@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,22 +35,9 @@ from gateway.store.pacing import SegmentPacer
 from gateway.store.sql import open_store
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import free_port, write_settings
-from tests.postgres import migrated_schema, throwaway_database_name
 from tests.tcp_proxy import TcpProxy
 
 X, Y = "+16135550141", "+16135550142"
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    with throwaway_database_name("sms311_takeover") as name:
-        yield name
-
-
-@pytest.fixture
-def pg_store_url(pg_database: str) -> Iterator[str]:
-    with migrated_schema(pg_database) as url:
-        yield url
 
 
 def _config(folder: Path, database: str, api: FakeTwilio, outbox: str = "") -> Path:

@@ -18,6 +18,7 @@ from gateway.store.group import GroupCommit
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqlStore]:
+    """SQLite only (not conftest's `store` on both backends): group commit is SQLite's."""
     s = open_store(f"sqlite:///{tmp_path / 'gateway.db'}")
     s.upgrade()
     yield s

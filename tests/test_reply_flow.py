@@ -6,10 +6,8 @@ the whole chain through Dovecot.)"""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -17,112 +15,31 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.flows.agent_reply import queue_reply
-from gateway.flows.reply_in import ReplyService, is_agent
-from gateway.flows.text_in import InboundText
-from gateway.mail.types import MailOrigin
-from gateway.rules.emails import AgentNotice, ResidentEmail
+from gateway.flows.reply_in import is_agent
 from gateway.run.worker import Dispatcher
-from gateway.store import open_store
 from gateway.web import create_app
 from tests.fake_twilio import FakeTwilio
-from tests.gateway_fixtures import Resident, settings_in
-
-PHONE = "+16135550123"
-AGENT = "jane.doe@ottawa.example"
-ORIGIN = MailOrigin(kind="imap", mailbox="INBOX", uidvalidity=1, uid=1)
+from tests.flow_helpers import (
+    AGENT,
+    PHONE,
+    agent_reply,
+    dispatch,
+    emails_out,
+    handle,
+    notices,
+    resident_in_ottawa,
+    sms_rows,
+    text_in,
+    twilio_gateway,
+    twilio_sms,
+)
+from tests.gateway_fixtures import Resident
 
 
 @pytest.fixture
-def api() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
-
-
-@pytest.fixture
-def gateway(tmp_path: Path, api: FakeTwilio) -> Iterator[Gateway]:
-    gw = make_gateway(tmp_path, api)
-    yield gw
-    gw.close()
-
-
-def make_gateway(folder: Path, api: FakeTwilio, extra: str = "", rate: float = 100) -> Gateway:
-    sms = (
-        "sms:\n  provider: twilio\n"
-        f"  account_sid: {api.account_sid}\n  auth_token: {api.auth_token}\n"
-        f'  sender: "31100"\n  api_base_url: {api.base_url}\n  max_per_second: {rate}\n'
-    )
-    settings = settings_in(folder, sms=sms, extra=extra)
-    store = open_store(settings.database)
-    store.upgrade()
-    store.close()
-    return Gateway.from_settings(settings)
-
-
-_sids = iter(range(10_000))
-
-
-def text_in(gateway: Gateway, body: str, phone: str = PHONE,
-            at: datetime | None = None) -> None:
-    gateway.inbound.handle(InboundText(
-        sid=f"SM{next(_sids):032d}", phone=phone, to="31100", body=body,
-        received_at=at or datetime.now(UTC),
-    ))
-
-
-def emails_out(gateway: Gateway) -> list[ResidentEmail]:
-    return [ResidentEmail.from_dict(i.payload) for i in gateway.store.list_outbox(None)
-            if i.kind == "email" and i.payload.get("type", "resident") == "resident"]
-
-
-def notices(gateway: Gateway) -> list[AgentNotice]:
-    return [AgentNotice.from_dict(i.payload) for i in gateway.store.list_outbox(None)
-            if i.kind == "email" and i.payload.get("type") == "notice"]
-
-
-def sms_rows(gateway: Gateway) -> list[dict[str, Any]]:
-    return [i.payload for i in gateway.store.list_outbox(None) if i.kind == "sms"]
-
-
-def resident_in_ottawa(gateway: Gateway, phone: str = PHONE) -> ResidentEmail:
-    text_in(gateway, "Pothole on Bank St at Gladstone", phone)
-    text_in(gateway, "Ottawa", phone)
-    return emails_out(gateway)[-1]
-
-
-def agent_reply(
-    to_email: ResidentEmail,
-    body: str,
-    *,
-    sender: str = AGENT,
-    token: bool = True,
-    headers: dict[str, str] | None = None,
-) -> bytes:
-    """An agent's reply as a mail client writes it: quoted history below the answer."""
-    message = EmailMessage()
-    message["From"] = f"Jane Doe <{sender}>"
-    message["To"] = to_email.reply_to if token else "311@ottawa.example"
-    message["Subject"] = "RE: " + to_email.subject
-    message["Message-ID"] = make_msgid(domain="ottawa.example")
-    message["In-Reply-To"] = to_email.message_id
-    message["References"] = " ".join((*to_email.references, to_email.message_id))
-    for name, value in (headers or {}).items():
-        message[name] = value
-    quoted = "\n".join("> " + t.body for t in to_email.texts)
-    message.set_content(
-        f"{body}\n\nOn Sun, Nov 22, 2026 at 10:04 AM 311 Text <sms@gateway.example> wrote:\n"
-        f"{quoted}\n"
-    )
-    return bytes(message)
-
-
-def handle(gateway: Gateway, raw: bytes) -> Any:
-    return ReplyService(gateway).handle(raw, ORIGIN)
-
-
-def dispatch(gateway: Gateway) -> None:
-    dispatcher = Dispatcher(gateway)
-    while asyncio.run(dispatcher.dispatch_once()):
-        pass
+def gateway_options(api: FakeTwilio) -> dict[str, Any]:
+    """conftest's `gateway`, sending through the fake Twilio API (conftest's `api`)."""
+    return {"sms": twilio_sms(api)}
 
 
 # -- routing and what is texted ---------------------------------------------------------
@@ -372,7 +289,7 @@ def test_a_send_that_may_have_happened_is_checked_not_repeated(
 
 
 def test_pacing_is_kept_at_the_provider(tmp_path: Path, api: FakeTwilio) -> None:
-    gateway = make_gateway(tmp_path, api, rate=8)
+    gateway = twilio_gateway(tmp_path, api, rate=8)
     for n in range(20):
         phone = f"+1613555{n:04d}"
         email = resident_in_ottawa(gateway, phone)
@@ -404,7 +321,7 @@ def test_an_email_reply_is_recorded_as_coming_by_email_and_not_copied(
 def test_a_console_reply_and_an_email_reply_share_the_thread_and_the_pacing(
     tmp_path: Path, api: FakeTwilio
 ) -> None:
-    gateway = make_gateway(tmp_path, api, rate=4)
+    gateway = twilio_gateway(tmp_path, api, rate=4)
     try:
         for n in range(6):
             phone = f"+1613555{n:04d}"

@@ -12,47 +12,43 @@ fake Twilio API.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.app import Gateway
 from gateway.flows.reply_in import ReplyService
-from gateway.rules.emails import AgentNotice, ResidentEmail, compose_notice
+from gateway.rules.agent_notice import AgentNotice, compose_notice
+from gateway.rules.resident_email import ResidentEmail
 from gateway.run.worker import ingress_recipients
 from gateway.settings import load_settings
 from gateway.store.reply_mail import get_failed_email, list_failed_emails
 from tests.fake_twilio import FakeTwilio
-from tests.test_reply_flow import (
+from tests.flow_helpers import (
     AGENT,
     PHONE,
     agent_reply,
     dispatch,
     emails_out,
     handle,
-    make_gateway,
     notices,
     resident_in_ottawa,
     sms_rows,
     text_in,
+    twilio_gateway,
+    twilio_sms,
 )
 
 
 @pytest.fixture
-def api() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
-
-
-@pytest.fixture
-def gateway(tmp_path: Path, api: FakeTwilio) -> Iterator[Gateway]:
-    gw = make_gateway(tmp_path, api)
-    yield gw
-    gw.close()
+def gateway_options(api: FakeTwilio) -> dict[str, Any]:
+    """conftest's `gateway`, sending through the fake Twilio API (conftest's `api`)."""
+    return {"sms": twilio_sms(api)}
 
 
 def unroutable(sender: str = AGENT) -> bytes:
@@ -177,7 +173,7 @@ def EmailMessageOf(raw: bytes) -> EmailMessage:
 def test_a_kept_reply_is_texted_on_retry_once_its_cause_is_fixed(
     tmp_path: Path, api: FakeTwilio
 ) -> None:
-    gateway = make_gateway(tmp_path, api)
+    gateway = twilio_gateway(tmp_path, api)
     try:
         email = resident_in_ottawa(gateway)
         raw = agent_reply(email, "Fixed on Monday.", sender="contractor@roads.example")
@@ -278,7 +274,7 @@ def test_the_failed_commands_list_show_retry_and_delete(
 ) -> None:
     from gateway.cli import main
 
-    gateway = make_gateway(tmp_path, api)
+    gateway = twilio_gateway(tmp_path, api)
     try:
         email = resident_in_ottawa(gateway)
         raw = agent_reply(email, "Soon.", sender="temp@contractor.example")

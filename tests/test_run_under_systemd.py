@@ -12,7 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.gateway_fixtures import free_port, write_settings
+
+pytestmark = pytest.mark.slow  # `sms311 run` as a subprocess
 
 
 def receive(sock: socket.socket, wanted: str, timeout: float = 20.0) -> list[str]:

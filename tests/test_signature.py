@@ -1,4 +1,4 @@
-"""The webhook signature check against the shared Twilio test vectors
+"""The webhook signature check against the Twilio test vectors in tests/data
 (twilio-python, twilio-ruby, twilio-node), through our wrapper."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from werkzeug.datastructures import MultiDict
 
 from gateway.sms.twilio.signature import TwilioSignature, signed_url
-from tests.paths import SHARED_DATA
+from tests.paths import TEST_DATA
 
-VECTORS = json.loads((SHARED_DATA / "twilio" / "signature_vectors.json").read_text())
+VECTORS = json.loads((TEST_DATA / "twilio" / "signature_vectors.json").read_text())
 
 
 def _cases(op_prefix: str) -> list[tuple[str, str, dict[str, Any]]]:

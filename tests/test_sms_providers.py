@@ -7,7 +7,6 @@ import logging
 import socket
 import threading
 import urllib.parse
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,17 +27,11 @@ from gateway.sms import (
 from gateway.sms.sandbox import SandboxProvider, read_sent
 from gateway.sms.twilio import TwilioProvider, errors
 from gateway.sms.twilio.client import same_body
+from tests.fake_twilio import ACCOUNT_SID as SID
+from tests.fake_twilio import AUTH_TOKEN as TOKEN
 from tests.fake_twilio import FakeTwilio
 
-SID = "AC" + "1" * 32
-TOKEN = "tok-" + "9" * 28
-RESIDENT = "+16135550123"
-
-
-@pytest.fixture
-def api() -> Iterator[FakeTwilio]:
-    with FakeTwilio(SID, TOKEN) as fake:
-        yield fake
+RESIDENT = "+16135550123"  # `api`: conftest's fake Twilio API, with SID and TOKEN
 
 
 def provider(api: FakeTwilio, sender: str = "31100", **kwargs: Any) -> TwilioProvider:

@@ -22,16 +22,8 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from gateway.mail.sandbox import SandboxMailServer, mailbox_folder, mailbox_messages
 from gateway.mail.smtp import PermanentSmtpError, TemporarySmtpError, send_email
-from gateway.rules.emails import (
-    Attachment,
-    ResidentEmail,
-    ResidentText,
-    compose,
-    new_message_id,
-    new_token,
-    reply_address,
-    thread_subject,
-)
+from gateway.rules.resident_email import Attachment, ResidentEmail, ResidentText, compose
+from gateway.rules.thread import new_message_id, new_token, reply_address, thread_subject
 from gateway.settings import SmtpSettings
 from tests.dovecot import make_certificate
 

@@ -33,7 +33,6 @@ from gateway.cli import build_parser
 from gateway.run.sandbox import send_text
 from gateway.settings import check_config, load_settings
 from tests.gateway_fixtures import free_port, write_settings
-from tests.test_store import pg_database, pg_url  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "systemd"
@@ -306,6 +305,7 @@ def test_environment_file_example_names_real_settings(tmp_path: Path) -> None:
     assert check_config(tmp_path / "sms311.yaml", secrets) == []
 
 
+@pytest.mark.slow  # `sms311` subprocesses
 def test_check_config_as_the_units_run_it(tmp_path: Path) -> None:
     """ExecStartPre runs `sms311 check-config` with GATEWAY_CONFIG and the secrets set."""
     shutil.copy(SYSTEMD / "sms311.example.yaml", tmp_path / "sms311.yaml")

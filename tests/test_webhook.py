@@ -4,30 +4,15 @@ replayed requests) are the shared table every provider passes: tests/webhook_sec
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from flask.testing import FlaskClient
 
 from gateway.app import Gateway
-from gateway.rules.emails import ResidentEmail
-from gateway.store import open_store
+from gateway.rules.resident_email import ResidentEmail
 from gateway.web import create_app
-from tests.gateway_fixtures import Resident, settings_in, twiml_messages
+from tests.gateway_fixtures import Resident, twiml_messages
 
 OTTAWA_MAILBOX = "311@ottawa.example"
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    settings = settings_in(tmp_path)
-    store = open_store(settings.database)
-    store.upgrade()
-    store.close()
-    gw = Gateway.from_settings(settings)
-    yield gw
-    gw.close()
 
 
 @pytest.fixture

@@ -19,9 +19,8 @@ cases then run against the real app (`create_app`) over a real SQLite store:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -30,7 +29,6 @@ from flask.testing import FlaskClient
 from gateway.app import Gateway
 from gateway.settings import Settings
 from gateway.web import create_app
-from tests.gateway_fixtures import migrated_gateway
 
 NUMBER = "+16135550111"
 INBOUND = "/sms/inbound"
@@ -126,10 +124,9 @@ class WebhookSecurityCases:
     # -- fixtures --------------------------------------------------------------------------
 
     @pytest.fixture
-    def gateway(self, tmp_path: Path) -> Iterator[Gateway]:
-        gw: Gateway = migrated_gateway(tmp_path, sms=self.sms_section)
-        yield gw
-        gw.close()
+    def gateway_options(self) -> dict[str, Any]:
+        """conftest's `gateway`, with this provider's settings section."""
+        return {"sms": self.sms_section}
 
     @pytest.fixture
     def client(self, gateway: Gateway) -> FlaskClient:
