@@ -18,13 +18,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.rules import reading
-from tests.test_reply_corpora import (
+from tests.reply_corpora import (
     OURS,
     Approach,
     library_approaches,
     load_corpora,
 )
-from tests.test_reply_corpora import evaluate as evaluate_approach
+from tests.reply_corpora import evaluate as evaluate_approach
 
 
 def optional_approaches() -> list[Approach]:
