@@ -5,14 +5,17 @@ Where things live
   migrated SQLite store in `tmp_path`; a module changes its settings by overriding
   `gateway_options`), `api` (the fake Twilio REST API), `conversation` (the dialogue driver
   of tests/conversation.py over the real inbound flow), the PostgreSQL ones
-  (`pg_database`, `pg_url`: an empty schema, `pg_store_url`: a migrated schema), and the
-  store on both backends (`db_url`, `empty_store`, `store`: parametrised sqlite/postgresql).
+  (`pg_database`, `pg_url`: an empty schema, `pg_store_url`: a migrated schema), the
+  store on both backends (`db_url`, `empty_store`, `store`: parametrised sqlite/postgresql),
+  and the console's store over it (`console`).
 - Plain helpers are in modules that are not test modules, imported explicitly:
   gateway_fixtures.py (settings files, the signed-webhook `Resident`, free ports),
   flow_helpers.py (text in, reply by email, dispatch, what the outbox holds),
   console_fixtures.py, conversation.py, fake_twilio.py, dovecot.py, postgres.py, loop.py,
-  browser.py, paths.py (the test data in tests/data/, with its licences). A test module never
-  imports another test module.
+  browser.py, paths.py (the test data in tests/data/, with its licences), and those shared by
+  the modules of one topic: store_helpers.py (test_store*.py), console_store_helpers.py
+  (test_console_store*.py), config_helpers.py (test_config*.py), reply_helpers.py
+  (test_replies*.py). A test module never imports another test module.
 - A fixture that differs in a way that matters stays in its module, with a docstring saying
   how (e.g. test_console_browser's running `sms311` subprocess).
 
@@ -34,6 +37,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.rules.municipalities import Directory
 from gateway.store import SqlStore, open_store
+from gateway.store.console import ConsoleStore
 from tests.conversation import Conversation
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import migrated_gateway
@@ -134,3 +138,12 @@ def store(empty_store: SqlStore) -> SqlStore:
     """The store on each backend, migrated to the newest revision."""
     empty_store.upgrade()
     return empty_store
+
+
+# -- the console's store ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def console(store: SqlStore) -> ConsoleStore:
+    """The console's store (gateway.store.console) over `store`: on each backend."""
+    return ConsoleStore(store)

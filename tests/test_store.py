@@ -1,5 +1,10 @@
 """The store, on both backends: SQLite in tmp_path and a real PostgreSQL server.
 
+Here: opening the store, errors, transactions, residents, messages, conversations, webhook
+dedupe, datetimes, outbound message status, processed emails and IMAP checkpoints. The
+outbox (claims, leases, retries) is in test_store_outbox.py; the schema and its migrations
+in test_store_migrations.py; shared constants and helpers in tests/store_helpers.py.
+
 PostgreSQL: GATEWAY_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test)
 names the server and the role; the database in it is ignored. The session creates a
 throwaway database (through the server's "postgres" database, dropped after) and every
@@ -12,7 +17,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -20,110 +24,21 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 
 from gateway.store import (
     DuplicateEmail,
     DuplicateWebhook,
     Resident,
-    SchemaOutOfDate,
     SqlStore,
     StoreUnavailable,
     open_store,
 )
 from gateway.store.engine import normalize_url
-from gateway.store.schema import (
-    JSONText,
-    UTCDateTime,
-    conversations,
-    email_messages,
-    messages,
-    metadata,
-    processed_emails,
-)
-from gateway.store.sql import alembic_config, head_revision
+from gateway.store.schema import conversations, email_messages, messages, processed_emails
 from tests.paths import REPO_ROOT
+from tests.store_helpers import LEASE, OTHER, PHONE, T0, in_threads, select_rows
 
-PHONE = "+16135550123"
-OTHER = "+15145550199"
-T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
-LEASE = timedelta(seconds=60)
-
-
-# --- helpers (the fixtures `db_url`, `empty_store`, `store`: tests/conftest.py) ----------
-
-
-def _rows(store: SqlStore, stmt: sa.Select[Any]) -> list[sa.RowMapping]:
-    with store.engine.connect() as conn:
-        return list(conn.execute(stmt).mappings())
-
-
-def _in_threads(n: int, fn: Callable[[int], Any]) -> list[Any]:
-    with ThreadPoolExecutor(n) as pool:
-        return [f.result(timeout=30) for f in [pool.submit(fn, i) for i in range(n)]]
-
-
-# --- schema and migrations ------------------------------------------------------------------
-
-
-def test_upgrade_from_empty(empty_store: SqlStore) -> None:
-    assert empty_store.current_revision() is None
-    with pytest.raises(SchemaOutOfDate, match=r"run `sms311 db upgrade`") as err:
-        empty_store.check_schema()
-    assert err.value.current is None
-    assert err.value.head == head_revision()
-
-    empty_store.upgrade()
-    assert empty_store.current_revision() == head_revision()
-    empty_store.check_schema()
-    empty_store.upgrade()  # idempotent
-    empty_store.check_schema()
-    tables = set(sa.inspect(empty_store.engine).get_table_names())
-    assert {"residents", "conversations", "messages", "webhook_log", "outbox"} <= tables
-    assert {"email_messages", "processed_emails", "imap_checkpoints"} <= tables
-
-
-def test_check_schema_on_old_database(store: SqlStore) -> None:
-    with store.engine.begin() as conn:
-        command.downgrade(alembic_config(conn), "base")
-    assert store.current_revision() is None
-    assert "outbox" not in sa.inspect(store.engine).get_table_names()
-    with pytest.raises(SchemaOutOfDate, match=r"database schema is at .*, this version needs"):
-        store.check_schema()
-    store.upgrade()
-    store.check_schema()
-
-
-def test_check_schema_on_unknown_revision(store: SqlStore) -> None:
-    with store.engine.begin() as conn:
-        conn.execute(sa.text("UPDATE alembic_version SET version_num = 'f00dfeed'"))
-    with pytest.raises(SchemaOutOfDate, match="does not know") as err:
-        store.check_schema()
-    assert err.value.current == "f00dfeed"
-
-
-_TEXT_INDEX_TABLES = frozenset({"messages_fts", "messages_fts_data", "messages_fts_idx",
-                                "messages_fts_config"})
-
-
-def _not_in_schema_module(obj: Any, name: str | None, type_: str, reflected: bool,
-                          compare_to: Any) -> bool:
-    # Migration 0005's trigram text index is raw DDL, not in schema.py: SQLite's FTS5 table
-    # and its shadow tables (its triggers are not compared), PostgreSQL's GIN index.
-    # Ignore exactly those.
-    if type_ == "table" and reflected:
-        return name not in _TEXT_INDEX_TABLES
-    return not (type_ == "index" and reflected and name == "ix_messages_body_trgm")
-
-
-def test_migrations_match_schema_module(store: SqlStore) -> None:
-    with store.engine.connect() as conn:
-        context = MigrationContext.configure(
-            conn, opts={"compare_type": True, "include_object": _not_in_schema_module}
-        )
-        assert compare_metadata(context, metadata) == []
+# --- opening the store ----------------------------------------------------------------------
 
 
 def test_sqlite_connection_settings(tmp_path: Path) -> None:
@@ -223,7 +138,7 @@ def test_rollback_on_exception_leaves_nothing(store: SqlStore) -> None:
         assert tx.open_conversation(PHONE, "ottawa") is None
         assert tx.webhook_response("SM1") is None
     assert store.list_outbox() == []
-    assert _rows(store, sa.select(messages)) == []
+    assert select_rows(store, sa.select(messages)) == []
 
 
 def test_tx_cannot_be_used_after_its_block(store: SqlStore) -> None:
@@ -252,7 +167,7 @@ def test_read_then_write_transactions_do_not_deadlock(store: SqlStore) -> None:
             count = resident.dialogue["count"] + 1
             tx.save_resident(Resident(PHONE, dialogue={"count": count}))
 
-    _in_threads(2, bump)
+    in_threads(2, bump)
     with store.transaction() as tx:
         resident = tx.get_resident(PHONE)
     assert resident is not None and resident.dialogue == {"count": 2}  # no lost update
@@ -325,7 +240,7 @@ def test_take_held_concurrently_hands_each_text_out_once(store: SqlStore) -> Non
         with store.transaction() as tx:
             return [m.id for m in tx.take_held(PHONE)]
 
-    results = _in_threads(3, take)
+    results = in_threads(3, take)
     taken = [i for ids in results for i in ids]
     assert len(taken) == 20 and len(set(taken)) == 20
 
@@ -346,7 +261,7 @@ def test_messages_join_a_conversation(store: SqlStore) -> None:
         tx.add_message(PHONE, 424242, "in", "x", [], None, T0)
     with store.transaction() as tx, pytest.raises(ValueError, match="direction"):
         tx.add_message(PHONE, conv.id, "sideways", "x", [], None, T0)  # type: ignore[arg-type]
-    rows = _rows(store, sa.select(messages).order_by(messages.c.id))
+    rows = select_rows(store, sa.select(messages).order_by(messages.c.id))
     assert [(r["id"], r["conversation_id"], r["direction"], r["held"]) for r in rows] == [
         (a, conv.id, "in", False),
         (b, conv.id, "in", False),
@@ -454,158 +369,6 @@ def test_concurrent_duplicate_webhook(store: SqlStore) -> None:
     assert [item.payload for item in store.list_outbox()] == [{"n": 1}]
 
 
-# --- outbox ---------------------------------------------------------------------------------
-
-
-def test_outbox_lifecycle(store: SqlStore) -> None:
-    with store.transaction() as tx:
-        email = tx.enqueue("email", {"to": ["311@ottawa.example"], "subject": "Nid-de-poule"}, T0)
-        later = tx.enqueue("sms", {"to": PHONE, "body": "hi"}, T0 + timedelta(minutes=5))
-
-    claimed = store.claim_due(["email", "sms"], 10, T0, LEASE, "w1")
-    assert [item.id for item in claimed] == [email]
-    item = claimed[0]
-    assert item.kind == "email" and item.status == "pending" and item.attempts == 0
-    assert item.payload == {"to": ["311@ottawa.example"], "subject": "Nid-de-poule"}
-    assert item.claimed_by == "w1" and item.claimed_until == T0 + LEASE
-    assert item.next_attempt_at == T0
-
-    # the lease holds against other workers, then expires (the worker died): taken over
-    # as an attempt that may have been made
-    assert store.claim_due(["email"], 10, T0 + timedelta(seconds=30), LEASE, "w2") == []
-    expired = T0 + LEASE + timedelta(seconds=1)
-    reclaimed = store.claim_due(["email"], 10, expired, LEASE, "w2")
-    assert [(i.id, i.claimed_by, i.attempts, i.maybe_sent) for i in reclaimed] == [
-        (email, "w2", 1, True)
-    ]
-    assert "claim of w1 lapsed" in (reclaimed[0].last_error or "")
-    assert [(i.attempts, i.maybe_sent) for i in store.list_outbox("pending")] == [
-        (1, True), (0, False)
-    ]
-
-    store.mark_retry(email, "SMTP 451 try again", expired + timedelta(minutes=1))
-    (row,) = store.list_outbox("pending")[:1]
-    assert (row.id, row.attempts, row.last_error) == (email, 2, "SMTP 451 try again")
-    assert row.maybe_sent is False
-    assert row.claimed_by is None and row.claimed_until is None
-    assert row.next_attempt_at == expired + timedelta(minutes=1)
-    assert store.claim_due(["email"], 10, expired, LEASE, "w2") == []  # not due yet
-    again = store.claim_due(["email"], 10, expired + timedelta(minutes=1), LEASE, "w2")
-    assert [i.id for i in again] == [email]
-
-    store.mark_parked(email, "SMTP 550 no such mailbox", maybe_sent=True)
-    (parked,) = store.list_outbox("parked")
-    assert (parked.id, parked.status, parked.attempts) == (email, "parked", 3)
-    assert parked.maybe_sent is True
-    assert parked.last_error == "SMTP 550 no such mailbox" and parked.claimed_by is None
-    assert store.claim_due(["email"], 10, expired + timedelta(hours=9), LEASE, "w3") == []
-
-    stats = store.outbox_stats(now=datetime.now(UTC) + timedelta(minutes=10))
-    assert stats["depth"] == 1 and stats["parked"] == 1
-    assert stats["oldest_age_seconds"] >= 600  # ages count from created_at (the clock)
-
-    assert store.requeue(email, now=T0 + timedelta(hours=1)) is True
-    assert store.requeue(email) is False  # no longer parked
-    assert store.requeue(later) is False  # never parked
-    (back,) = [i for i in store.list_outbox("pending") if i.id == email]
-    assert back.attempts == 0 and back.next_attempt_at == T0 + timedelta(hours=1)
-    assert back.maybe_sent is True  # kept: its last attempt may have gone
-
-    sms = store.claim_due(["sms"], 10, T0 + timedelta(minutes=5), LEASE, "w1")
-    assert [i.id for i in sms] == [later]
-    store.mark_sent(later)
-    assert [i.id for i in store.list_outbox("sent")] == [later]
-    store.mark_retry(later, "stale worker", T0)  # a sent item stays sent
-    assert store.list_outbox("sent")[0].attempts == 0
-    assert [i.id for i in store.list_outbox()] == [email, later]
-    assert store.outbox_stats()["depth"] == 1
-
-
-def test_renewed_claims_hold_until_their_renewal_lapses(store: SqlStore) -> None:
-    with store.transaction() as tx:
-        a, b, c = (tx.enqueue("sms", {"n": n}, T0 + timedelta(seconds=n)) for n in range(3))
-    assert [i.id for i in store.claim_due(["sms"], 2, T0 + timedelta(seconds=1), LEASE, "w1")
-            ] == [a, b]
-    renewed_to = T0 + 2 * LEASE
-    assert store.renew_claims([a, b], "w1", renewed_to) == {a, b}  # the heartbeat
-    assert store.renew_claims([a, c], "w2", T0 + 9 * LEASE) == set()  # not w2's claims
-    assert store.renew_claims([], "w1", renewed_to) == set()
-    with pytest.raises(ValueError):
-        store.renew_claims([a], "w1", datetime(2026, 1, 1))  # naive
-    store.mark_sent(b)
-    assert store.renew_claims([a, b], "w1", renewed_to) == {a}  # b is done
-
-    # past the first lease, the renewed claim still holds: only c can be claimed
-    past_first = T0 + LEASE + timedelta(seconds=5)
-    assert [i.id for i in store.claim_due(["sms"], 10, past_first, LEASE, "w2")] == [c]
-    # past the renewal (w1 stopped renewing: it died): taken over, to be looked up
-    (taken,) = store.claim_due(["sms"], 10, renewed_to + timedelta(seconds=1), LEASE, "w2")
-    assert (taken.id, taken.claimed_by, taken.attempts, taken.maybe_sent) == (a, "w2", 1, True)
-    assert store.renew_claims([a], "w1", T0 + 9 * LEASE) == set()  # w1 lost it
-    (row,) = [i for i in store.list_outbox("pending") if i.id == a]
-    assert row.claimed_until == renewed_to + timedelta(seconds=1) + LEASE
-
-    # a failure that may have been sent is remembered; a released claim counts as one
-    store.mark_retry(c, "Twilio API unreachable: ReadTimeout", T0, maybe_sent=True)
-    store.mark_retry(a, "Twilio API 429 code 20429", T0)
-    assert {i.id: i.maybe_sent for i in store.list_outbox("pending")} == {a: False, c: True}
-    store.claim_due(["sms"], 10, T0, LEASE, "w3")
-    assert store.release_claims("w3", "w3 stopped") == 2
-    assert {i.id: (i.maybe_sent, i.attempts) for i in store.list_outbox("pending")} == {
-        a: (True, 3), c: (True, 2)
-    }
-
-
-def test_outbox_stats_empty_and_ages(store: SqlStore) -> None:
-    assert store.outbox_stats() == {"depth": 0, "oldest_age_seconds": 0.0, "parked": 0}
-    with store.transaction() as tx:
-        tx.enqueue("sms", {})
-    stats = store.outbox_stats(now=datetime.now(UTC) + timedelta(seconds=90))
-    assert stats["depth"] == 1 and 89 < stats["oldest_age_seconds"] < 120
-
-
-def test_claim_due_kinds_limit_and_order(store: SqlStore) -> None:
-    with store.transaction() as tx:
-        ids = [tx.enqueue("email", {"i": i}, T0 - timedelta(seconds=i)) for i in range(5)]
-        sms = tx.enqueue("sms", {}, T0 - timedelta(hours=1))
-    first = store.claim_due(["email"], 2, T0, LEASE, "w")
-    assert [i.id for i in first] == [ids[4], ids[3]]  # oldest due first
-    rest = store.claim_due(["email"], 10, T0, LEASE, "w")
-    assert [i.id for i in rest] == [ids[2], ids[1], ids[0]]
-    assert store.claim_due(["sms"], 0, T0, LEASE, "w") == []
-    assert store.claim_due([], 5, T0, LEASE, "w") == []
-    assert [i.id for i in store.claim_due(["sms", "email"], 5, T0, LEASE, "w")] == [sms]
-    with pytest.raises(ValueError):
-        store.claim_due(["fax"], 5, T0, LEASE, "w")  # type: ignore[list-item]
-    with pytest.raises(ValueError):
-        store.list_outbox("lost")  # type: ignore[arg-type]
-    with pytest.raises(ValueError), store.transaction() as tx:
-        tx.enqueue("fax", {})  # type: ignore[arg-type]
-
-
-def test_concurrent_claimers_never_share_an_item(store: SqlStore) -> None:
-    total = 120
-    with store.transaction() as tx:
-        for i in range(total):
-            tx.enqueue("sms" if i % 2 else "email", {"i": i}, T0)
-    start = threading.Barrier(4)
-
-    def worker(n: int) -> list[int]:
-        start.wait()
-        got: list[int] = []
-        while batch := store.claim_due(["email", "sms"], 7, T0, LEASE, f"worker-{n}"):
-            got.extend(item.id for item in batch)
-        return got
-
-    results = _in_threads(4, worker)
-    claimed = [i for ids in results for i in ids]
-    assert len(claimed) == total
-    assert len(set(claimed)) == total
-    owners = {item.id: item.claimed_by for item in store.list_outbox("pending")}
-    for n, ids in enumerate(results):
-        assert all(owners[i] == f"worker-{n}" for i in ids)
-
-
 # --- datetimes ------------------------------------------------------------------------------
 
 
@@ -636,220 +399,6 @@ def test_aware_datetimes_round_trip_as_utc(store: SqlStore) -> None:
         tx.enqueue("sms", {}, naive)
     with pytest.raises(ValueError, match="naive"):
         store.claim_due(["sms"], 1, naive, LEASE, "w")
-
-
-# --- migration 0002 (replies) on a database with data ---------------------------------------
-
-# The tables as revision 0001 made them (the schema module describes the newest revision).
-_V1_RESIDENTS = sa.table(
-    "residents",
-    sa.column("phone"),
-    sa.column("municipality_id"),
-    sa.column("language"),
-    sa.column("opted_out", sa.Boolean()),
-    sa.column("dialogue", JSONText()),
-    sa.column("created_at", UTCDateTime()),
-    sa.column("updated_at", UTCDateTime()),
-)
-_V1_CONVERSATIONS = sa.table(
-    "conversations",
-    sa.column("id"),
-    sa.column("token"),
-    sa.column("phone"),
-    sa.column("municipality_id"),
-    sa.column("subject"),
-    sa.column("status"),
-    sa.column("thread_message_ids", JSONText()),
-    sa.column("agent_address"),
-    sa.column("created_at", UTCDateTime()),
-    sa.column("last_activity_at", UTCDateTime()),
-)
-_V1_MESSAGES = sa.table(
-    "messages",
-    sa.column("id"),
-    sa.column("phone"),
-    sa.column("conversation_id"),
-    sa.column("direction"),
-    sa.column("body"),
-    sa.column("media", JSONText()),
-    sa.column("provider_sid"),
-    sa.column("held", sa.Boolean()),
-    sa.column("received_at", UTCDateTime()),
-)
-_V1_WEBHOOK_LOG = sa.table(
-    "webhook_log", sa.column("sid"), sa.column("response"), sa.column("created_at", UTCDateTime())
-)
-_V1_OUTBOX = sa.table(
-    "outbox",
-    sa.column("id"),
-    sa.column("kind"),
-    sa.column("payload", JSONText()),
-    sa.column("status"),
-    sa.column("attempts"),
-    sa.column("next_attempt_at", UTCDateTime()),
-    sa.column("created_at", UTCDateTime()),
-    sa.column("updated_at", UTCDateTime()),
-)
-
-
-def _fill_revision_0001(conn: sa.Connection) -> dict[str, int]:
-    """Rows as issue 2 wrote them; returns the ids."""
-    conn.execute(
-        _V1_RESIDENTS.insert().values(
-            phone=PHONE,
-            municipality_id="ottawa",
-            language="fr",
-            opted_out=False,
-            dialogue={"step": "done", "nom": "Montréal"},
-            created_at=T0,
-            updated_at=T0,
-        )
-    )
-
-    def conversation(token: str, status: str, chain: list[str], at: datetime) -> int:
-        stmt = _V1_CONVERSATIONS.insert().values(
-            token=token,
-            phone=PHONE,
-            municipality_id="ottawa",
-            subject=f"Texto {token}",
-            status=status,
-            thread_message_ids=chain,
-            agent_address=None,
-            created_at=at,
-            last_activity_at=at + timedelta(minutes=5),
-        )
-        return int(conn.execute(stmt.returning(_V1_CONVERSATIONS.c.id)).scalar_one())
-
-    old = conversation("tok-old", "closed", ["<old1@gw.example>"], T0)
-    live = conversation(
-        "tok-live",
-        "open",
-        ["<a@gw.example>", "<b@gw.example>", "<a@gw.example>"],
-        T0 + timedelta(hours=1),
-    )
-    photo = {"url": "https://api.example/Media/ME1", "content_type": "image/jpeg"}
-
-    def message(conversation_id: int | None, sid: str | None, held: bool, at: datetime) -> int:
-        stmt = _V1_MESSAGES.insert().values(
-            phone=PHONE,
-            conversation_id=conversation_id,
-            direction="in",
-            body=f"text {sid}",
-            media=[photo],
-            provider_sid=sid,
-            held=held,
-            received_at=at,
-        )
-        return int(conn.execute(stmt.returning(_V1_MESSAGES.c.id)).scalar_one())
-
-    ids = {
-        "old": old,
-        "live": live,
-        "m_old": message(old, "SMold", False, T0),
-        "m_live": message(live, "SMlive", False, T0 + timedelta(hours=1)),
-        "m_held": message(None, None, True, T0 + timedelta(hours=2)),
-    }
-    conn.execute(
-        _V1_WEBHOOK_LOG.insert().values(sid="SMlive", response="<Response/>", created_at=T0)
-    )
-    conn.execute(
-        _V1_OUTBOX.insert().values(
-            kind="email",
-            payload={"type": "resident", "n": 1},
-            status="pending",
-            attempts=2,
-            next_attempt_at=T0,
-            created_at=T0,
-            updated_at=T0,
-        )
-    )
-    return ids
-
-
-def test_migration_0002_keeps_and_backfills_data(empty_store: SqlStore) -> None:
-    store = empty_store
-    with store.engine.begin() as conn:
-        command.upgrade(alembic_config(conn), "0001")
-    assert store.current_revision() == "0001"
-    with store.engine.begin() as conn:
-        ids = _fill_revision_0001(conn)
-
-    store.upgrade()
-    assert store.current_revision() == head_revision()
-    store.check_schema()
-
-    with store.transaction() as tx:
-        resident = tx.get_resident(PHONE)
-        old = tx.get_conversation(ids["old"])
-        live = tx.get_conversation(ids["live"])
-        assert tx.webhook_response("SMlive") == "<Response/>"
-        by_email = tx.conversation_by_email(["<b@gw.example>"])
-        by_old_email = tx.conversation_by_email(["<old1@gw.example>"])
-        found = tx.message_by_provider_sid("SMlive")
-        old_messages = tx.messages_of(ids["old"])
-        held = tx.take_held(PHONE)
-    assert resident is not None and resident.dialogue == {"step": "done", "nom": "Montréal"}
-    assert old is not None and old.status == "closed" and old.closed_at is None
-    assert live is not None and live.status == "open" and live.closed_at is None
-    assert live.thread_message_ids == ("<a@gw.example>", "<b@gw.example>", "<a@gw.example>")
-    assert live.last_activity_at == T0 + timedelta(hours=1, minutes=5)
-    assert by_email == live and by_old_email == old
-    assert found is not None and found.id == ids["m_live"] and found.conversation_id == live.id
-    assert (found.status, found.error_code, found.agent_address) == (None, None, None)
-    assert found.media == ({"url": "https://api.example/Media/ME1", "content_type": "image/jpeg"},)
-    assert [m.id for m in old_messages] == [ids["m_old"]]
-    assert [m.id for m in held] == [ids["m_held"]]
-    (item,) = store.list_outbox()
-    assert item.payload == {"type": "resident", "n": 1} and item.attempts == 2
-
-    # backfill: each thread email once, "out", at its conversation's created_at
-    rows = _rows(store, sa.select(email_messages).order_by(email_messages.c.message_id))
-    assert [
-        (r["message_id"], r["conversation_id"], r["direction"], r["created_at"]) for r in rows
-    ] == [
-        ("<a@gw.example>", live.id, "out", live.created_at),
-        ("<b@gw.example>", live.id, "out", live.created_at),
-        ("<old1@gw.example>", old.id, "out", old.created_at),
-    ]
-    # messages.updated_at: the received_at of the rows that existed
-    stamps = _rows(store, sa.select(messages.c.id, messages.c.received_at, messages.c.updated_at))
-    assert stamps and all(r["updated_at"] == r["received_at"] for r in stamps)
-
-    # the rebuilt messages table kept its constraints and its id sequence
-    with pytest.raises(DuplicateWebhook), store.transaction() as tx:
-        tx.add_message(PHONE, live.id, "in", "again", [], "SMlive", T0)
-    with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
-        conn.execute(
-            messages.insert().values(
-                phone=PHONE,
-                direction="sideways",
-                body="",
-                media=[],
-                held=False,
-                received_at=T0,
-                updated_at=T0,
-            )
-        )
-    with store.transaction() as tx:
-        new = tx.add_message(PHONE, live.id, "out", "Réponse", [], None, T0, status="queued")
-        conv = tx.create_conversation(PHONE, "gatineau", "tok-new", "s")
-    assert new > max(ids["m_old"], ids["m_live"], ids["m_held"]) and conv.id > live.id
-    with store.engine.connect() as conn:
-        context = MigrationContext.configure(
-            conn, opts={"compare_type": True, "include_object": _not_in_schema_module}
-        )
-        assert compare_metadata(context, metadata) == []
-
-    # and back down to 0001 without losing what it had (no foreign-key action fires)
-    with store.engine.begin() as conn:
-        command.downgrade(alembic_config(conn), "0001")
-    assert store.current_revision() == "0001"
-    tables = set(sa.inspect(store.engine).get_table_names())
-    assert "email_messages" not in tables and "imap_checkpoints" not in tables
-    links = _rows(store, sa.select(_V1_MESSAGES.c.id, _V1_MESSAGES.c.conversation_id))
-    assert {r["id"]: r["conversation_id"] for r in links}[ids["m_live"]] == live.id
-    store.upgrade()
-    store.check_schema()
 
 
 # --- conversations: lookups, agent, closing --------------------------------------------------
@@ -895,7 +444,7 @@ def test_conversation_lookups(store: SqlStore) -> None:
         "<agent-reply@city.example>",
         "<1a@gw.example>",
     )
-    rows = _rows(store, sa.select(email_messages).order_by(email_messages.c.message_id))
+    rows = select_rows(store, sa.select(email_messages).order_by(email_messages.c.message_id))
     assert [(r["message_id"], r["conversation_id"], r["direction"]) for r in rows] == [
         ("<1a@gw.example>", one.id, "out"),
         ("<1b@gw.example>", one.id, "out"),
@@ -996,7 +545,7 @@ def test_outbound_message_status(store: SqlStore) -> None:
         found_in = tx.message_by_provider_sid("SMin")
     assert found_in is not None and found_in.id == inbound and found_in.status is None
     assert found_in.agent_address is None and found_in.error_code is None
-    before = _rows(store, sa.select(messages.c.updated_at).where(messages.c.id == reply))[0]
+    before = select_rows(store, sa.select(messages.c.updated_at).where(messages.c.id == reply))[0]
 
     with store.transaction() as tx:
         tx.set_message_status(reply, "sent", provider_sid="SMreply")
@@ -1012,7 +561,7 @@ def test_outbound_message_status(store: SqlStore) -> None:
     with store.transaction() as tx:
         failed = tx.message_by_provider_sid("SMreply")  # the SID stays when none is given
     assert failed is not None and (failed.status, failed.error_code) == ("undelivered", 30003)
-    after = _rows(store, sa.select(messages.c.updated_at).where(messages.c.id == reply))[0]
+    after = select_rows(store, sa.select(messages.c.updated_at).where(messages.c.id == reply))[0]
     assert after["updated_at"] >= before["updated_at"]
 
     with store.transaction() as tx:
@@ -1050,7 +599,7 @@ def test_processed_emails(store: SqlStore) -> None:
     with store.transaction() as tx:
         assert tx.processed_email(key) == ("processed", "conversation 1: texted in 1 part(s)")
         assert tx.processed_email("sha256:" + "cd" * 32) == ("ignored", "automatic: bounce")
-    (row,) = _rows(store, sa.select(processed_emails).where(processed_emails.c.key == key))
+    (row,) = select_rows(store, sa.select(processed_emails).where(processed_emails.c.key == key))
     assert row["origin"] == origin and row["created_at"].tzinfo == UTC
 
     with pytest.raises(DuplicateEmail, match="already recorded") as err, store.transaction() as tx:
@@ -1080,36 +629,12 @@ def test_concurrent_record_processed_email_one_wins(store: SqlStore) -> None:
             return "duplicate"
         return "won"
 
-    results = _in_threads(2, handle)
+    results = in_threads(2, handle)
     assert sorted(results) == ["duplicate", "won"]
     winner = results.index("won")
     with store.transaction() as tx:
         assert tx.processed_email(key) == ("processed", f"worker {winner}")
     assert [item.payload for item in store.list_outbox()] == [{"n": winner}]
-
-
-def test_migration_0008_marks_rows_already_tried_as_maybe_sent(empty_store: SqlStore) -> None:
-    """Before 0008 every retry was looked up: the rows already tried keep that."""
-    store = empty_store
-    with store.engine.begin() as conn:
-        command.upgrade(alembic_config(conn), "0007")
-        for n, (status, attempts) in enumerate((("pending", 2), ("pending", 0), ("sent", 1))):
-            conn.execute(_V1_OUTBOX.insert().values(
-                kind="sms", payload={"n": n}, status=status, attempts=attempts,
-                next_attempt_at=T0, created_at=T0, updated_at=T0,
-            ))
-    store.upgrade()
-    store.check_schema()
-    assert [(i.payload["n"], i.maybe_sent) for i in store.list_outbox()] == [
-        (0, True), (1, False), (2, False)
-    ]
-    with store.transaction() as tx:  # new rows: not tried, nothing to look up
-        tx.enqueue("sms", {"n": 3}, T0)
-    assert store.list_outbox()[-1].maybe_sent is False
-    with store.engine.begin() as conn:
-        command.downgrade(alembic_config(conn), "0007")
-    assert "maybe_sent" not in {c["name"] for c in sa.inspect(store.engine).get_columns("outbox")}
-    assert len(_rows(store, sa.select(_V1_OUTBOX.c.id))) == 4
 
 
 # --- IMAP checkpoints -----------------------------------------------------------------------
