@@ -228,7 +228,7 @@ def profile_summary(raw: Path, top: int = 18) -> str:
 
 
 def _short(frame: str) -> str:
-    """'handle (gateway/inbound.py:97)' -> 'handle (gateway/inbound.py)' with a short path."""
+    """'handle (gateway/flows/text_in.py:97)' -> 'handle (gateway/flows/text_in.py)'."""
     name, _, where = frame.partition(" (")
     where = where.rstrip(")").rsplit(":", 1)[0]
     for marker in ("site-packages/", "/lib/python3.11/", str(REPO) + "/"):

@@ -12,11 +12,18 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from gateway.flows.reply_in import ReplyService
 from gateway.flows.text_in import InboundService
 from gateway.metrics import Metrics
 from gateway.rules.municipalities import Directory
 from gateway.settings import Settings, load_municipality_map
-from gateway.sms import SmsProvider, Webhooks, make_provider, make_webhooks
+from gateway.sms import (
+    SmsProvider,
+    Webhooks,
+    error_descriptions,
+    make_provider,
+    make_webhooks,
+)
 from gateway.store import Store, open_store
 from gateway.store.console import ConsoleStore
 
@@ -74,6 +81,11 @@ class Gateway:
         return ConsoleStore(self.store)
 
     @cached_property
+    def describe_error(self) -> Callable[[int], tuple[str, str] | None]:
+        """What the provider's error codes mean to an agent (for notices)."""
+        return error_descriptions(self.settings.sms)
+
+    @cached_property
     def webhooks(self) -> Webhooks:
         """The provider's webhooks (signature, forms, answers), checked against
         `public_url`; made once, reused by every request."""
@@ -82,6 +94,13 @@ class Gateway:
     @cached_property
     def inbound(self) -> InboundService:
         return InboundService(self.store, self.settings, self.directory)
+
+    def replies(self, on_queued: Callable[[], None] | None = None) -> ReplyService:
+        """The email-reply flow over this gateway's parts; `on_queued` is called after a reply
+        queued something (the worker wakes its dispatcher with it)."""
+        return ReplyService(
+            self.store, self.settings, self.directory, self.metrics, on_queued=on_queued
+        )
 
     def outbox_changed(self) -> None:
         """New outbox rows were committed: tell the listeners (never raises)."""

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app import Gateway
-from gateway.flows.reply_in import ReplyService
 from gateway.mail.types import MailOrigin
 from gateway.rules.agent_notice import AgentNotice
 from gateway.rules.resident_email import ResidentEmail
@@ -102,7 +101,7 @@ def agent_reply(
 
 
 def handle(gateway: Gateway, raw: bytes) -> Any:
-    return ReplyService(gateway).handle(raw, ORIGIN)
+    return gateway.replies().handle(raw, ORIGIN)
 
 
 def dispatch(gateway: Gateway) -> None:

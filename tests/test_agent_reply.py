@@ -16,7 +16,6 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.flows.agent_reply import QueuedReply, prepare_text, queue_reply
-from gateway.flows.reply_in import ReplyService
 from gateway.mail.types import MailOrigin
 from gateway.rules import segments
 from gateway.rules.agent_notice import AgentNotice, compose_notice
@@ -440,7 +439,7 @@ def test_both_doors_give_the_resident_the_same_texts(gateway: Gateway) -> None:
 def test_reply_service_records_the_email_door(gateway: Gateway) -> None:
     first, conversation = start(gateway)
     raw = mail_client_reply(first, "On our way.", EMAIL_AGENT)
-    assert ReplyService(gateway).handle(raw, ORIGIN).outcome == "processed"
+    assert gateway.replies().handle(raw, ORIGIN).outcome == "processed"
     [message] = [m for m in messages(gateway, conversation) if m.direction == "out"]
     assert (message.via, message.agent_address, message.body) == (
         "email", EMAIL_AGENT, "On our way.",
@@ -452,7 +451,7 @@ def test_a_mailbox_user_answering_the_copy_texts_the_resident(gateway: Gateway) 
     console_reply(gateway, conversation, "Can you send a photo?")
     [copy] = notices(gateway)
     raw = mail_client_reply(copy, "No photo needed after all.", EMAIL_AGENT)
-    disposition = ReplyService(gateway).handle(raw, ORIGIN)
+    disposition = gateway.replies().handle(raw, ORIGIN)
     assert disposition.outcome == "processed", disposition
     assert f"conversation {conversation.id}" in disposition.reason
     assert [r["body"] for r in sms_rows(gateway)] == [
@@ -465,5 +464,5 @@ def test_a_mailbox_user_answering_the_copy_texts_the_resident(gateway: Gateway) 
     routing["To"] = MAILBOX
     del routing["Message-ID"]
     routing["Message-ID"] = make_msgid(domain="ottawa.example")
-    assert ReplyService(gateway).handle(bytes(routing), ORIGIN).outcome == "processed"
+    assert gateway.replies().handle(bytes(routing), ORIGIN).outcome == "processed"
     assert len(sms_rows(gateway)) == 3

@@ -13,7 +13,6 @@ import pyotp
 import pytest
 
 from gateway.app import Gateway
-from gateway.flows.reply_in import ReplyService
 from gateway.rules.agent_notice import AgentNotice
 from gateway.rules.resident_email import ResidentEmail
 from gateway.settings import load_settings
@@ -494,7 +493,7 @@ def test_a_reply_not_texted_appears_live_and_so_does_its_retry(
     gateway.directory.reload()
     with gateway.store.transaction() as tx:
         [kept] = list_failed_emails(tx)
-    assert ReplyService(gateway).retry(kept.id).outcome == "processed"
+    assert gateway.replies().retry(kept.id).outcome == "processed"
     retried = dana.get(url)
     assert retried.status_code == 200
     after = retried.get_data(as_text=True)

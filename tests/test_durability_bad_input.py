@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from gateway.app import Gateway
-from gateway.flows.reply_in import ReplyService
 from gateway.mail.types import MailOrigin
 from gateway.rules.resident_email import ResidentEmail, compose
 from gateway.sms.base import InboundText
@@ -168,7 +167,7 @@ def test_utf16_mislabelled_as_utf8_is_never_texted_as_mojibake(gateway: Gateway)
     raw = headers(to_city, "Content-Type: text/plain; charset=utf-8\r\n\r\n") + (
         "We will fix it tomorrow.".encode("utf-16")
     )
-    disposition = ReplyService(gateway).handle(raw, ORIGIN)
+    disposition = gateway.replies().handle(raw, ORIGIN)
     # Either read right (the byte-order mark says UTF-16) or not at all; never "ÿþW e  w i l l".
     assert queued_sms(gateway) in ([], ["We will fix it tomorrow."]), disposition
 
@@ -180,7 +179,7 @@ def test_a_truncated_base64_reply_is_never_texted_as_base64(gateway: Gateway) ->
         to_city, "Content-Type: text/plain; charset=utf-8\r\n"
         "Content-Transfer-Encoding: base64\r\n\r\n"
     ) + encoded[:41]  # cut short: 41 characters, not a multiple of 4
-    ReplyService(gateway).handle(raw, ORIGIN)
+    gateway.replies().handle(raw, ORIGIN)
     for body in queued_sms(gateway):
         assert encoded[:12].decode() not in body, f"texted undecoded base64: {body!r}"
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from gateway.app import Gateway
-from gateway.flows.reply_in import ReplyService
 from gateway.mail.imap import ImapListener
 from gateway.run.worker import Dispatcher
 from gateway.settings import ImapSettings
@@ -117,7 +116,7 @@ def test_silently_dropped_connection_is_noticed_and_replies_meanwhile_are_texted
                 stop = asyncio.Event()
                 dispatcher = Dispatcher(gateway, poll_interval=0.05)
                 listener = ImapListener(
-                    imap, ReplyService(gateway, on_queued=dispatcher.wake), gateway.store,
+                    imap, gateway.replies(on_queued=dispatcher.wake), gateway.store,
                     idle_timeout=1.0, command_timeout=1.0, min_backoff=0.05, max_backoff=0.5,
                 )
                 tasks = [asyncio.create_task(dispatcher.run(stop)),

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from gateway.app import Gateway
-from gateway.flows.reply_in import ReplyService
 from gateway.mail.types import MailOrigin
 from gateway.rules.resident_email import ResidentEmail, compose
 from gateway.run.worker import Dispatcher
@@ -116,7 +115,7 @@ def test_the_parts_of_a_long_reply_arrive_in_order_across_a_failure(tmp_path: Pa
             to_city = compose(ResidentEmail.from_dict(row.payload), [], [])
             long_reply = " ".join(f"Step {n} of the repair is done." for n in range(80))
             origin = MailOrigin(kind="imap", mailbox="INBOX", uidvalidity=1, uid=1)
-            ReplyService(gateway).handle(agent_reply(to_city, long_reply), origin)
+            gateway.replies().handle(agent_reply(to_city, long_reply), origin)
             parts = [i.payload for i in gateway.store.list_outbox(None) if i.kind == "sms"]
             assert len(parts) == 2
             api.fail_next(1, 500, 20500)  # the first part fails (it may have gone: looked up)

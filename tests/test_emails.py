@@ -37,6 +37,7 @@ from gateway.rules.thread import (
     reply_subject,
     thread_subject,
 )
+from gateway.sms.twilio import errors as twilio_errors
 
 NOV = datetime(2026, 11, 22, 15, 4, tzinfo=UTC)  # 10:04 EST in Ottawa
 JULY = datetime(2026, 7, 2, 13, 30, tzinfo=UTC)  # 09:30 EDT in Montréal
@@ -421,7 +422,8 @@ def make_notice(
 
 
 def notice_text(notice: AgentNotice) -> tuple[EmailMessage, str]:
-    parsed = parse(compose_notice(notice))
+    """The notice as the worker composes it for a Twilio gateway (Twilio's code texts)."""
+    parsed = parse(compose_notice(notice, twilio_errors.describe))
     return parsed, " ".join(body_of(parsed).split())
 
 
@@ -514,6 +516,13 @@ def test_delivery_failed_with_unknown_or_missing_codes() -> None:
     assert "(error 30007: filtered by the carrier as spam)" in text
     _, text = notice_text(make_notice("delivery_failed", {"error_code": 21610}))
     assert "opted out (texted STOP)" in text
+
+
+def test_a_provider_without_descriptions_shows_the_bare_code() -> None:
+    notice = make_notice("delivery_failed", {"status": "undelivered", "error_code": 30003})
+    text = " ".join(body_of(parse(compose_notice(notice))).split())
+    assert "(undelivered, error 30003)." in text
+    assert "unreachable" not in text
 
 
 def test_not_sent_without_a_reason() -> None:

@@ -62,11 +62,10 @@ def test_metrics_count_texts_and_refusals(tmp_path: Path) -> None:
     assert "sms311_outbox_depth 0.0" in text
     assert "sms311_failed_replies 0.0" in text
     # a reply from a stranger is not texted: kept in the Failed list, and counted
-    from gateway.flows.reply_in import ReplyService
     from gateway.mail.types import MailOrigin
 
     raw = b"From: x@spam.example\r\nTo: sms@gateway.example\r\nSubject: hi\r\n\r\nHello\r\n"
-    disposition = ReplyService(gateway).handle(raw, MailOrigin(kind="smtp"))
+    disposition = gateway.replies().handle(raw, MailOrigin(kind="smtp"))
     assert disposition.outcome == "failed" and disposition.kept
     text = client.get("/metrics").get_data(as_text=True)
     assert "sms311_failed_replies 1.0" in text

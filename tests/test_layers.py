@@ -142,7 +142,7 @@ LAYERS_BELOW = {
                     "gateway.store", "gateway.mail"),
     "gateway.mail": ("gateway.flows", "gateway.web", "gateway.run", "gateway.cli", "gateway.app",
                      "gateway.store", "gateway.sms"),
-    "gateway.flows": ("gateway.web", "gateway.run", "gateway.cli"),
+    "gateway.flows": ("gateway.web", "gateway.run", "gateway.cli", "gateway.app"),
     "gateway.web": ("gateway.run", "gateway.cli"),
 }
 

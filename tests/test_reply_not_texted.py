@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from gateway.app import Gateway
-from gateway.flows.reply_in import ReplyService
 from gateway.rules.agent_notice import AgentNotice, compose_notice
 from gateway.rules.resident_email import ResidentEmail
 from gateway.run.worker import ingress_recipients
@@ -181,7 +180,7 @@ def test_a_kept_reply_is_texted_on_retry_once_its_cause_is_fixed(
         with gateway.store.transaction() as tx:
             [kept] = list_failed_emails(tx)
         # Not fixed yet: still failed, no second notice (nobody was told: a stranger).
-        still = ReplyService(gateway).retry(kept.id)
+        still = gateway.replies().retry(kept.id)
         assert still.outcome == "failed" and still.kept
         with gateway.store.transaction() as tx:
             assert [k.id for k in list_failed_emails(tx)] == [kept.id]
@@ -196,7 +195,7 @@ def test_a_kept_reply_is_texted_on_retry_once_its_cause_is_fixed(
     )
     gateway = Gateway.from_settings(load_settings(tmp_path / "sms311.yaml", environ={}))
     try:
-        done = ReplyService(gateway).retry(kept.id)
+        done = gateway.replies().retry(kept.id)
         assert done.outcome == "processed", done
         dispatch(gateway)
         assert [m["Body"] for m in api.messages] == ["Fixed on Monday."]
@@ -206,12 +205,12 @@ def test_a_kept_reply_is_texted_on_retry_once_its_cause_is_fixed(
         assert resolved.resolved_at is not None and "processed" in (resolved.resolution or "")
         # The email itself arriving again later is not texted twice.
         assert "already handled" in handle(gateway, raw).reason
-        again = ReplyService(gateway).retry(kept.id)
+        again = gateway.replies().retry(kept.id)
         assert "already handled" in again.reason
         dispatch(gateway)
         assert len(api.messages) == 1
         with pytest.raises(KeyError):
-            ReplyService(gateway).retry(kept.id + 100)
+            gateway.replies().retry(kept.id + 100)
     finally:
         gateway.close()
 

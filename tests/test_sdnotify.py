@@ -1,4 +1,4 @@
-"""gateway/sdnotify.py against real AF_UNIX datagram sockets, playing systemd's side.
+"""gateway/run/sdnotify.py against real AF_UNIX datagram sockets, playing systemd's side.
 
 The receiving socket asks for the sender's credentials (SO_PASSCRED), as systemd does to
 enforce NotifyAccess=main, so the tests also check which process each message came from.

@@ -553,3 +553,26 @@ def test_sandbox_find_sent(tmp_path: Path) -> None:
     assert sandbox.find_sent(RESIDENT, "hello", since) is None
     assert sandbox.find_sent("+16135550199", "hi", since) is None
     assert sandbox.find_sent(RESIDENT, "hi", datetime.now(UTC) + timedelta(minutes=1)) is None
+
+
+def test_every_provider_is_a_setting_choice_and_passes_the_webhook_security_cases() -> None:
+    """A provider is one folder plus its registration: the `sms.provider` choices, the
+    registry and the shared webhook security cases must all name the same providers."""
+    import importlib
+    import pkgutil
+
+    import tests
+    from gateway.settings.model import SMS_PROVIDERS
+    from gateway.sms import PROVIDERS
+    from tests.webhook_security import WebhookSecurityCases
+
+    assert set(PROVIDERS) == set(SMS_PROVIDERS)
+    for info in pkgutil.iter_modules(tests.__path__):
+        if info.name.startswith("test_webhooks_"):
+            importlib.import_module(f"tests.{info.name}")
+    covered = set()
+    for case in WebhookSecurityCases.__subclasses__():
+        for leaf in [case, *case.__subclasses__()]:
+            section = getattr(leaf, "sms_section", "")
+            covered |= {name for name in PROVIDERS if f"provider: {name}\n" in section}
+    assert covered == set(PROVIDERS)

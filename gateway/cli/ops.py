@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 
+from gateway.cli.output import printable, printable_bytes, printable_json
 from gateway.logs import setup_logging
 from gateway.settings import Settings, check_config, config_path_from, load_settings
 from gateway.store import SchemaOutOfDate
@@ -139,7 +140,8 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         for item in store.list_outbox(status):
             print(
                 f"{item.id}\t{item.kind}\t{item.status}\tattempts={item.attempts}\t"
-                f"created={item.created_at:%Y-%m-%d %H:%M:%S}\t{item.last_error or ''}"
+                f"created={item.created_at:%Y-%m-%d %H:%M:%S}\t"
+                f"{printable(item.last_error or '', one_line=True)}"
             )
         print(json.dumps(store.outbox_stats()), file=sys.stderr)
     finally:
@@ -159,20 +161,20 @@ def cmd_failed(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     if args.failed_command == "retry":
         from gateway.app import Gateway
-        from gateway.flows.reply_in import ReplyService
 
         gateway = Gateway.from_settings(settings)
         try:
             gateway.store.check_schema()
             try:
-                disposition = ReplyService(gateway).retry(args.id)
+                disposition = gateway.replies().retry(args.id)
             except KeyError:
                 print(f"sms311: no failed email {args.id} (see `sms311 failed list`)",
                       file=sys.stderr)
                 return 1
         finally:
             gateway.close()
-        print(f"failed email {args.id}: {disposition.outcome} ({disposition.reason})")
+        reason = printable(disposition.reason, one_line=True)
+        print(f"failed email {args.id}: {disposition.outcome} ({reason})")
         return 0 if disposition.outcome != "failed" else 1
 
     from gateway.store import open_store
@@ -186,7 +188,13 @@ def cmd_failed(args: argparse.Namespace) -> int:
                 if kept is None:
                     print(f"sms311: no failed email {args.id}", file=sys.stderr)
                     return 1
-                sys.stdout.buffer.write(kept.raw)
+                if args.raw and sys.stdout.isatty():
+                    print("sms311: --raw writes the email's bytes as they arrived, control "
+                          "sequences included: redirect it to a file", file=sys.stderr)
+                    return 2
+                # On a terminal, never the email's own control sequences (`printable`).
+                shown = kept.raw if args.raw else printable_bytes(kept.raw).encode("utf-8")
+                sys.stdout.buffer.write(shown)
                 sys.stdout.flush()
                 return 0
             if args.failed_command == "delete":
@@ -199,11 +207,12 @@ def cmd_failed(args: argparse.Namespace) -> int:
             unresolved = count_failed_emails(tx)
         for kept in rows:
             state = f"resolved {kept.resolved_at:%Y-%m-%d %H:%M}" if kept.resolved_at else "failed"
-            where = kept.origin.get("kind", "?")
+            where = printable(str(kept.origin.get("kind", "?")), one_line=True)
+            sender = printable(kept.sender or "?", one_line=True)
             print(
                 f"{kept.id}\t{kept.received_at:%Y-%m-%d %H:%M:%S}\t{where}\t{state}\t"
-                f"from={kept.sender or '?'}\tconversation={kept.conversation_id or '-'}\t"
-                f"{kept.size} bytes\t{kept.reason}"
+                f"from={sender}\tconversation={kept.conversation_id or '-'}\t"
+                f"{kept.size} bytes\t{printable(kept.reason, one_line=True)}"
             )
         print(f"{unresolved} failed reply email(s) not resolved", file=sys.stderr)
     finally:
@@ -239,7 +248,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
             print(f"sms311: {args.number!r}: {exc}", file=sys.stderr)
             return 2
         if args.privacy_command == "export":
-            print(json.dumps(export_resident(store, phone), indent=2, ensure_ascii=False))
+            print(printable_json(export_resident(store, phone)))
             return 0
         if not args.yes:
             print(f"this erases everything stored about {phone}; add --yes to do it",

@@ -225,8 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
                             help="also the resolved ones (texted after a retry)")
         target.add_argument("--limit", type=int, default=100,
                             help="at most this many (default: 100)")
-    failed_show = _command(failed_commands, "show", "print one as it arrived (raw email)",
-                           "Print one kept failed reply exactly as it arrived (RFC 5322).")
+    failed_show = _command(
+        failed_commands, "show", "print one as it arrived (raw email)",
+        "Print one kept failed reply as it arrived (RFC 5322), without terminal control "
+        "sequences (escape sequences, control characters; bytes that are not UTF-8 shown "
+        "as \\xNN). --raw writes its exact bytes instead, to a file or a pipe only.",
+    )
+    failed_show.add_argument("--raw", action="store_true",
+                             help="the exact bytes, control sequences included (not on a "
+                                  "terminal: redirect it to a file)")
     failed_retry = _command(
         failed_commands, "retry", "hand one to the reply pipeline again",
         "Hand one kept failed reply to the reply pipeline again, as if it had just arrived "

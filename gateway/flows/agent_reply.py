@@ -49,6 +49,7 @@ from gateway.flows.payloads import SmsPayload
 from gateway.flows.thread_mail import enqueue_notice
 from gateway.logs import mask_phone
 from gateway.rules import reading, segments
+from gateway.rules.agent_notice import NOTICE_EXCERPT_CHARS
 from gateway.settings import Settings
 from gateway.store import Conversation, Tx
 
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 Via = Literal["email", "console"]
 VIAS: tuple[Via, ...] = get_args(Via)
 
-EXCERPT_CHARS = 200  # of the reply, quoted in a notice to the agent
+EXCERPT_CHARS = NOTICE_EXCERPT_CHARS  # of the reply, quoted in a notice to the agent
 MAX_TEXT_CHARS = reading.MAX_TEXT_BYTES * 2  # what an email reply's text is cut to, too
 
 

@@ -18,11 +18,10 @@ from typing import Any
 
 from gateway.flows.payloads import SmsPayload
 from gateway.flows.thread_mail import enqueue_notice
+from gateway.rules.agent_notice import NOTICE_EXCERPT_CHARS
 from gateway.settings import Settings
 from gateway.sms.base import FAILED_STATES, DeliveryReport, PermanentReason, SmsPermanentError
 from gateway.store import Conversation, Store, Tx
-
-EXCERPT_CHARS = 200  # of the reply, quoted in the notice to the agent
 
 
 def record_delivery_report(store: Store, settings: Settings, report: DeliveryReport) -> bool:
@@ -52,14 +51,14 @@ def record_refusal(
 ) -> None:
     """The provider refused the outbox SMS `sms` for good: its message is "failed" and
     the rule above applies."""
-    if sms.conversation_id is None:
-        return
     with store.transaction() as tx:
+        if sms.message_id is not None:
+            tx.set_message_status(sms.message_id, "failed", error.code)
+        if sms.conversation_id is None:
+            return
         conversation = tx.get_conversation(sms.conversation_id)
         if conversation is None:
             return
-        if sms.message_id is not None:
-            tx.set_message_status(sms.message_id, "failed", error.code)
         _not_delivered(
             tx, settings, conversation, agent=sms.agent or conversation.agent_address,
             body=sms.body, state="failed", code=error.code, reason=error.reason,
@@ -83,7 +82,7 @@ def _not_delivered(
         tx.save_resident(replace(resident, opted_out=True))
     if not agent:
         return
-    details: dict[str, Any] = {"reply_excerpt": body[:EXCERPT_CHARS]}
+    details: dict[str, Any] = {"reply_excerpt": body[:NOTICE_EXCERPT_CHARS]}
     if not opted_out:
         details |= {"status": state, "error_code": code}
     enqueue_notice(

@@ -37,14 +37,15 @@ from datetime import UTC, datetime
 from email.utils import parseaddr
 from typing import Any
 
-from gateway.app import Gateway
 from gateway.flows.agent_reply import EXCERPT_CHARS, queue_reply
 from gateway.flows.thread_mail import answering, enqueue_notice, queue_email
 from gateway.mail.types import Disposition, MailOrigin
+from gateway.metrics import Metrics
 from gateway.rules import reading
 from gateway.rules.agent_notice import AgentNotice, NotTextedWhy
-from gateway.rules.municipalities import Municipality
-from gateway.store import Conversation, DuplicateEmail, StoreUnavailable, Tx
+from gateway.rules.municipalities import Directory, Municipality
+from gateway.settings import Settings
+from gateway.store import Conversation, DuplicateEmail, Store, StoreUnavailable, Tx
 
 log = logging.getLogger(__name__)
 
@@ -118,17 +119,21 @@ class ReplyService:
 
     def __init__(
         self,
-        gateway: Gateway,
+        store: Store,
+        settings: Settings,
+        directory: Callable[[], Directory],
+        metrics: Metrics,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_queued: Callable[[], None] | None = None,
     ) -> None:
-        self._gateway = gateway
+        self._store = store
+        self._settings = settings
+        self._directory = directory  # a callable: the map can be reloaded (SIGHUP)
+        self._metrics = metrics
         self._now = now
         self._on_queued = on_queued  # wakes the dispatcher: the SMS goes at once, not at a poll
-        self._own = tuple(
-            a for a in (parseaddr(gateway.settings.email.from_address)[1],) if a
-        )
+        self._own = tuple(a for a in (parseaddr(settings.email.from_address)[1],) if a)
 
     async def __call__(self, raw: bytes, origin: MailOrigin) -> Disposition:
         disposition = await asyncio.to_thread(self.handle, raw, origin)
@@ -149,7 +154,7 @@ class ReplyService:
         had just arrived (the cause may be fixed: an agent added to the map, …). When it is
         now texted (or ignored), it is marked resolved. No second notice goes to the agent
         when it fails again. Raises KeyError when there is no such kept email."""
-        with self._gateway.store.transaction() as tx:
+        with self._store.transaction() as tx:
             kept = tx.get_failed_email(failed_id)
         if kept is None:
             raise KeyError(failed_id)
@@ -161,7 +166,7 @@ class ReplyService:
     def _handle(
         self, raw: bytes, origin: MailOrigin, key: str, *, retry_of: int | None
     ) -> Disposition:
-        store = self._gateway.store
+        store = self._store
         try:
             with store.transaction() as tx:
                 seen = tx.processed_email(key)
@@ -211,7 +216,7 @@ class ReplyService:
             "reply email via %s: %s (%s)%s", origin.kind, disposition.outcome,
             disposition.reason, " [kept in the Failed list]" if disposition.kept else "",
         )  # fmt: skip
-        self._gateway.metrics.replies_read.labels(disposition.outcome).inc()
+        self._metrics.replies_read.labels(disposition.outcome).inc()
         return disposition
 
     def _keep_alone(
@@ -219,7 +224,7 @@ class ReplyService:
     ) -> Disposition:
         """Keep an email the pipeline could not decide, in a transaction of its own."""
         try:
-            with self._gateway.store.transaction() as tx:
+            with self._store.transaction() as tx:
                 tx.keep_failed_email(
                     key, raw, disposition.reason, asdict(origin), now=self._now()
                 )
@@ -233,7 +238,7 @@ class ReplyService:
     # -- the decision ---------------------------------------------------------------------
 
     def _decide(self, tx: Tx, raw: bytes) -> _Decision:
-        settings = self._gateway.settings
+        settings = self._settings
         try:
             reply = reading.parse_reply(
                 raw, reply_address=settings.email.reply_address, own_addresses=self._own
@@ -274,7 +279,7 @@ class ReplyService:
                     f"({conversation.municipality_id or 'fallback'})",
                 ),
                 reply, conversation, why="not_agent", tell=home is not None,
-                municipality=self._gateway.directory().get(conversation.municipality_id or ""),
+                municipality=self._directory().get(conversation.municipality_id or ""),
             )  # fmt: skip
         now = self._now()
         if not reply.text and not reply.close_requested:
@@ -323,11 +328,11 @@ class ReplyService:
     def _agents(self, conversation: Conversation) -> tuple[str, ...]:
         if conversation.municipality_id is None:
             return self._fallback_agents()
-        municipality = self._gateway.directory().get(conversation.municipality_id)
+        municipality = self._directory().get(conversation.municipality_id)
         return municipality.agents if municipality else ()
 
     def _fallback_agents(self) -> tuple[str, ...]:
-        fallback = self._gateway.settings.fallback_mailbox
+        fallback = self._settings.fallback_mailbox
         return (fallback, "@" + fallback.rpartition("@")[2]) if fallback else ()
 
     def _municipality_of(self, sender: str) -> Municipality | None:
@@ -335,10 +340,10 @@ class ReplyService:
         fallback mailbox's agents count, as a municipality named after the mailbox)."""
         if not sender:
             return None
-        for municipality in self._gateway.directory().municipalities:
+        for municipality in self._directory().municipalities:
             if municipality.agents and is_agent(sender, municipality.agents):
                 return municipality
-        fallback = self._gateway.settings.fallback_mailbox
+        fallback = self._settings.fallback_mailbox
         if fallback and is_agent(sender, self._fallback_agents()):
             return Municipality(id="", name=fallback, province="", mailbox=fallback)
         return None
@@ -349,7 +354,7 @@ class ReplyService:
         """Queue the SMS (or tell the agent the resident opted out): the one reply path
         the console takes too (`gateway.flows.agent_reply.queue_reply`)."""
         queued = queue_reply(
-            tx, self._gateway.settings, conversation, agent=agent, text=text, now=now,
+            tx, self._settings, conversation, agent=agent, text=text, now=now,
             via="email",
         )  # fmt: skip
         return queued.reason
@@ -380,7 +385,7 @@ class ReplyService:
         municipality: Municipality | None,
     ) -> None:
         """Queue a "not_texted" notice to the reply's sender, answering their email."""
-        settings = self._gateway.settings
+        settings = self._settings
         details: dict[str, Any] = {"why": why, "sender": reply.sender}
         if municipality is not None:
             details["municipality"] = municipality.name

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from gateway.flows.thread_mail import next_in_thread, queue_email
 from gateway.logs import log_full_detail, mask_phone
 from gateway.rules import dialogue, keywords, prompts
-from gateway.rules.municipalities import Directory, Municipality
+from gateway.rules.municipalities import DEFAULT_TIMEZONE, Directory, Municipality
 from gateway.rules.resident_email import MediaRef, ResidentEmail, ResidentText
 from gateway.rules.thread import format_national, local_name, new_token, thread_subject
 from gateway.settings import Settings
@@ -301,7 +301,7 @@ class InboundService:
             to=(conversation.agent_address or mailbox,),
             cc=(mailbox,) if conversation.agent_address else (),
             municipality_name=_UNKNOWN[language],
-            timezone="America/Toronto",
+            timezone=DEFAULT_TIMEZONE,
             language=language,
             note=_FALLBACK_NOTE,
         )

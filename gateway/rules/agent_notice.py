@@ -8,23 +8,24 @@ or — kind "console_reply" — it is a copy of a reply written in the web conso
 mailbox shows the whole conversation. `AgentNotice` is the outbox payload (`to_dict` /
 `from_dict`, JSON-safe, "type": "notice"); `compose_notice` writes it in the notice's language
 and then the other (English and French), marked so that no auto-responder answers it.
-`error_text` says what a provider error code means, for the agent.
+`error_text` says what a provider error code means, for the agent, as the provider's
+`DescribeError` says (the rules know no provider's codes).
 
 Header injection is impossible: every header value is reduced to one line first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any, Literal
 
+from gateway.rules.municipalities import DEFAULT_TIMEZONE
 from gateway.rules.thread import (
     CONVERSATION_HEADER,
-    DEFAULT_TIMEZONE,
     bare,
     one_line,
     reply_subject,
@@ -50,36 +51,26 @@ ConsoleOutcome = Literal["texted", "opted_out"]
 CONSOLE_OUTCOMES: tuple[ConsoleOutcome, ...] = ("texted", "opted_out")
 NOTICE_EXCERPT_CHARS = 200
 
-# Provider error codes (Twilio) as the agent should read them: (English, French).
-ERROR_TEXTS: Mapping[int, tuple[str, str]] = {
-    21211: ("not a valid phone number", "numéro de téléphone invalide"),
-    21408: ("texting to this region is not enabled", "l'envoi vers cette région n'est pas activé"),
-    21610: (
-        "the resident has opted out (texted STOP)",
-        "la personne s'est désabonnée (elle a texté ARRET ou STOP)",
-    ),
-    21612: ("this number cannot get our texts", "ce numéro ne peut pas recevoir nos textos"),
-    21614: ("not a mobile number", "pas un numéro de cellulaire"),
-    21617: ("the text is too long", "le texte est trop long"),
-    30001: ("too many texts queued at once", "trop de textos en attente à la fois"),
-    30002: ("the texting account is suspended", "le compte d'envoi de textos est suspendu"),
-    30003: ("the phone is unreachable (off or out of coverage)",
-            "le téléphone est injoignable (éteint ou hors de portée)"),
-    30004: ("the number blocks our texts", "le numéro bloque nos textos"),
-    30005: ("unknown number (it does not exist or is out of service)",
-            "numéro inconnu (il n'existe pas ou n'est plus en service)"),
-    30006: ("a landline, or a carrier that cannot receive texts",
-            "ligne fixe, ou opérateur qui ne peut pas recevoir de textos"),
-    30007: ("filtered by the carrier as spam", "filtré par l'opérateur comme pourriel"),
-    30008: ("unknown error at the carrier", "erreur inconnue chez l'opérateur"),
-}  # fmt: skip
-
 _STATUS_FR = {"undelivered": "non livré", "failed": "échec", "not_sent": "non envoyé"}
 
 
-def error_text(code: int | None, language: str = "en") -> str | None:
-    """What a provider error code means, in "en" or "fr"; None for an unknown code."""
-    texts = ERROR_TEXTS.get(code) if code is not None else None
+#: How a provider's error code reads to an agent: (English, French), or None when unknown.
+#: Each provider has its own (`gateway.sms.base.ProviderKind.describe_error`); the rules
+#: know no provider's codes.
+DescribeError = Callable[[int], "tuple[str, str] | None"]
+
+
+def no_description(code: int) -> tuple[str, str] | None:
+    """The `DescribeError` of a provider whose codes are not described: always None."""
+    return None
+
+
+def error_text(
+    code: int | None, language: str = "en", describe: DescribeError = no_description
+) -> str | None:
+    """What a provider error code means, in "en" or "fr" (as `describe` says); None for
+    an unknown code."""
+    texts = describe(code) if code is not None else None
     if texts is None:
         return None
     return texts[1] if language == "fr" else texts[0]
@@ -178,9 +169,11 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _error_part(code: int | None, language: str, fallback: str) -> str:
+def _error_part(
+    code: int | None, language: str, fallback: str, describe: DescribeError
+) -> str:
     """ "error 30003: unreachable …" (or only what is known)."""
-    described = error_text(code, language) or one_line(fallback)
+    described = error_text(code, language, describe) or one_line(fallback)
     word = "erreur" if language == "fr" else "error"
     colon = " :" if language == "fr" else ":"
     if code is not None and described:
@@ -190,8 +183,9 @@ def _error_part(code: int | None, language: str, fallback: str) -> str:
     return described
 
 
-def _notice_lines(notice: AgentNotice, language: str) -> str:
-    """The one-paragraph explanation in `language` ("en" or "fr")."""
+def _notice_lines(notice: AgentNotice, language: str, describe: DescribeError) -> str:
+    """The one-paragraph explanation in `language` ("en" or "fr"); provider error codes
+    read as `describe` says."""
     details = notice.details
     fr = language == "fr"
     if notice.kind == "shortened":
@@ -227,7 +221,7 @@ def _notice_lines(notice: AgentNotice, language: str) -> str:
     if notice.kind == "delivery_failed":
         code = _int(details.get("error_code"))
         status = one_line(str(details.get("status") or ""))
-        error = _error_part(code, language, str(details.get("error_message") or ""))
+        error = _error_part(code, language, str(details.get("error_message") or ""), describe)
         shown_status = _STATUS_FR.get(status, status) if fr else status
         inside = ", ".join(p for p in (shown_status, error) if p)
         why = f" ({inside})" if inside else ""
@@ -248,10 +242,10 @@ def _notice_lines(notice: AgentNotice, language: str) -> str:
     code = _int(details.get("error_code"))
     reason = str(details.get("reason") or "")
     if fr:
-        reason = str(details.get("reason_fr") or "") or error_text(code, "fr") or reason
+        reason = str(details.get("reason_fr") or "") or error_text(code, "fr", describe) or reason
         why = f" : {one_line(reason)}" if reason.strip() else ""
         return f"Votre réponse n'a pas été envoyée par texto{why}."
-    reason = reason or error_text(code, "en") or ""
+    reason = reason or error_text(code, "en", describe) or ""
     why = f": {one_line(reason)}" if reason.strip() else ""
     return f"Your reply was not texted{why}."
 
@@ -378,9 +372,11 @@ def _excerpt(text: str) -> str:
     return _quote(text)
 
 
-def _notice_body(notice: AgentNotice) -> str:
+def _notice_body(notice: AgentNotice, describe: DescribeError) -> str:
     first, second = ("fr", "en") if notice.language == "fr" else ("en", "fr")
-    parts = [_notice_lines(notice, first) + "\n" + _notice_lines(notice, second)]
+    parts = [
+        _notice_lines(notice, first, describe) + "\n" + _notice_lines(notice, second, describe)
+    ]
     if notice.kind == "console_reply":
         # The copy shows the whole reply, quoted like the other notices' excerpts.
         text = str(notice.details.get("text") or "")
@@ -410,8 +406,9 @@ def _notice_body(notice: AgentNotice) -> str:
     return "\n\n".join(parts) + "\n\n-- \n" + footer + "\n"
 
 
-def compose_notice(notice: AgentNotice) -> EmailMessage:
-    """The notice email, in the conversation's thread (policy `email.policy.SMTP`).
+def compose_notice(notice: AgentNotice, describe: DescribeError = no_description) -> EmailMessage:
+    """The notice email, in the conversation's thread (policy `email.policy.SMTP`); a
+    provider error code in it reads as `describe` says (the provider's own descriptions).
 
     Headers: From (the gateway), To/Cc (the agent; for a "console_reply" copy the mailbox,
     Cc the sticky agent), Reply-To (the conversation's reply address, so answering it
@@ -436,5 +433,5 @@ def compose_notice(notice: AgentNotice) -> EmailMessage:
     if notice.conversation_id is not None:
         message[CONVERSATION_HEADER] = bare(str(notice.conversation_id))
     message[NOTICE_HEADER] = notice.kind
-    message.set_content(_notice_body(notice), cte="quoted-printable")
+    message.set_content(_notice_body(notice, describe), cte="quoted-printable")
     return message

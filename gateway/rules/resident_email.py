@@ -21,9 +21,9 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any
 
+from gateway.rules.municipalities import DEFAULT_TIMEZONE
 from gateway.rules.thread import (
     CONVERSATION_HEADER,
-    DEFAULT_TIMEZONE,
     aware,
     bare,
     local_zone,

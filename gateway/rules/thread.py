@@ -35,7 +35,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
-DEFAULT_TIMEZONE = "America/Toronto"
 CONVERSATION_HEADER = "X-SMS311-Conversation"
 REFERENCES_KEEP_LAST = 20  # References = the first id + the last 20 (RFC 5322 allows trimming)
 TOKEN_BYTES = 20  # 160 bits: exactly 32 base32 characters, no padding

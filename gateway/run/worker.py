@@ -50,10 +50,10 @@ from gateway.logs import mask_phone
 from gateway.mail.smtp import PermanentSmtpError, TemporarySmtpError, send_email
 from gateway.rules import segments
 from gateway.rules.agent_notice import AgentNotice, compose_notice
+from gateway.rules.email_payload import from_payload
 from gateway.rules.resident_email import (
     Attachment,
     MediaRef,
-    ResidentEmail,
     compose,
     media_filename,
 )
@@ -323,14 +323,14 @@ class Dispatcher:
 
     async def _send_email(self, item: OutboxItem) -> None:
         self._begin(item)
-        if item.payload.get("type") == "notice":
-            notice = AgentNotice.from_dict(item.payload)
-            await send_email(compose_notice(notice), self._gateway.settings.email.smtp)
+        email = from_payload(item.payload)
+        if isinstance(email, AgentNotice):
+            message = compose_notice(email, self._gateway.describe_error)
+            await send_email(message, self._gateway.settings.email.smtp)
             self._gateway.metrics.emails_sent.inc()
-            log.info("notice sent: %s conversation=%s outbox=%s", notice.kind,
-                     notice.conversation_id, item.id)
+            log.info("notice sent: %s conversation=%s outbox=%s", email.kind,
+                     email.conversation_id, item.id)
             return
-        email = ResidentEmail.from_dict(item.payload)
         attachments: list[Attachment] = []
         failed: list[MediaRef] = []
         # A media that keeps failing must not hold the text back for ever: after half the
@@ -568,7 +568,6 @@ async def run_worker(
     """The worker until `stop`: the dispatcher, the IMAP listener (when `email.imap` is
     set), the SMTP/LMTP reply ingress (when `email.ingress` is set) and the daily
     retention purge (when `privacy.retention_days` is not 0)."""
-    from gateway.flows.reply_in import ReplyService
     from gateway.mail.imap import ImapListener
     from gateway.mail.ingress import ReplyIngress
     from gateway.store.coordination import (
@@ -579,7 +578,7 @@ async def run_worker(
     )
 
     dispatcher = dispatcher or Dispatcher(gateway)
-    sink = ReplyService(gateway, on_queued=dispatcher.wake)
+    sink = gateway.replies(on_queued=dispatcher.wake)
     email = gateway.settings.email
     tasks = [dispatcher.run(stop), retention_loop(gateway, stop)]
     # PostgreSQL: several instances may share the database (None on SQLite)

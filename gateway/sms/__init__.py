@@ -9,7 +9,7 @@ webhook security cases (`tests/webhook_security.py`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from gateway.settings import SmsSettings
@@ -32,6 +32,7 @@ __all__ = [
     "SmsProvider",
     "SmsTemporaryError",
     "Webhooks",
+    "error_descriptions",
     "make_provider",
     "make_webhooks",
 ]
@@ -55,6 +56,11 @@ def make_provider(sms: SmsSettings, state_dir: Path) -> SmsProvider:
     """The client of the provider named by `sms.provider`: "twilio" (the real API at
     `sms.api_base_url`) or "sandbox" (records texts to `<state_dir>/sms.jsonl`)."""
     return _kind(sms).client(sms, state_dir)
+
+
+def error_descriptions(sms: SmsSettings) -> Callable[[int], tuple[str, str] | None]:
+    """What the provider named by `sms.provider` says its error codes mean to an agent."""
+    return _kind(sms).describe_error
 
 
 def make_webhooks(sms: SmsSettings, public_url: str) -> Webhooks:

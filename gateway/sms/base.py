@@ -3,7 +3,7 @@
 A provider is synchronous (the twilio client is): the asyncio worker calls it through
 `asyncio.to_thread`. Errors say whether trying again may help:
 
-- `SmsTemporaryError`: network trouble, 429/20429, 5xx, bad credentials (the operator
+- `SmsTemporaryError`: network trouble, throttling, 5xx, bad credentials (the operator
   must fix them; the message itself is fine). `maybe_sent` is True when the request may
   have reached the provider (a read timeout, a 5xx): resending could text twice.
 - `SmsPermanentError`: this message to this number will never go (opted out, invalid
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from gateway.settings import SmsSettings
 
 MAX_MEDIA_BYTES = 5 * 1024 * 1024
-MAX_BODY_CHARS = 5000  # inbound: Twilio caps at 1,600; anything far beyond is no provider
+MAX_BODY_CHARS = 5000  # inbound: providers cap a text at 1,600; anything far beyond is no provider
 MAX_MEDIA = 10  # media per inbound message
 MAX_SID_CHARS = 64
 
@@ -116,9 +116,7 @@ class SmsPermanentError(SmsError):
     """This message will never be accepted as it is; `reason` says why, `code` is the
     provider's own error code."""
 
-    def __init__(
-        self, message: str, code: int | None = None, *, reason: PermanentReason = "rejected"
-    ) -> None:
+    def __init__(self, message: str, code: int | None = None, *, reason: PermanentReason) -> None:
         super().__init__(message, code)
         self.reason: PermanentReason = reason
 
@@ -219,3 +217,5 @@ class ProviderKind:
 
     client: Callable[[SmsSettings, Path], SmsProvider]
     webhooks: Callable[[SmsSettings, str], Webhooks]
+    #: What one of the provider's error codes means to an agent: (English, French) or None.
+    describe_error: Callable[[int], tuple[str, str] | None] = lambda code: None

@@ -23,6 +23,7 @@ from urllib.request import url2pathname
 from gateway.logs import mask_phone
 from gateway.sms.base import MAX_MEDIA_BYTES, MediaError, ProviderKind
 from gateway.sms.twilio.client import fetch_http_media
+from gateway.sms.twilio.errors import describe
 from gateway.sms.twilio.webhook import TwilioWebhooks
 
 if TYPE_CHECKING:
@@ -125,4 +126,4 @@ def _webhooks(sms: SmsSettings, public_url: str) -> TwilioWebhooks:
     return TwilioWebhooks(sms.auth_token, public_url)
 
 
-PROVIDER = ProviderKind(client=_client, webhooks=_webhooks)
+PROVIDER = ProviderKind(client=_client, webhooks=_webhooks, describe_error=describe)

@@ -237,7 +237,7 @@ class FailedEmail:
     received_at: datetime
     origin: dict[str, Any]
     reason: str
-    why: str | None  # one of gateway.rules.emails.NOT_TEXTED_WHY, or None (malformed, internal)
+    why: str | None  # gateway.rules.agent_notice.NOT_TEXTED_WHY, or None (malformed, internal)
     sender: str | None
     subject: str | None
     conversation_id: int | None

@@ -18,6 +18,9 @@ def create_app(gateway: Gateway) -> Flask:
     app = Flask("gateway.web", static_folder=None)  # static files: /console/static/
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024  # a Twilio form is a few KB
     attach(app, gateway)
+    # The provider's webhooks are made now: a provider that cannot be set up fails at start,
+    # not as a 500 on the first webhook.
+    _ = gateway.webhooks
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(health.blueprint)
     if gateway.settings.sms.provider == "sandbox":

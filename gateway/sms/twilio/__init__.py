@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.sms.base import ProviderKind
+from gateway.sms.twilio import errors
 from gateway.sms.twilio.client import TwilioProvider
 from gateway.sms.twilio.webhook import TwilioWebhooks
 
 if TYPE_CHECKING:
     from gateway.settings import SmsSettings
 
-__all__ = ["PROVIDER", "TwilioProvider", "TwilioWebhooks"]
+__all__ = ["PROVIDER", "TwilioProvider", "TwilioWebhooks", "errors"]
 
 
 def _client(sms: SmsSettings, state_dir: Path) -> TwilioProvider:
@@ -25,4 +26,4 @@ def _webhooks(sms: SmsSettings, public_url: str) -> TwilioWebhooks:
     return TwilioWebhooks(sms.auth_token, public_url)
 
 
-PROVIDER = ProviderKind(client=_client, webhooks=_webhooks)
+PROVIDER = ProviderKind(client=_client, webhooks=_webhooks, describe_error=errors.describe)

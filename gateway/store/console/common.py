@@ -115,7 +115,7 @@ class NotTextedReply:
     id: int
     conversation_id: int
     received_at: datetime
-    why: str | None  # one of gateway.rules.emails.NOT_TEXTED_WHY, or None (malformed, internal)
+    why: str | None  # gateway.rules.agent_notice.NOT_TEXTED_WHY, or None (malformed, internal)
     sender: str | None  # the From address, lower-case
     resolved_at: datetime | None  # when `sms311 failed retry` handed it over successfully
     resolution: str | None  # for operators (English): "processed: …", "ignored: …"

@@ -7,7 +7,7 @@ Create Date: 2026-12-03
 - `failed_emails`: one row per reply email the pipeline filed as failed (unroutable, sender
   not an agent, empty once quotes and signature are cut, unreadable, malformed), whichever
   door it came in by (IMAP or the SMTP/LMTP ingress): its bytes (at most 4 MB kept), the
-  reason (and its kind, `why`: one of `gateway.rules.emails.NOT_TEXTED_WHY`, or null for a
+  reason (and its kind, `why`: one of `gateway.rules.agent_notice.NOT_TEXTED_WHY`, or null for a
   malformed email or an internal error), where it came from, the sender and the
   conversation when known. `sms311 failed
   list|show|retry|delete` work on it; a retried email that is then texted gets
