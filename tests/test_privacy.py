@@ -14,7 +14,7 @@ from gateway.cli import main
 from gateway.store import Resident, SqlStore, open_store
 from gateway.store.privacy import delete_resident, export_resident, purge_texts
 from gateway.store.reply_mail import keep_failed_email, list_failed_emails
-from gateway.store.schema import messages
+from gateway.store.schema import conversations, messages
 from tests.gateway_fixtures import write_settings
 
 # The store fixtures (tests/conftest.py): every test here runs on SQLite and on PostgreSQL.
@@ -75,6 +75,41 @@ def test_export_has_everything_about_one_number_and_nothing_else(store: SqlStore
     assert len(export["outbox"]) == 1 and len(export["email_messages"]) == 1
     assert [f["reason"] for f in export["failed_emails"]] == ["empty reply"]
     assert "raw" not in export["failed_emails"][0]
+
+
+def test_export_leaves_out_reply_tokens_and_message_ids(store: SqlStore) -> None:
+    """Whoever holds an export must not be able to route a forged reply into the
+    resident's conversation: no reply token (the Reply-To address), no Message-ID."""
+    populate(store, PHONE, NOW)
+    token = "a" * 32 + PHONE[-4:]
+    with store.engine.connect() as conn:
+        conversation_id = conn.execute(
+            sa.select(conversations.c.id).where(conversations.c.phone == PHONE)
+        ).scalar_one()
+    sent_id, earlier = "<f00d1234.5678@gw.example>", f"<{PHONE}@gw.example>"
+    with store.transaction() as tx:
+        tx.record_thread_email(conversation_id, sent_id)
+        tx.enqueue("email", {
+            "type": "resident", "resident_e164": PHONE, "conversation_id": conversation_id,
+            "from_address": "311 Text <sms@gw.example>", "to": ["311@ottawa.example"],
+            "reply_to": f"reply+{token}@gw.example", "subject": "Text from 613-555-0123",
+            "message_id": sent_id, "in_reply_to": earlier, "references": [earlier],
+            "texts": [{"body": "pothole", "received_at": NOW.isoformat(), "media": []}],
+            "note": f"answer to reply+{token}@gw.example (In-Reply-To {earlier})",
+        })
+    export = export_resident(store, PHONE)
+    text = json.dumps(export)
+    for secret in (token, sent_id, earlier, sent_id.strip("<>"), earlier.strip("<>")):
+        assert secret not in text
+    (conversation_row,) = export["conversations"]
+    assert conversation_row["subject"] == "subject" and "token" not in conversation_row
+    assert "thread_message_ids" not in conversation_row
+    assert [sorted(e) for e in export["email_messages"]] == [
+        ["conversation_id", "created_at", "direction"]] * 2  # the emails, not their ids
+    email = next(o["payload"] for o in export["outbox"] if "note" in o["payload"])
+    assert email["texts"][0]["body"] == "pothole" and email["to"] == ["311@ottawa.example"]
+    assert email["note"] == "answer to [withheld] (In-Reply-To [withheld])"
+    assert not {"reply_to", "in_reply_to", "references", "message_id"} & set(email)
 
 
 def test_delete_erases_one_number_only(store: SqlStore) -> None:

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from gateway.cli.output import printable
 from gateway.logs import setup_logging
 from gateway.sandbox_data import SANDBOX_DIR
 from gateway.settings import ConfigError, Problem, Settings, load_settings
@@ -51,7 +52,7 @@ def cmd_sandbox_text(args: argparse.Namespace) -> int:
         print(f"sms311: the gateway answered HTTP {status}", file=sys.stderr)
         return 1
     for reply in replies:
-        print("<< " + reply.replace("\n", "\n   "))
+        print("<< " + printable(reply).replace("\n", "\n   "))
     if not replies:
         if not args.text.strip() and not args.media:
             # The webhook drops a text with no words and no picture: nothing is stored,
@@ -72,7 +73,8 @@ def cmd_sandbox_reply(args: argparse.Namespace) -> int:
         print(f"sms311: {exc}", file=sys.stderr)
         return exc.code
     for record in sent:
-        print(f">> to {record['to']}: {record['body']}")
+        to, body = printable(str(record["to"]), one_line=True), printable(str(record["body"]))
+        print(f">> to {to}: {body}")
     if not sent:
         print("(nothing texted: see the gateway's log for why)")
     return 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import getpass
-import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from gateway.cli.ops import settings_of
+from gateway.cli.output import printable, printable_json
 from gateway.settings import Settings, check_email_address, load_municipality_map
 
 if TYPE_CHECKING:
@@ -171,18 +171,18 @@ def _user_list(args: argparse.Namespace, settings: Settings) -> int:
     with _console_store(settings) as console, console.reading() as tx:
         users = tx.list_users()
     if args.json:
-        print(json.dumps([_user_json(user) for user in users], indent=2, ensure_ascii=False))
+        print(printable_json([_user_json(user) for user in users]))
         return 0
     header = ("EMAIL", "NAME", "ROLE", "MUNICIPALITIES", "DISABLED", "TOTP")
     rows = [header] + [
-        (
+        tuple(printable(cell, one_line=True) for cell in (  # names come from the console
             user.email,
             user.name,
             user.role,
             "(all)" if user.role == "admin" else ",".join(user.municipalities) or "-",
             "yes" if user.disabled else "no",
             "on" if user.totp_secret else "off",
-        )
+        ))
         for user in users
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

@@ -82,7 +82,7 @@ class SaveToFolders:
 
     def _save(self, recipient: str, mail_from: str, data: bytes) -> Path:
         folder = self.directory / mailbox_folder(recipient)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # (the owner's only)
         newline = b"\r\n" if b"\r\n" in data[:4096] else b"\n"
         trace = (
             b"Return-Path: <" + _header_safe(mail_from) + b">" + newline
@@ -93,7 +93,7 @@ class SaveToFolders:
             path = folder / f"{stamp}-{next(self._counter)}.eml"
             temporary = folder / f".{path.name}.tmp"
             try:
-                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 continue
             with os.fdopen(fd, "wb") as file:
@@ -137,7 +137,7 @@ class SandboxMailServer(LoopSmtpServer):
 
     async def start(self) -> None:
         """Bind and serve on the running loop."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if await self._listen():
             log.info(
                 "sandbox mail server on %s:%d, saving to %s", self.host, self.port, self.directory

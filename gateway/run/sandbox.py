@@ -8,6 +8,11 @@ whole gateway with the `sandbox` SMS provider. `sms311 sandbox text NUMBER "…"
 Twilio-shaped webhook with the sandbox's auth token, posts it, and prints what the
 gateway texted back. Bad input and a gateway that does not answer are `SandboxError`s
 (a message and an exit code), never a traceback.
+
+What the sandbox keeps is for its owner only (residents' numbers and texts, the auth token,
+console passwords): its folders are made 0700 and its settings file, database and logs
+0600 (`private_dir`, `private_file`), whatever the umask; `ensure_sandbox` and
+`prepare_sandbox_files` also tighten those of a sandbox made by an older version.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 import requests
+from sqlalchemy.engine import make_url
 
 from gateway.app import Gateway
 from gateway.mail.sandbox import SandboxMailServer, mailbox_messages
@@ -41,7 +47,7 @@ from gateway.run.server import run_gateway, split_listen
 from gateway.sandbox_data import SAMPLE_MEDIA, SAMPLE_PICTURE, SANDBOX_DIR, SANDBOX_PLACES
 from gateway.settings import Settings, load_municipality_map, load_settings
 from gateway.settings.directory_build import dump_map, merge_with_census, read_census
-from gateway.sms.sandbox import read_sent
+from gateway.sms.sandbox import SENT_FILE, read_sent
 from gateway.sms.twilio.signature import TwilioSignature
 from gateway.store import open_store
 from gateway.store.console import Role
@@ -111,6 +117,24 @@ _MAP_HEADER = """\
 """
 
 
+def private_dir(path: Path) -> Path:
+    """Make the folder `path` (and any missing parent) readable by its owner only (0700);
+    an existing one is tightened to 0700."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)  # (mkdir's mode is masked by the umask; an old folder kept its own)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Make the file `path` (created empty when missing) readable by its owner only (0600),
+    before anything is written to it."""
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    return path
+
+
 def write_sandbox_map(directory: Path, map_path: Path) -> Path:
     """Write `directory/municipality_map.yaml`: the map at `map_path` merged with the
     shipped list of same-name places (`gateway/sandbox_data/sandbox_places.csv`), as
@@ -139,15 +163,17 @@ def ensure_sandbox(
     municipality map (see `write_sandbox_map`); the settings path.
 
     The ports only matter the first time (`ingress_port` None: a free port, chosen now):
-    afterwards the settings file is the truth, so later commands find every listener."""
-    directory.mkdir(parents=True, exist_ok=True)
+    afterwards the settings file is the truth, so later commands find every listener.
+    The folder is made 0700 and the settings file (it holds the auth token) 0600."""
+    private_dir(directory)
     write_sandbox_map(directory, map_path)
     config = directory / "sms311.yaml"
     if not config.exists():
         token = secrets.token_hex(16)
         text = sandbox_settings_text(Path(SANDBOX_MAP), token, web_port, smtp_port, ingress_port)
-        config.write_text(text, encoding="utf-8")
+        private_file(config).write_text(text, encoding="utf-8")
         return config
+    private_file(config)
     # Settings written before the sandbox had its own map name `map_path` itself: move them
     # to the sandbox's map (a map the user chose by editing the line is left alone).
     text = config.read_text(encoding="utf-8")
@@ -194,7 +220,7 @@ def ensure_sandbox_accounts(gateway: Gateway) -> list[tuple[str, str]]:
                             must_change_password=False, at=datetime.now(UTC))
             created.append((email, password))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
+    private_file(path)
     path.write_text("".join(f"{e} {p}\n" for e, p in created), encoding="utf-8")
     return created
 
@@ -254,13 +280,38 @@ def sandbox_banner(
     ).replace("SIGNINS", signins)
 
 
+def prepare_sandbox_files(settings: Settings) -> None:
+    """Before the sandbox starts: its folders (state, mail, media) 0700, its SQLite
+    database (and the SQLite journals, which take the database's mode) and its SMS log
+    0600, then the database's schema made or upgraded."""
+    base = settings.state_dir
+    if base.resolve() == settings.config_path.parent.resolve():  # the sandbox's own folder
+        private_dir(base)
+    else:  # a folder the settings name: made 0700 when missing, never chmod-ed
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for sub in ("mail", "media"):
+        private_dir(base / sub)
+    private_file(base / SENT_FILE)
+    url = make_url(settings.database)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        database = Path(url.database)  # (its folder, perhaps not the sandbox's, left alone)
+        database.parent.mkdir(parents=True, exist_ok=True)
+        private_file(database)
+        for journal in ("-wal", "-shm", "-journal"):
+            if database.with_name(database.name + journal).exists():
+                private_file(database.with_name(database.name + journal))
+    store = open_store(settings.database)
+    try:
+        store.upgrade()
+    finally:
+        store.close()
+
+
 async def serve_sandbox(settings: Settings, printer: Callable[[str], None] = print) -> None:
     """Run the sandbox mail server and the whole gateway until SIGTERM/SIGINT."""
     base = settings.state_dir
     mail_dir = base / "mail"
-    store = open_store(settings.database)
-    store.upgrade()
-    store.close()
+    await asyncio.to_thread(prepare_sandbox_files, settings)
     mail = SandboxMailServer(mail_dir, host="127.0.0.1", port=settings.email.smtp.port)
     await mail.start()
     gateway = Gateway.from_settings(settings)
@@ -346,9 +397,9 @@ def send_text(
     media_urls = []
     media_dir = settings.state_dir / "media"
     for path, data in pictures:
-        media_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(media_dir)
         name = f"{uuid.uuid4().hex}{path.suffix}"
-        (media_dir / name).write_bytes(data)
+        private_file(media_dir / name).write_bytes(data)
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         media_urls.append((settings.public_url.rstrip("/") + MEDIA_PATH + name, content_type))
     form = twilio_form(

@@ -4,7 +4,13 @@
   deletes the sent outbox rows and logs that still carry them, keeping every message row so
   the counts (texts in and out per municipality and day) survive; failed reply emails kept
   for the operator (`sms311 failed`) that are as old are deleted.
-- `export_resident` gathers everything stored about one phone number, as JSON-safe data.
+- `export_resident` gathers everything stored about one phone number, as JSON-safe data,
+  except what would let whoever holds the export speak in the resident's conversations:
+  the conversations' reply tokens (the `reply+TOKEN@` address) and the emails'
+  Message-IDs (a reply that names one in In-Reply-To or References routes into the
+  thread). The conversations' `token` and `thread_message_ids`, the thread's `message_id`
+  and the queued emails' `reply_to`, `message_id`, `in_reply_to` and `references` are left
+  out, and any other text that quotes one of them has it replaced by "[withheld]".
 - `delete_resident` erases it. The console's notes, read marks and presence rows of the
   resident's conversations go with the conversations (ON DELETE CASCADE; SQLite connections
   have foreign keys on). The console's audit log is kept: it never holds a phone number or
@@ -97,8 +103,74 @@ def _outbox_of(phone: str) -> sa.ColumnElement[bool]:
     return sa.cast(outbox.c.payload, sa.Text).contains(needle)
 
 
+#: Withheld from an export: the columns and outbox payload keys that carry a reply token or
+#: a Message-ID (an SMS part's "message_id" is the stored message's number: kept).
+WITHHELD_COLUMNS = {
+    "conversations": ("token", "thread_message_ids"),
+    "email_messages": ("message_id",),
+}
+WITHHELD_EMAIL_KEYS = ("reply_to", "message_id", "in_reply_to", "references")
+WITHHELD = "[withheld]"
+
+
+def _routing_secrets(conn: sa.Connection, phone: str, conversation_ids: list[int]) -> set[str]:
+    """The reply tokens and Message-IDs of `phone`'s conversations and queued emails (with
+    and without their angle brackets)."""
+    found: set[str] = set()
+    for token, thread in conn.execute(
+        sa.select(conversations.c.token, conversations.c.thread_message_ids).where(
+            conversations.c.phone == phone
+        )
+    ):
+        found.add(str(token))
+        found.update(str(m) for m in thread or ())
+    found.update(
+        str(m)
+        for m in conn.execute(
+            sa.select(email_messages.c.message_id).where(
+                email_messages.c.conversation_id.in_(conversation_ids)
+            )
+        ).scalars()
+    )
+    for (payload,) in conn.execute(sa.select(outbox.c.payload).where(_outbox_of(phone))):
+        if isinstance(payload, dict) and payload.get("type") != "reply":
+            for key in WITHHELD_EMAIL_KEYS:
+                value = payload.get(key)
+                found.update(str(v) for v in (value if isinstance(value, list) else [value]) if v)
+    found |= {m.strip("<>") for m in found}
+    return {s for s in found if len(s) >= 8}  # (never a short string found everywhere)
+
+
+def _withheld(value: Any, hidden: set[str]) -> Any:
+    """`value` (JSON-safe) with every string quoting one of `hidden` rewritten."""
+    if isinstance(value, str):
+        for secret in sorted(hidden, key=len, reverse=True):
+            if secret in value:
+                value = value.replace(secret, WITHHELD)
+        return value
+    if isinstance(value, list):
+        return [_withheld(v, hidden) for v in value]
+    if isinstance(value, dict):
+        return {k: _withheld(v, hidden) for k, v in value.items()}
+    return value
+
+
+def _without(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k not in keys} for row in rows]
+
+
+def _outbox_row(row: dict[str, Any]) -> dict[str, Any]:
+    payload = row.get("payload")
+    if isinstance(payload, dict) and payload.get("type") != "reply":  # an email
+        row = {**row, "payload": {k: v for k, v in payload.items()
+                                  if k not in WITHHELD_EMAIL_KEYS}}  # fmt: skip
+    return row
+
+
 def export_resident(store: Store, phone: str) -> dict[str, Any]:
-    """Everything stored about `phone` (E.164): for an access request."""
+    """Everything stored about `phone` (E.164): for an access request. Reply tokens and
+    Message-IDs are withheld (see the module's docstring): the export may be sent to an
+    address anyone could read, and with them a forged reply would reach the resident."""
     with translated(), as_sql_store(store).engine.connect() as conn:
         conversation_ids = [
             row[0]
@@ -106,39 +178,51 @@ def export_resident(store: Store, phone: str) -> dict[str, Any]:
                 sa.select(conversations.c.id).where(conversations.c.phone == phone)
             )
         ]
-        return {
-            "phone": phone,
-            "exported_at": datetime.now(UTC).isoformat(),
-            "resident": _rows(conn, sa.select(residents).where(residents.c.phone == phone)),
-            "conversations": _rows(
-                conn, sa.select(conversations).where(conversations.c.phone == phone)
-            ),
-            "messages": _rows(
-                conn,
-                sa.select(messages).where(messages.c.phone == phone).order_by(messages.c.id),
-            ),
-            "email_messages": _rows(
+        hidden = _routing_secrets(conn, phone, conversation_ids)
+        export: dict[str, Any] = _withheld(_export(conn, phone, conversation_ids), hidden)
+    return export
+
+
+def _export(conn: sa.Connection, phone: str, conversation_ids: list[int]) -> dict[str, Any]:
+    """The export, before `_withheld`."""
+    return {
+        "phone": phone,
+        "exported_at": datetime.now(UTC).isoformat(),
+        "resident": _rows(conn, sa.select(residents).where(residents.c.phone == phone)),
+        "conversations": _without(
+            _rows(conn, sa.select(conversations).where(conversations.c.phone == phone)),
+            WITHHELD_COLUMNS["conversations"],
+        ),
+        "messages": _rows(
+            conn,
+            sa.select(messages).where(messages.c.phone == phone).order_by(messages.c.id),
+        ),
+        # the thread's emails (direction, when), without their Message-IDs
+        "email_messages": _without(
+            _rows(
                 conn,
                 sa.select(email_messages).where(
                     email_messages.c.conversation_id.in_(conversation_ids)
                 ),
             ),
-            "outbox": _rows(conn, sa.select(outbox).where(_outbox_of(phone))),
-            # agents' replies that were not texted, kept for the operator (without bytes)
-            "failed_emails": _rows(
-                conn,
-                sa.select(*LISTED_COLUMNS).where(
-                    failed_emails.c.conversation_id.in_(conversation_ids)
-                ),
-            ),
-            # staff's internal notes on the resident's conversations (console)
-            "notes": _rows(
-                conn,
-                sa.select(notes)
-                .where(notes.c.conversation_id.in_(conversation_ids))
-                .order_by(notes.c.id),
-            ),
-        }
+            WITHHELD_COLUMNS["email_messages"],
+        ),
+        "outbox": [
+            _outbox_row(row) for row in _rows(conn, sa.select(outbox).where(_outbox_of(phone)))
+        ],
+        # agents' replies that were not texted, kept for the operator (without bytes)
+        "failed_emails": _rows(
+            conn,
+            sa.select(*LISTED_COLUMNS).where(failed_emails.c.conversation_id.in_(conversation_ids)),
+        ),
+        # staff's internal notes on the resident's conversations (console)
+        "notes": _rows(
+            conn,
+            sa.select(notes)
+            .where(notes.c.conversation_id.in_(conversation_ids))
+            .order_by(notes.c.id),
+        ),
+    }
 
 
 def delete_resident(store: Store, phone: str) -> dict[str, int]:
