@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway.flows.reply_in import ReplyService
 from gateway.flows.text_in import InboundService
+from gateway.mail.dkim_check import DnsFunc
 from gateway.metrics import Metrics
 from gateway.rules.municipalities import Directory
 from gateway.settings import Settings, load_municipality_map
@@ -62,6 +63,8 @@ class Gateway:
     # Called (from any thread) after new outbox rows were committed: `sms311 run` wakes
     # its dispatcher with it, so a text does not wait for the next outbox poll.
     outbox_listeners: list[Callable[[], None]] = field(default_factory=list)
+    # DKIM's DNS lookups (dkimpy's `dnsfunc`); None: the system's resolvers. Tests stub it.
+    dkim_dns: DnsFunc | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, check_schema: bool = True) -> Gateway:
@@ -72,7 +75,7 @@ class Gateway:
             settings=settings,
             store=store,
             directory=DirectoryHolder(settings.municipality_map),
-            provider=make_provider(settings.sms, settings.state_dir),
+            provider=make_provider(settings.sms, settings.state_dir, settings.public_url),
         )
 
     @cached_property
@@ -99,7 +102,8 @@ class Gateway:
         """The email-reply flow over this gateway's parts; `on_queued` is called after a reply
         queued something (the worker wakes its dispatcher with it)."""
         return ReplyService(
-            self.store, self.settings, self.directory, self.metrics, on_queued=on_queued
+            self.store, self.settings, self.directory, self.metrics, on_queued=on_queued,
+            dkim_dns=self.dkim_dns,
         )
 
     def outbox_changed(self) -> None:

@@ -13,9 +13,12 @@ Implements what the gateway uses:
   `fail_next(n, status, code)` makes the next n calls fail with Twilio's error JSON
   (e.g. 429 / 20429, 400 / 21610).
 - GET /2010-04-01/Accounts/{sid}/Messages/{MM}/Media/{ME} — basic auth required; a 307
-  redirect to a public "CDN" URL on the same server, under another host name
-  (`localhost` instead of `127.0.0.1`, like Twilio's redirect to its CDN), so a client
-  that leaks the credentials across hosts is caught (`cdn_requests`).
+  redirect to a public "CDN" URL on the same server: by default under the API's own host
+  (`base_url`, the one media host a gateway pointed at the fake knows); with
+  `cdn_host="localhost"` under another host name, like Twilio's redirect to its CDN, so a
+  client that leaks the credentials across hosts is caught (`cdn_requests`; the client
+  must then be told that host is a media host). `add_media(..., redirect_to=url)` makes
+  the API redirect that media's URL to `url` instead (a redirect the client must refuse).
 - GET /2010-04-01/Accounts/{sid}/Messages.json — the list, most recent first, filtered
   by `To`, `From` and `DateSent` / `DateSent>` / `DateSent<` (the names the twilio
   client sends for to=, from_=, date_sent=, date_sent_after=, date_sent_before=; the
@@ -90,6 +93,7 @@ class Media:
     message_sid: str
     content_type: str
     data: bytes
+    redirect_to: str | None = None
 
 
 @dataclass
@@ -135,7 +139,7 @@ class FakeTwilio:
         account_sid: str = ACCOUNT_SID,
         auth_token: str = AUTH_TOKEN,
         *,
-        cdn_host: str = "localhost",
+        cdn_host: str = "127.0.0.1",
         queue_only: bool = False,
         reject_above: float | None = None,
     ) -> None:
@@ -268,11 +272,19 @@ class FakeTwilio:
                 hang.released.set()
             self._state.held.clear()
 
-    def add_media(self, content_type: str, data: bytes, message_sid: str | None = None) -> str:
+    def add_media(
+        self,
+        content_type: str,
+        data: bytes,
+        message_sid: str | None = None,
+        *,
+        redirect_to: str | None = None,
+    ) -> str:
         """Store a media of a received MMS; returns its (authenticated) API URL,
-        as Twilio puts it in MediaUrl0."""
+        as Twilio puts it in MediaUrl0. With `redirect_to`, that URL redirects there
+        instead of to the fake's CDN."""
         message_sid = message_sid or "MM" + secrets.token_hex(16)
-        media = Media("ME" + secrets.token_hex(16), message_sid, content_type, data)
+        media = Media("ME" + secrets.token_hex(16), message_sid, content_type, data, redirect_to)
         with self._state.lock:
             self._state.media[media.sid] = media
         return f"{self.base_url}{API}{self.account_sid}/Messages/{message_sid}/Media/{media.sid}"
@@ -597,7 +609,9 @@ class _Handler(BaseHTTPRequestHandler):
             if media is None or media.message_sid != match["message"]:
                 self._json(404, _error_body(404, 20404, "The requested resource was not found"))
                 return
-            location = f"http://{self.api.cdn_host}:{self.api.port}/cdn/{media.sid}"
+            location = (
+                media.redirect_to or f"http://{self.api.cdn_host}:{self.api.port}/cdn/{media.sid}"
+            )
             self._send(307, b"", "text/plain", {"Location": location})
             return
         if match := _CDN.match(path):

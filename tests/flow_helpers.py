@@ -20,7 +20,7 @@ from gateway.rules.resident_email import ResidentEmail
 from gateway.run.worker import Dispatcher
 from gateway.sms.base import InboundText
 from tests.fake_twilio import FakeTwilio
-from tests.gateway_fixtures import migrated_gateway
+from tests.gateway_fixtures import migrated_gateway, stamp_authenticated
 
 PHONE = "+16135550123"
 AGENT = "jane.doe@ottawa.example"
@@ -81,8 +81,11 @@ def agent_reply(
     sender: str = AGENT,
     token: bool = True,
     headers: dict[str, str] | None = None,
+    authenticated: bool = True,
 ) -> bytes:
-    """An agent's reply as a mail client writes it: quoted history below the answer."""
+    """An agent's reply as a mail client writes it: quoted history below the answer; as the
+    city's trusted mail server hands it over (its Authentication-Results on top) unless
+    `authenticated` is False."""
     message = EmailMessage()
     message["From"] = f"Jane Doe <{sender}>"
     message["To"] = to_email.reply_to if token else "311@ottawa.example"
@@ -97,7 +100,7 @@ def agent_reply(
         f"{body}\n\nOn Sun, Nov 22, 2026 at 10:04 AM 311 Text <sms@gateway.example> wrote:\n"
         f"{quoted}\n"
     )
-    return bytes(message)
+    return stamp_authenticated(bytes(message)) if authenticated else bytes(message)
 
 
 def handle(gateway: Gateway, raw: bytes) -> Any:

@@ -62,6 +62,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The mail server the tests' settings trust: replies built by the tests carry its
+# Authentication-Results (`authenticated(...)`), so they exercise the real sender check.
+TEST_AUTHSERV_ID = "test.mx"
+
+
+def stamp_authenticated(raw: bytes, domain: str | None = None) -> bytes:
+    """`raw` with the Authentication-Results a trusted server (`TEST_AUTHSERV_ID`) adds
+    on top: dmarc=pass for `domain` (default: the From address's domain)."""
+    if domain is None:
+        head = raw.split(b"\n\n", 1)[0].replace(b"\r\n", b"\n")
+        found = re.search(rb"(?im)^from:[^\n]*@([A-Za-z0-9.-]+)", head)
+        domain = found[1].decode("ascii").lower() if found else "invalid"
+    line = f"Authentication-Results: {TEST_AUTHSERV_ID}; dmarc=pass header.from={domain}\r\n"
+    newline = b"\r\n" if b"\r\n" in raw[:2000] else b"\n"
+    return line.encode("ascii").replace(b"\r\n", newline) + raw
+
+
 def write_settings(
     folder: Path,
     *,
@@ -89,6 +106,7 @@ def write_settings(
           from_address: "311 Text <sms@gateway.example>"
           reply_address: "reply+{{token}}@gateway.example"
           smtp: {{host: 127.0.0.1, port: {smtp_port}, security: none}}
+          trusted_authserv_ids: [{TEST_AUTHSERV_ID}]
         """
     )
     sms_section = sms or (

@@ -42,7 +42,7 @@ from gateway.settings import Settings, load_settings
 from gateway.sms.twilio.signature import TwilioSignature
 from tests.dovecot import Dovecot
 from tests.fake_twilio import FakeTwilio
-from tests.gateway_fixtures import free_port, write_settings
+from tests.gateway_fixtures import free_port, stamp_authenticated, write_settings
 
 START_TIMEOUT = 30.0
 
@@ -119,7 +119,7 @@ def agent_reply(to: EmailMessage, body: str, sender: str = "jane@ottawa.example"
     reply["References"] = to["Message-ID"]
     quoted = "\n".join("> " + line for line in body_text(to).splitlines())
     reply.set_content(f"{body}\n\nOn Sun, Nov 22, 2026, 311 Text wrote:\n{quoted}\n")
-    return bytes(reply)
+    return stamp_authenticated(bytes(reply))
 
 
 class Loop:

@@ -23,6 +23,7 @@ from gateway.rules.reading import parse_reply
 from gateway.rules.resident_email import ResidentEmail
 from gateway.sms.base import InboundText
 from gateway.store import Conversation, StoredMessage
+from tests.gateway_fixtures import stamp_authenticated
 
 PHONE = "+16135550123"
 MAILBOX = "311@ottawa.example"
@@ -139,7 +140,7 @@ def mail_client_reply(to: AgentNotice | ResidentEmail, body: str, sender: str) -
     message["In-Reply-To"] = to.message_id
     message["References"] = " ".join((*to.references, to.message_id))
     message.set_content(f"{body}\n\nOn Sun, Nov 22, 2026 at 10:04 AM 311 Text wrote:\n> …\n")
-    return bytes(message)
+    return stamp_authenticated(bytes(message))
 
 
 # -- the console door -----------------------------------------------------------------------

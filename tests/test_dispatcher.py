@@ -8,9 +8,11 @@ import asyncio
 import email
 import email.policy
 import random
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,9 @@ from gateway.rules.resident_email import MediaRef
 from gateway.run.worker import Dispatcher, backoff_seconds
 from gateway.sms.base import InboundText
 from gateway.store import open_store
+from gateway.web import create_app
 from tests.fake_twilio import FakeTwilio
-from tests.gateway_fixtures import free_port, settings_in
+from tests.gateway_fixtures import Resident, free_port, settings_in
 
 T0 = datetime(2026, 11, 22, 15, 0, tzinfo=UTC)
 JPEG = b"\xff\xd8\xff\xe0" + b"picture-bytes" * 100
@@ -142,6 +145,53 @@ def test_media_that_is_gone_is_listed_not_attached(
     assert list(last.iter_attachments()) == []
     assert "MEgone" in last.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     gateway.close()
+
+
+def test_a_signed_media_url_off_the_provider_hosts_is_listed_never_fetched(
+    tmp_path: Path, smtp: tuple[Mailbox, int], fake_twilio: FakeTwilio
+) -> None:
+    """Seen: a signed MediaUrl0 pointing at /metrics on loopback was fetched and attached.
+    Only the API's host (here the fake's) and the provider's media CDN are asked."""
+    mailbox, port = smtp
+    gateway = make_gateway(tmp_path, port, fake_twilio)
+    asked: list[str] = []
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "24")
+            self.end_headers()
+            self.wfile.write(b"sms311_texts_in_total 42\n")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        metrics = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        good = fake_twilio.add_media("image/jpeg", JPEG)
+        bounced = fake_twilio.add_media("image/png", b"png", redirect_to=metrics)
+        resident = Resident(create_app(gateway).test_client(), gateway.settings)
+        resident.say("+16135550123", "Hello")
+        resident.say("+16135550123", "Ottawa")
+        resident.say("+16135550123", "See the photos", media_urls=[
+            (metrics, "image/png"), (good, "image/jpeg"), (bounced, "image/png")])
+        dispatch(Dispatcher(gateway, now=Clock()))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        gateway.close()
+    assert asked == []  # neither directly nor through a redirect
+    last = mailbox.messages[-1]
+    [attachment] = list(last.iter_attachments())
+    assert attachment.get_content() == JPEG
+    body = last.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert metrics in body and bounced in body
+    assert "sms311_texts_in_total" not in last.as_string()
 
 
 def test_mail_server_down_then_back_every_text_is_emailed(

@@ -17,6 +17,8 @@ import random
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -693,6 +695,35 @@ def test_huge_message(kind: str) -> None:
         assert parsed.tokens == (TOKEN,)
     if parsed is not None:
         assert len(parsed.text) <= reading.MAX_TEXT_BYTES
+
+
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n", b"\r"])
+def test_flat_mime_parts_are_counted_before_parsing(
+    newline: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen: a 2 MB mail of 200,000 flat parts (one multipart/, so not counted) cost 23 s of
+    CPU, holding up every mail behind it. Parts of any kind are now counted before the
+    parser sees them: it is handed a bounded number, and the answer is still read."""
+    parsed_parts: list[int] = []
+    parsebytes = BytesParser.parsebytes
+
+    def counting(self: BytesParser, text: bytes, headersonly: bool = False) -> Any:
+        msg = parsebytes(self, text, headersonly)
+        parsed_parts.append(sum(1 for _ in msg.walk()))
+        return msg
+
+    monkeypatch.setattr(BytesParser, "parsebytes", counting)
+    lines = [b"From: Jane <jane@ottawa.example>", b"To: " + REPLY_TO.encode(),
+             b"Subject: Re: pothole", b"Content-Type: multipart/mixed; boundary=b", b"",
+             b"--b", b"Content-Type: text/plain", b"", b"Fixed tomorrow.", b""]
+    part = b"--b" + newline * 2 + b"x" + newline
+    raw = newline.join(lines) + part * (2_000_000 // len(part)) + b"--b--"
+    assert len(raw) >= 2_000_000  # 200,000 to 285,714 parts
+    parsed = parse(raw)
+    assert parsed.text == "Fixed tomorrow."
+    assert parsed.tokens == (TOKEN,)
+    (count,) = parsed_parts
+    assert count <= reading.MAX_DASH_LINES + 1
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from tests.flow_helpers import (
     twilio_gateway,
     twilio_sms,
 )
-from tests.gateway_fixtures import Resident
+from tests.gateway_fixtures import Resident, stamp_authenticated
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_unroutable_email_is_failed(gateway: Gateway) -> None:
     message["Subject"] = "hello"
     message["In-Reply-To"] = "<unknown@nowhere.example>"
     message.set_content("Who is this?")
-    disposition = handle(gateway, bytes(message))
+    disposition = handle(gateway, stamp_authenticated(bytes(message)))
     assert disposition.outcome == "failed" and "unroutable" in disposition.reason
     assert sms_rows(gateway) == []
 

@@ -42,6 +42,7 @@ from tests.flow_helpers import (
     twilio_gateway,
     twilio_sms,
 )
+from tests.gateway_fixtures import stamp_authenticated
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def unroutable(sender: str = AGENT) -> bytes:
     message["Message-ID"] = make_msgid(domain="ottawa.example")
     message["In-Reply-To"] = "<unknown@nowhere.example>"
     message.set_content("Who is this?")
-    return bytes(message)
+    return stamp_authenticated(bytes(message))
 
 
 def notice_text(notice: AgentNotice) -> str:

@@ -164,12 +164,54 @@ def test_no_phone_numbers_or_bodies_in_logs(
 # -- Twilio: media ---------------------------------------------------------------------------
 
 
-def test_fetch_media_follows_the_redirect_with_auth_only_on_the_api(api: FakeTwilio) -> None:
+class Listener:
+    """A loopback HTTP server standing for a host of the gateway's own network (its
+    `/metrics`, a metadata service): it records every request that reaches it."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        paths = self.paths
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                paths.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", "7")
+                self.end_headers()
+                self.wfile.write(b"secret\n")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
+
+    def __enter__(self) -> Listener:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+    def url(self, path: str = "/metrics", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.server.server_address[1]}{path}"
+
+
+def test_fetch_media_follows_the_redirect_with_auth_only_on_the_api() -> None:
     picture = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 100
-    url = api.add_media("image/jpeg", picture)
-    assert provider(api).fetch_media(url) == ("image/jpeg", picture)
-    (cdn,) = api.cdn_requests
-    assert cdn.authorization is None  # the CDN never sees the credentials
+    with FakeTwilio(cdn_host="localhost") as api:  # its CDN under another host name
+        url = api.add_media("image/jpeg", picture)
+        twilio = provider(api, media_hosts=("localhost",))
+        assert twilio.fetch_media(url) == ("image/jpeg", picture)
+        (cdn,) = api.cdn_requests
+        assert cdn.authorization is None  # the CDN never sees the credentials
+        with pytest.raises(MediaError, match="not on the provider's media hosts"):
+            provider(api).fetch_media(url)  # the CDN is not one of this client's media hosts
+        assert len(api.cdn_requests) == 1
 
 
 def test_fetch_media_needs_the_credentials(api: FakeTwilio) -> None:
@@ -193,7 +235,9 @@ def test_fetch_media_missing_and_unreachable(api: FakeTwilio) -> None:
         provider(api).fetch_media(url.replace("/Media/ME", "/Media/MEx"))
     assert missing.value.code == 404 and missing.value.temporary is False
     with pytest.raises(MediaError) as unreachable:
-        provider(api).fetch_media(f"http://127.0.0.1:{free_port()}/m.png")
+        provider(api, media_hosts=("localhost",)).fetch_media(
+            f"http://localhost:{free_port()}/m.png"
+        )
     assert unreachable.value.temporary is True
     with pytest.raises(MediaError):
         provider(api).fetch_media("file:///etc/passwd")
@@ -203,8 +247,57 @@ def test_credentials_are_not_sent_to_other_origins(api: FakeTwilio) -> None:
     url = api.add_media("image/gif", b"GIF89a")
     cdn_style = url.replace("127.0.0.1", "localhost")  # same server, another origin
     with pytest.raises(MediaError) as raised:
-        provider(api).fetch_media(cdn_style)
+        provider(api, media_hosts=("localhost",)).fetch_media(cdn_style)
     assert raised.value.code == 401  # asked without credentials
+
+
+@pytest.mark.parametrize("where", [
+    "/metrics on loopback", "another port of the API's host", "credentials in the URL",
+    "a host merely ending like the CDN", "the CDN's bucket name as a host's prefix",
+])
+def test_media_urls_off_the_provider_hosts_are_never_requested(
+    api: FakeTwilio, where: str
+) -> None:
+    """Seen: a signed MediaUrl0 pointing at /metrics on loopback was fetched and attached."""
+    with Listener() as listener:
+        url = {
+            "/metrics on loopback": listener.url(),
+            "another port of the API's host": listener.url("/2010-04-01/Accounts/x/Media/ME1"),
+            "credentials in the URL":
+                f"http://api.twilio.com@127.0.0.1:{listener.server.server_address[1]}/metrics",
+            "a host merely ending like the CDN": listener.url(host="eviltwiliocdn.com"),
+            "the CDN's bucket name as a host's prefix":
+                listener.url("/metrics", host="media.twiliocdn.com.localhost"),
+        }[where]
+        with pytest.raises(MediaError, match="not on the provider's media hosts") as raised:
+            provider(api).fetch_media(url)
+        assert raised.value.temporary is False  # listed in the email, never retried
+        assert listener.paths == []
+
+
+def test_redirects_are_followed_only_to_the_provider_hosts(api: FakeTwilio) -> None:
+    with Listener() as listener:
+        for target in (listener.url(), listener.url(host="localhost"),
+                       "http://169.254.169.254/latest/meta-data/"):
+            url = api.add_media("image/png", b"png", redirect_to=target)
+            with pytest.raises(MediaError, match="not on the provider's media hosts"):
+                provider(api).fetch_media(url)
+        assert listener.paths == []
+    # the fake's own redirect (to its CDN path on the API's host) is followed
+    assert provider(api).fetch_media(api.add_media("image/png", b"png")) == ("image/png", b"png")
+
+
+def test_twilio_media_hosts() -> None:
+    twilio = TwilioProvider(SID, TOKEN, "31100")
+    api_url = f"https://api.twilio.com/2010-04-01/Accounts/{SID}/Messages/MM1/Media/ME1"
+    for url in (api_url, "https://mms.twiliocdn.com/AC1/abc", "https://media.twiliocdn.com/x",
+                "https://s3-external-1.amazonaws.com/media.twiliocdn.com/AC1/abc"):
+        assert twilio.media_allowed(url), url
+    for url in ("https://api.twilio.com:8443/x", "http://api.twilio.com/x",
+                "https://twiliocdn.com.evil.example/x", "https://s3-external-1.amazonaws.com/b/x",
+                "https://evil.example/media.twiliocdn.com/x", "https://user:pw@api.twilio.com/x",
+                "https://127.0.0.1/metrics", "ftp://mms.twiliocdn.com/x"):
+        assert not twilio.media_allowed(url), url
 
 
 # -- the status callback of the fake (what issue 3's /sms/status will receive) -------------
@@ -262,10 +355,13 @@ def test_sandbox_records_texts_as_json_lines(
     assert read_sent(tmp_path / "nothing") == []
 
 
-def test_sandbox_fetches_local_files_and_public_urls(tmp_path: Path, api: FakeTwilio) -> None:
+def test_sandbox_fetches_its_own_files_and_its_public_url_only(
+    tmp_path: Path, api: FakeTwilio
+) -> None:
     picture = tmp_path / "my pothole.jpg"
     picture.write_bytes(b"\xff\xd8jpeg")
-    sandbox = SandboxProvider(tmp_path, max_media_bytes=100)
+    public_url = f"http://localhost:{api.port}"  # the gateway's own, in the sandbox
+    sandbox = SandboxProvider(tmp_path, public_url=public_url, max_media_bytes=100)
     assert sandbox.fetch_media(picture.as_uri()) == ("image/jpeg", b"\xff\xd8jpeg")
     with pytest.raises(MediaError):
         sandbox.fetch_media((tmp_path / "missing.png").as_uri())
@@ -273,14 +369,22 @@ def test_sandbox_fetches_local_files_and_public_urls(tmp_path: Path, api: FakeTw
     big.write_bytes(b"x" * 101)
     with pytest.raises(MediaError, match="too large"):
         sandbox.fetch_media(big.as_uri())
-    # http(s): fetched without credentials (the fake's CDN URL is public)
+    with pytest.raises(MediaError, match="outside"):
+        sandbox.fetch_media("file:///etc/passwd")
+    # http(s): on public_url, fetched without credentials
     url = api.add_media("image/png", b"png")
     media_sid = url.rsplit("/", 1)[1]
-    public = f"http://localhost:{api.port}/cdn/{media_sid}"
-    assert sandbox.fetch_media(public) == ("image/png", b"png")
-    with pytest.raises(MediaError) as raised:
-        sandbox.fetch_media(url)  # the authenticated API URL: refused without credentials
+    assert sandbox.fetch_media(f"{public_url}/cdn/{media_sid}") == ("image/png", b"png")
+    with pytest.raises(MediaError) as raised:  # its API path: asked without credentials
+        sandbox.fetch_media(url.replace("127.0.0.1", "localhost"))
     assert raised.value.code == 401
+    with Listener() as listener:  # anything else is never requested
+        for other in (url, listener.url()):
+            with pytest.raises(MediaError, match="not on the provider's media hosts"):
+                sandbox.fetch_media(other)
+            with pytest.raises(MediaError, match="not on the provider's media hosts"):
+                SandboxProvider(tmp_path).fetch_media(other)
+        assert listener.paths == []
 
 
 # -- the factory -----------------------------------------------------------------------------
@@ -291,6 +395,10 @@ def test_make_provider(tmp_path: Path, api: FakeTwilio) -> None:
     assert isinstance(sandbox, SandboxProvider) and sandbox.name == "sandbox"
     sandbox.send(RESIDENT, "hi")
     assert (tmp_path / "sms.jsonl").exists()
+    own = make_provider(SmsSettings(provider="sandbox"), tmp_path, "http://127.0.0.1:8311")
+    assert isinstance(own, SandboxProvider)
+    assert own.media_allowed("http://127.0.0.1:8311/sandbox/media/a.jpg")
+    assert not own.media_allowed("http://127.0.0.1:9100/metrics")
     twilio = make_provider(
         SmsSettings(
             provider="twilio",

@@ -10,7 +10,10 @@ cases then run against the real app (`create_app`) over a real SQLite store:
   nothing is stored or queued;
 - malformed: a signed form that lacks or garbles what the provider always sends — 400,
   and nothing is stored or queued;
-- replayed: the same signed request again — answered as the first time, nothing new stored.
+- replayed: the same signed request again — answered as the first time, nothing new stored;
+- oversized: a body over `MAX_WEBHOOK_BYTES` or a form of more than `MAX_WEBHOOK_FIELDS`
+  fields, signed or not — 413 before the signature is computed; the largest form a provider
+  really sends (a 1,600-character text, 10 media) still passes.
 
     class TestTwilioWebhooks(WebhookSecurityCases):
         sms_section = "sms:\\n  provider: twilio\\n  …"
@@ -28,6 +31,7 @@ from flask.testing import FlaskClient
 
 from gateway.app import Gateway
 from gateway.settings import Settings
+from gateway.sms.base import MAX_MEDIA, MAX_WEBHOOK_BYTES, MAX_WEBHOOK_FIELDS
 from gateway.web import create_app
 
 NUMBER = "+16135550111"
@@ -110,6 +114,10 @@ class WebhookSecurityCases:
         """A valid delivery status form."""
         raise NotImplementedError
 
+    def media_fields(self, count: int) -> dict[str, str]:
+        """The fields an inbound form adds for `count` media (with realistic URLs)."""
+        raise NotImplementedError
+
     # -- the table -------------------------------------------------------------------------
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
@@ -189,6 +197,36 @@ class WebhookSecurityCases:
         assert gateway.store.list_outbox(None) == outbox
         with gateway.store.transaction() as tx:
             assert tx.get_resident(NUMBER) == resident
+
+    def test_oversized_forms_get_413_before_the_signature_is_computed(
+        self, client: FlaskClient, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Seen: a 214 KB unsigned form cost 126 ms to refuse (4 ms for a small one)."""
+        checked: list[str] = []
+        authentic = gateway.webhooks.authentic
+        monkeypatch.setattr(gateway.webhooks, "authentic",
+                            lambda *args: checked.append("signature") or authentic(*args))
+        form = self.inbound_form(gateway.settings, NUMBER, "Pothole on Bank St")
+        big = {**form, **{f"F{i:05d}": "x" * 24 for i in range(6700)}}  # 214 KB
+        many = {**form, **{f"F{i}": "" for i in range(MAX_WEBHOOK_FIELDS)}}  # a few KB
+        chunky = {**form, self.body_field: "x" * MAX_WEBHOOK_BYTES}
+        for sent in (big, many, chunky):
+            for headers in ({}, self.sign(gateway.settings, INBOUND, "", sent)):
+                assert client.post(INBOUND, data=sent, headers=headers).status_code == 413
+                assert client.post(STATUS, data=sent, headers=headers).status_code == 413
+        assert checked == []
+        assert self.nothing_stored(gateway)
+        assert self.signed_post(client, gateway.settings, form).status_code == 200
+        assert checked == ["signature"]
+
+    def test_the_largest_real_form_fits(self, client: FlaskClient, gateway: Gateway) -> None:
+        """The caps leave room: 1,600 four-byte characters (URL-encoded: 12 bytes each) and
+        the most media a message carries."""
+        form = self.inbound_form(gateway.settings, NUMBER, "\U0001f6a7" * 1600)
+        form.update(self.media_fields(MAX_MEDIA))
+        response = self.signed_post(client, gateway.settings, form)
+        assert response.status_code == 200
+        assert not self.nothing_stored(gateway)
 
     def test_status_callbacks_are_signature_checked(
         self, client: FlaskClient, gateway: Gateway

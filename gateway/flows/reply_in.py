@@ -11,6 +11,14 @@ resident opted out, a notice to the agent) through `gateway.flows.agent_reply.qu
 the path the web console's replies take too. A texted reply's Message-ID joins the
 conversation's thread, so the resident's next email answers it.
 
+The sender is authenticated first (`email.sender_authentication: required`, the default):
+the one address of the one From header (`gateway.rules.reading.authentication.sender_of`)
+must have its domain authenticated by a trusted Authentication-Results header or by a DKIM
+signature the gateway verifies itself (`gateway.mail.dkim_check`, DNS looked up before the
+transaction opens). A reply that is not authenticated is not texted, changes nothing
+(no sticky agent, no `#close`) and is kept in the Failed list (why "not_authenticated");
+its claimed sender is never told (the From may be forged).
+
 Nothing is lost or unexplained when a reply is NOT texted:
 
 - the email is kept, whole, in the store's Failed list (`gateway.store.reply_mail`;
@@ -39,11 +47,13 @@ from typing import Any
 
 from gateway.flows.agent_reply import EXCERPT_CHARS, queue_reply
 from gateway.flows.thread_mail import answering, enqueue_notice, queue_email
+from gateway.mail.dkim_check import DnsFunc, dns_txt, verified_dkim_domains
 from gateway.mail.types import Disposition, MailOrigin
 from gateway.metrics import Metrics
 from gateway.rules import reading
-from gateway.rules.agent_notice import AgentNotice, NotTextedWhy
+from gateway.rules.agent_notice import NOT_TEXTED_WHY, AgentNotice, KeptWhy, NotTextedWhy
 from gateway.rules.municipalities import Directory, Municipality
+from gateway.rules.reading import authentication
 from gateway.settings import Settings
 from gateway.store import Conversation, DuplicateEmail, Store, StoreUnavailable, Tx
 
@@ -109,9 +119,17 @@ class _Decision:
     disposition: Disposition
     reply: reading.ParsedReply | None = None
     conversation: Conversation | None = None
-    why: NotTextedWhy | None = None  # the kind of failure (kept with the email)
+    why: KeptWhy | None = None  # the kind of failure (kept with the email)
     tell: bool = False  # send the sender a "not_texted" notice saying `why`
     municipality: Municipality | None = None  # the sender's (for "not_agent"/"unroutable")
+
+
+@dataclass(frozen=True)
+class SenderCheck:
+    """The sender authentication's verdict: the authenticated address, or why not."""
+
+    sender: str | None
+    refused: str | None = None
 
 
 class ReplyService:
@@ -126,6 +144,7 @@ class ReplyService:
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_queued: Callable[[], None] | None = None,
+        dkim_dns: DnsFunc | None = None,
     ) -> None:
         self._store = store
         self._settings = settings
@@ -134,6 +153,7 @@ class ReplyService:
         self._now = now
         self._on_queued = on_queued  # wakes the dispatcher: the SMS goes at once, not at a poll
         self._own = tuple(a for a in (parseaddr(settings.email.from_address)[1],) if a)
+        self._dkim_dns = dkim_dns  # None: the system's resolvers (dnspython), made when needed
 
     async def __call__(self, raw: bytes, origin: MailOrigin) -> Disposition:
         disposition = await asyncio.to_thread(self.handle, raw, origin)
@@ -163,10 +183,36 @@ class ReplyService:
         self._queued(disposition)
         return disposition
 
+    def check_sender(self, raw: bytes) -> SenderCheck | None:
+        """Authenticate the sender (None: `email.sender_authentication` is off). DKIM is
+        verified (DNS) only when no trusted Authentication-Results authenticates it."""
+        email = self._settings.email
+        if email.sender_authentication == "off":
+            return None
+        from_values, results = authentication.authentication_headers(raw)
+        sender = authentication.sender_of(from_values)
+        if isinstance(sender, authentication.Refused):
+            return SenderCheck(None, sender.reason)
+        believed = authentication.trusted_results(results, email.trusted_authserv_ids)
+        verdict = authentication.authenticate(sender, believed)
+        if not verdict.authenticated and b"dkim-signature" in raw[:262144].lower():
+            if self._dkim_dns is None:
+                self._dkim_dns = dns_txt()
+            domains = verified_dkim_domains(raw, self._dkim_dns)
+            verdict = authentication.authenticate(sender, believed, domains)
+        if not verdict.authenticated:
+            return SenderCheck(sender.address, verdict.how)
+        return SenderCheck(sender.address)
+
     def _handle(
         self, raw: bytes, origin: MailOrigin, key: str, *, retry_of: int | None
     ) -> Disposition:
         store = self._store
+        try:
+            check = self.check_sender(raw)  # may look DNS up: before the transaction
+        except Exception:  # a bug here must not let a reply through
+            log.exception("reply email via %s: sender authentication failed", origin.kind)
+            check = SenderCheck(None, "internal error while authenticating the sender")
         try:
             with store.transaction() as tx:
                 seen = tx.processed_email(key)
@@ -180,7 +226,7 @@ class ReplyService:
                     return Disposition(
                         seen[0], f"already handled: {seen[1]}", kept=seen[0] == "failed"
                     )
-                decision = self._decide(tx, raw)
+                decision = self._decide(tx, raw, check)
                 disposition = decision.disposition
                 if disposition.outcome == "failed":
                     self._keep(tx, key, raw, origin, decision, notify=retry_of is None)
@@ -237,7 +283,7 @@ class ReplyService:
 
     # -- the decision ---------------------------------------------------------------------
 
-    def _decide(self, tx: Tx, raw: bytes) -> _Decision:
+    def _decide(self, tx: Tx, raw: bytes, check: SenderCheck | None = None) -> _Decision:
         settings = self._settings
         try:
             reply = reading.parse_reply(
@@ -261,6 +307,15 @@ class ReplyService:
                     ),
                     reply,
                 )
+
+        if check is not None:
+            if check.refused is not None or check.sender is None:
+                # Nothing is changed and nobody is told: the From may be forged.
+                return _Decision(
+                    Disposition("failed", f"sender not authenticated: {check.refused}"),
+                    reply, why="not_authenticated",
+                )  # fmt: skip
+            reply = replace(reply, sender=check.sender)
 
         conversation = self._route(tx, reply)
         if conversation is None:
@@ -373,8 +428,9 @@ class ReplyService:
             sender=reply.sender if reply else None, subject=reply.subject if reply else None,
             conversation_id=conversation.id if conversation else None, why=decision.why,
         )  # fmt: skip
-        if notify and decision.tell and decision.why and reply is not None and reply.sender:
-            self._tell(tx, reply, conversation, decision.why, decision.municipality)
+        why = next((w for w in NOT_TEXTED_WHY if w == decision.why), None)
+        if notify and decision.tell and why and reply is not None and reply.sender:
+            self._tell(tx, reply, conversation, why, decision.municipality)
 
     def _tell(
         self,

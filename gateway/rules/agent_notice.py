@@ -47,6 +47,12 @@ NotTextedWhy = Literal["below_signature", "empty", "not_agent", "unroutable", "u
 NOT_TEXTED_WHY: tuple[NotTextedWhy, ...] = (
     "below_signature", "empty", "not_agent", "unroutable", "unreadable",
 )  # fmt: skip
+#: Why a reply email was kept in the Failed list (the store's `why`): a `NotTextedWhy`, whose
+#: sender (an agent) is told, or "not_authenticated" (its sender's domain is not authenticated:
+#: never told, the From may be forged).
+KeptWhy = Literal[
+    "below_signature", "empty", "not_agent", "unroutable", "unreadable", "not_authenticated"
+]
 ConsoleOutcome = Literal["texted", "opted_out"]
 CONSOLE_OUTCOMES: tuple[ConsoleOutcome, ...] = ("texted", "opted_out")
 NOTICE_EXCERPT_CHARS = 200

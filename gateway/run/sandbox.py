@@ -75,6 +75,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+# The mail server the sandbox plays: `sandbox reply` stamps the Authentication-Results it
+# would add (dmarc=pass), and the sandbox's settings trust it.
+SANDBOX_AUTHSERV_ID = "sandbox.mx"
+
+
 def sandbox_settings_text(
     map_path: Path,
     token: str,
@@ -104,6 +109,7 @@ def sandbox_settings_text(
           reply_address: "reply+{{token}}@gateway.example"
           smtp: {{host: 127.0.0.1, port: {smtp_port}, security: none}}
           ingress: {{listen: "127.0.0.1:{ingress_port}"}}   # `sandbox reply` plays the agent
+          trusted_authserv_ids: [{SANDBOX_AUTHSERV_ID}]   # what `sandbox reply` stamps
         fallback_mailbox: 311-unrouted@gateway.example
         """
     )
@@ -487,6 +493,16 @@ def reply_as_agent(
         "> " + line for line in (plain.get_content() if plain is not None else "").splitlines()
     )
     reply.set_content(f"{body}\n\nOn {original['Date']}, {original['From']} wrote:\n{quoted}\n")
+    # What the city's trusted mail server adds on top of a reply it authenticated.
+    trusted = settings.email.trusted_authserv_ids
+    if settings.email.sender_authentication == "required" and not trusted:
+        raise SandboxError(
+            2, "this sandbox trusts no email.trusted_authserv_ids: delete its sms311.yaml to "
+            "renew it"
+        )
+    if trusted:
+        stamp = f"{trusted[0]}; dmarc=pass header.from={sender.rpartition('@')[2]}"
+        reply["Authentication-Results"] = stamp
     before = len(read_sent(settings.state_dir))
     host, port = split_listen(settings.email.ingress.listen)
     recipient = parseaddr(str(original["Reply-To"]))[1]

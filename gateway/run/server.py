@@ -114,6 +114,11 @@ async def run_gateway(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     notifier = sdnotify.Notifier.from_environment(os.environ)
+    if gateway.settings.email.sender_authentication == "off":
+        log.warning(
+            "email.sender_authentication is off: a reply's From is believed as written, so "
+            "anyone who knows a reply address or a thread's Message-ID can text a resident"
+        )
 
     def shutdown() -> None:
         notifier.stopping()

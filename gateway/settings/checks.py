@@ -183,6 +183,20 @@ def check_secret_key(value: str) -> str:
     return value.strip()
 
 
+_AUTHSERV_ID_RE = re.compile(r"[A-Za-z0-9!#$%&'*+./^_`{|}~-]+")
+
+
+def check_authserv_ids(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Authentication-Results authserv-ids (RFC 8601: a hostname, usually), lower-cased."""
+    out: list[str] = []
+    for item in value:
+        if not _AUTHSERV_ID_RE.fullmatch(item):
+            raise ValueError(f"{shown(item)} is not an authserv-id (a name: mx.city.example)")
+        if item.lower() not in out:
+            out.append(item.lower())
+    return tuple(out)
+
+
 def check_not_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")

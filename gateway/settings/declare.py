@@ -4,7 +4,8 @@ Contract:
 
 - A settings section is a class decorated with `@section`: a frozen, keyword-only dataclass.
 - Each key is one field, declared once with `setting(...)`: its type is the field's annotation
-  (`str`, `int`, `float`, `bool`, `Path`, optionally `| None`), its default is `default=` (no
+  (`str`, `int`, `float`, `bool`, `Path`, optionally `| None`; or `tuple[str, ...]`, a list of
+  strings in the file), its default is `default=` (no
   default: the key is required), and the rest (`check`, `secret`, `resolve`, `help`) is the
   field's metadata. A secret is left out of the dataclass's repr.
 - A field whose type is another `@section` class is a sub-section: `X | None = None` is an
@@ -40,7 +41,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-Kind = Literal["str", "int", "number", "bool"]
+Kind = Literal["str", "int", "number", "bool", "strings"]
 MISSING: Any = dataclasses.MISSING
 
 _SETTING = "gateway.settings"  # the metadata key of a declared field
@@ -165,9 +166,12 @@ def derive(cls: type) -> Section:
         declared = f.metadata.get(_SETTING)
         if not isinstance(declared, Declared):
             raise TypeError(f"{where}: declare it with setting(...) (or not_a_setting(...))")
-        kind = _KINDS.get(tp)
+        kind: Kind | None = "strings" if tp == tuple[str, ...] else _KINDS.get(tp)
         if kind is None:
-            raise TypeError(f"{where}: a setting is str, int, float, bool or Path, not {tp!r}")
+            raise TypeError(
+                f"{where}: a setting is str, int, float, bool, Path or tuple[str, ...], "
+                f"not {tp!r}"
+            )
         if tp is Path and declared.resolve is None:
             raise TypeError(f"{where}: a Path setting needs resolve= (relative to what?)")
         if f.default_factory is not MISSING:

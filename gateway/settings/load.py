@@ -20,7 +20,8 @@ Rules:
   levels (`GATEWAY_SMS__AUTH_TOKEN`, `GATEWAY_EMAIL__SMTP__PASSWORD`, `GATEWAY_PUBLIC_URL`).
   A value is read as a YAML scalar where the setting is a number (`"100"` -> 100), and taken
   verbatim where it is a string (so a password like `0123` or `#x` stays as written); an empty
-  value unsets an optional setting. `GATEWAY_CONFIG` (the settings file) and `GATEWAY_TEST_*`
+  value unsets an optional setting. A list setting is written `a, b` (or `[a, b]`).
+  `GATEWAY_CONFIG` (the settings file) and `GATEWAY_TEST_*`
   are not settings; any other unknown `GATEWAY_` variable is a problem.
 - String settings take the YAML scalar's text as written, so `sender: 31100` is the string
   "31100" (not a YAML number).
@@ -65,6 +66,7 @@ _TYPE_NAMES: Mapping[Kind, str] = {
     "int": "must be a whole number",
     "number": "must be a number",
     "bool": "must be true or false",
+    "strings": "must be a list of strings ([a, b])",
 }
 
 
@@ -118,6 +120,15 @@ class _Collected:
 
 def _leaf_value(leaf: Leaf, node: Node) -> Any:
     """The node's value as `leaf.kind`, or raise ValueError with the type message."""
+    if leaf.kind == "strings":
+        if node.kind != "seq":
+            raise ValueError(_TYPE_NAMES[leaf.kind])
+        items = []
+        for item in node.items:
+            if item.kind != "scalar" or item.is_null or not item.text.strip():
+                raise ValueError(_TYPE_NAMES[leaf.kind])
+            items.append(item.text.strip())
+        return tuple(items)
     if node.kind != "scalar":
         raise ValueError(_TYPE_NAMES[leaf.kind])
     value = node.value
@@ -237,6 +248,12 @@ def _apply_environment(
 
 
 def _env_node(name: str, raw: str, leaf: Leaf) -> Node:
+    if leaf.kind == "strings":  # "a, b" (or "[a, b]"); empty unsets it
+        words = [w.strip() for w in raw.strip().strip("[]").split(",") if w.strip()]
+        if not raw.strip():
+            return Node(name, None, "scalar", value=None, text="")
+        items = [Node(name, None, "scalar", value=w, text=w) for w in words]
+        return Node(name, None, "seq", items=items)
     if leaf.kind == "str":
         return Node(name, None, "scalar", value=raw if raw else None, text=raw)
     return Node(name, None, "scalar", value=yaml_scalar(raw.strip()), text=raw)

@@ -22,6 +22,7 @@ from pathlib import Path
 from gateway.settings.checks import (
     check_address,
     check_at_least_one,
+    check_authserv_ids,
     check_database,
     check_http_url,
     check_idle_restart,
@@ -45,6 +46,7 @@ __all__ = [
     "LOG_LEVELS",
     "MAIL_SECURITY",
     "SCHEMA",
+    "SENDER_AUTHENTICATION",
     "SMS_PROVIDERS",
     "ConsoleSettings",
     "ConversationSettings",
@@ -62,6 +64,7 @@ __all__ = [
 SMS_PROVIDERS = ("twilio", "sandbox")
 MAIL_SECURITY = ("none", "starttls", "tls")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SENDER_AUTHENTICATION = ("required", "off")
 
 _security = one_of(MAIL_SECURITY)
 
@@ -163,6 +166,19 @@ class EmailSettings:
     reply_address: str = setting(
         check=check_reply_address,
         help='the Reply-To, with "{token}" once before the @: "reply+{token}@gateway.example.ca"',
+    )
+    sender_authentication: str = setting(
+        default="required",
+        check=one_of(SENDER_AUTHENTICATION),
+        help="required: a reply is acted on only when its From domain is authenticated (a DKIM "
+        "signature the gateway verifies, or a trusted Authentication-Results); off: From is "
+        "believed as written (a WARNING at every start)",
+    )
+    trusted_authserv_ids: tuple[str, ...] = setting(
+        default=(),
+        check=check_authserv_ids,
+        help="authserv-ids of the mail servers whose Authentication-Results (RFC 8601) are "
+        "believed: only the topmost ones, added after the message reached them",
     )
     smtp: SmtpSettings
     imap: ImapSettings | None = None

@@ -52,10 +52,11 @@ def _kind(sms: SmsSettings) -> ProviderKind:
         raise ValueError(f"unknown sms.provider {sms.provider!r} ({names})") from None
 
 
-def make_provider(sms: SmsSettings, state_dir: Path) -> SmsProvider:
+def make_provider(sms: SmsSettings, state_dir: Path, public_url: str = "") -> SmsProvider:
     """The client of the provider named by `sms.provider`: "twilio" (the real API at
-    `sms.api_base_url`) or "sandbox" (records texts to `<state_dir>/sms.jsonl`)."""
-    return _kind(sms).client(sms, state_dir)
+    `sms.api_base_url`) or "sandbox" (records texts to `<state_dir>/sms.jsonl`; fetches
+    media only from `public_url`, the gateway's own, and its own files)."""
+    return _kind(sms).client(sms, state_dir, public_url)
 
 
 def error_descriptions(sms: SmsSettings) -> Callable[[int], tuple[str, str] | None]:

@@ -38,6 +38,12 @@ MAX_MEDIA_BYTES = 5 * 1024 * 1024
 MAX_BODY_CHARS = 5000  # inbound: providers cap a text at 1,600; anything far beyond is no provider
 MAX_MEDIA = 10  # media per inbound message
 MAX_SID_CHARS = 64
+#: A webhook request's body: a provider's form is a few KB (a 1,600-character text of
+#: 4-byte characters is under 20 KB URL-encoded); anything larger is refused (413) before
+#: the signature is computed, so an unsigned flood stays cheap to refuse.
+MAX_WEBHOOK_BYTES = 32 * 1024
+#: Fields of a webhook form (Twilio's inbound form with 10 media has about 50).
+MAX_WEBHOOK_FIELDS = 100
 
 PermanentReason = Literal[
     "opted_out", "invalid_number", "unreachable", "filtered", "too_long", "sender", "rejected"
@@ -212,10 +218,11 @@ class Webhooks(Protocol):
 @dataclass(frozen=True)
 class ProviderKind:
     """What a provider folder registers in `gateway.sms.PROVIDERS` under its
-    `sms.provider` name: how to build its client (from the `sms` settings and the state
-    directory) and its webhooks (from the `sms` settings and `public_url`)."""
+    `sms.provider` name: how to build its client (from the `sms` settings, the state
+    directory and `public_url`) and its webhooks (from the `sms` settings and
+    `public_url`)."""
 
-    client: Callable[[SmsSettings, Path], SmsProvider]
+    client: Callable[[SmsSettings, Path, str], SmsProvider]
     webhooks: Callable[[SmsSettings, str], Webhooks]
     #: What one of the provider's error codes means to an agent: (English, French) or None.
     describe_error: Callable[[int], tuple[str, str] | None] = lambda code: None

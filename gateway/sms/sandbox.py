@@ -2,9 +2,11 @@
 are Twilio's (`sms311 sandbox text` signs a Twilio-shaped form with the sandbox's token).
 
 Each `send` appends one JSON line `{"sid", "to", "body", "at", "status_callback"}` to
-`<directory>/sms.jsonl` (read it with `read_sent`); `find_sent` looks there. `fetch_media` reads `file://`
-URLs (so the sandbox texting helper can attach a local picture) and fetches http(s)
-URLs without credentials.
+`<directory>/sms.jsonl` (read it with `read_sent`); `find_sent` looks there. `fetch_media` reads
+`file://` URLs of files inside its own directory and fetches, without credentials, http(s)
+URLs on the gateway's own `public_url` (where `sms311 sandbox text --media` serves its
+pictures, the way Twilio serves MMS media); any other URL is refused (MediaError), as the
+real provider refuses a host that is not its own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from urllib.request import url2pathname
 
 from gateway.logs import mask_phone
 from gateway.sms.base import MAX_MEDIA_BYTES, MediaError, ProviderKind
-from gateway.sms.twilio.client import fetch_http_media
+from gateway.sms.twilio.client import endpoint, fetch_http_media
 from gateway.sms.twilio.errors import describe
 from gateway.sms.twilio.webhook import TwilioWebhooks
 
@@ -49,9 +51,15 @@ class SandboxProvider:
     name = "sandbox"
 
     def __init__(
-        self, directory: Path, *, timeout: float = 15.0, max_media_bytes: int = MAX_MEDIA_BYTES
+        self,
+        directory: Path,
+        *,
+        public_url: str = "",
+        timeout: float = 15.0,
+        max_media_bytes: int = MAX_MEDIA_BYTES,
     ) -> None:
         self.directory = Path(directory)
+        self.public_url = public_url
         self.timeout = timeout
         self.max_media_bytes = max_media_bytes
         self._lock = threading.Lock()
@@ -97,16 +105,24 @@ class SandboxProvider:
                 return str(record["sid"])
         return None
 
+    def media_allowed(self, url: str) -> bool:
+        """True if `url` is on the origin of the gateway's `public_url`."""
+        where = endpoint(url)
+        return where is not None and bool(self.public_url) and where == endpoint(self.public_url)
+
     def fetch_media(self, url: str) -> tuple[str, bytes]:
-        """Read a `file://` URL, or GET an http(s) URL without credentials."""
+        """Read a `file://` URL inside `directory`, or GET an http(s) URL on `public_url`
+        without credentials."""
         parts = urlsplit(url)
         if parts.scheme.lower() != "file":
             return fetch_http_media(
-                url, auth=None, timeout=self.timeout, limit=self.max_media_bytes
+                url, allowed=self.media_allowed, timeout=self.timeout, limit=self.max_media_bytes
             )
         if parts.netloc not in ("", "localhost"):
             raise MediaError(f"file URL on another host: {parts.netloc}")
         path = Path(url2pathname(unquote(parts.path)))
+        if not path.resolve().is_relative_to(self.directory.resolve()):
+            raise MediaError("file URL outside the sandbox's directory")
         try:
             size = path.stat().st_size
             if size > self.max_media_bytes:
@@ -118,8 +134,8 @@ class SandboxProvider:
         return content_type, data
 
 
-def _client(sms: SmsSettings, state_dir: Path) -> SandboxProvider:
-    return SandboxProvider(state_dir)
+def _client(sms: SmsSettings, state_dir: Path, public_url: str) -> SandboxProvider:
+    return SandboxProvider(state_dir, public_url=public_url)
 
 
 def _webhooks(sms: SmsSettings, public_url: str) -> TwilioWebhooks:

@@ -2,7 +2,9 @@
 `POST /sms/status` (delivery status callbacks). Provider-neutral: what is Twilio's (the
 signature, the form fields, TwiML) is behind `gateway.sms.base.Webhooks`.
 
-Checks stack and fail closed: signature (403, nothing read or stored), then the form
+Checks stack and fail closed: size (a body over `MAX_WEBHOOK_BYTES` or a form of more than
+`MAX_WEBHOOK_FIELDS` fields: 413, refused before the form is parsed or the signature
+computed), then signature (403, nothing read or stored), then the form
 (400), then one committed transaction; only then 200. A store that is down answers 503
 so the provider retries or its fallback URL acts. Nothing here produces a 5xx from
 hostile input.
@@ -18,13 +20,41 @@ from flask import Blueprint, Response, request
 from gateway.app import Gateway
 from gateway.flows.delivery import record_delivery_report
 from gateway.logs import mask_phone
-from gateway.sms.base import DELIVERY_STATES, BadWebhook
+from gateway.sms.base import (
+    DELIVERY_STATES,
+    MAX_WEBHOOK_BYTES,
+    MAX_WEBHOOK_FIELDS,
+    BadWebhook,
+)
 from gateway.store import StoreUnavailable
 from gateway.web.extension import current_gateway
 
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("webhooks", __name__)
+
+
+@blueprint.before_request
+def _small_enough() -> Response | None:
+    """Refuse (413) a body over `MAX_WEBHOOK_BYTES` or a form of more than
+    `MAX_WEBHOOK_FIELDS` fields before anything else reads it: the signature covers every
+    field, so a big unsigned form would otherwise cost its parsing and an HMAC over it."""
+    request.max_content_length = MAX_WEBHOOK_BYTES  # a chunked body: cut while read (413)
+    request.max_form_parts = MAX_WEBHOOK_FIELDS  # multipart/form-data (413 while parsed)
+    length = request.content_length
+    if length is not None and length > MAX_WEBHOOK_BYTES:
+        return _too_large(current_gateway(), f"{length} bytes")
+    if request.mimetype == "application/x-www-form-urlencoded":
+        data = request.get_data(cache=True)  # at most MAX_WEBHOOK_BYTES; parsed from the cache
+        if data.count(b"&") >= MAX_WEBHOOK_FIELDS:
+            return _too_large(current_gateway(), "too many fields")
+    return None
+
+
+def _too_large(gateway: Gateway, reason: str) -> Response:
+    gateway.metrics.webhook_rejected.labels("too_large").inc()
+    log.info("webhook %s refused: too large: %s", request.path, reason)
+    return Response("Payload Too Large\n", status=413, mimetype="text/plain")
 
 
 def _authentic(gateway: Gateway) -> bool:

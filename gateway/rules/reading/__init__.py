@@ -23,7 +23,9 @@
 Robustness: every charset and transfer encoding is decoded with fallbacks (declared charset,
 then UTF-8, then Windows-1252, then Latin-1) and never raises; truncated, mislabelled and huge
 messages parse. Work is capped: at most `MAX_TEXT_BYTES` of the chosen text part are read,
-attachments and attached messages are skipped, and at most `MAX_PARTS` MIME parts are looked at.
+attachments and attached messages are skipped, and at most `MAX_PARTS` MIME parts are looked at;
+before parsing, the raw message is cut at its `MAX_DASH_LINES`th line beginning with "--", so the
+parser never builds more parts than that, whatever their kind.
 The only exception `parse_reply` raises for bad input is `MalformedEmail`, and only when the
 input has no header at all (it is not an email).
 
@@ -47,7 +49,7 @@ from __future__ import annotations
 
 from gateway.rules.reading.automatic import automatic_reason
 from gateway.rules.reading.html import html_to_text
-from gateway.rules.reading.limits import MAX_IDS, MAX_RAW_BYTES, MAX_TEXT_BYTES
+from gateway.rules.reading.limits import MAX_DASH_LINES, MAX_IDS, MAX_RAW_BYTES, MAX_TEXT_BYTES
 from gateway.rules.reading.parse import (
     CLOSE_COMMANDS,
     EMPTY_BECAUSE,
@@ -62,6 +64,7 @@ from gateway.rules.reading.tidy import tidy_text
 __all__ = [
     "CLOSE_COMMANDS",
     "EMPTY_BECAUSE",
+    "MAX_DASH_LINES",
     "MAX_IDS",
     "MAX_RAW_BYTES",
     "MAX_TEXT_BYTES",

@@ -31,13 +31,22 @@ from gateway.rules.reading.headers import (
     trim_ids,
 )
 from gateway.rules.reading.html import html_to_text
-from gateway.rules.reading.limits import MAX_HEADER_BYTES, MAX_PARTS, MAX_RAW_BYTES, MAX_TEXT_BYTES
+from gateway.rules.reading.limits import (
+    MAX_DASH_LINES,
+    MAX_HEADER_BYTES,
+    MAX_PARTS,
+    MAX_RAW_BYTES,
+    MAX_TEXT_BYTES,
+)
 from gateway.rules.reading.quotes import cut_history
 from gateway.rules.reading.signatures import cut_marked_signature, cut_signature
 from gateway.rules.reading.tidy import normalise, tidy
 
 CLOSE_COMMANDS = frozenset({"#close", "#fermer"})
 _MULTIPART_RE = re.compile(rb"multipart/", re.IGNORECASE)
+# A line beginning with "--": every MIME part starts with one (its boundary). The stdlib
+# parser ends a line at CR, LF or CRLF, so a bare CR counts too.
+_DASH_LINE_RE = re.compile(rb"[\r\n]--")
 
 
 EmptyBecause = Literal["below_signature", "nothing"]
@@ -93,6 +102,7 @@ def parse_reply(
         if count >= MAX_PARTS:  # the stdlib parser is quadratic in the nesting depth
             data = data[: match.start()]
             break
+    data = cut_dash_lines(data)
     try:
         msg = BytesParser(policy=policy.default).parsebytes(data)
     except Exception as exc:  # the parser is lenient; anything else is not an email
@@ -104,6 +114,16 @@ def parse_reply(
         return _read(msg, token_re, own_addresses)
     except Exception as exc:  # a bug or a case nobody foresaw: never text it, never retry it
         raise MalformedEmail(f"unreadable: {type(exc).__name__}: {exc}"[:200]) from exc
+
+
+def cut_dash_lines(data: bytes) -> bytes:
+    """`data` cut before its (MAX_DASH_LINES + 1)th line beginning with "--": MIME parts
+    of any kind (not only multipart/ ones) are bounded before the parser sees them; the
+    rest of such a message is ignored, as past every bound of gateway.rules.reading."""
+    for count, match in enumerate(_DASH_LINE_RE.finditer(data)):
+        if count >= MAX_DASH_LINES:
+            return data[: match.start() + 1]
+    return data
 
 
 def _read(msg: EmailMessage, token_re: re.Pattern[str], own: Sequence[str]) -> ParsedReply:

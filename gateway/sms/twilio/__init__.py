@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["PROVIDER", "TwilioProvider", "TwilioWebhooks", "errors"]
 
 
-def _client(sms: SmsSettings, state_dir: Path) -> TwilioProvider:
+def _client(sms: SmsSettings, state_dir: Path, public_url: str) -> TwilioProvider:
     return TwilioProvider(sms.account_sid, sms.auth_token, sms.sender, sms.api_base_url)
 
 

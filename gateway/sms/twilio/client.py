@@ -5,7 +5,11 @@ The client is pointed at `api_base_url` by setting the base URL of its `api` dom
 SignalWire-style compatible APIs and the tests' fake API work unchanged. Media are
 fetched with `requests` and HTTP basic auth (account SID, auth token) — the
 credentials are only sent to the API's own origin; Twilio's redirect to its CDN is
-followed without them.
+followed without them. A media URL comes from a webhook form (the provider signed it,
+but the URL is whatever was texted through it): it is fetched only from the API's own
+origin or the provider's media hosts (`TWILIO_MEDIA_HOSTS`), and a redirect is followed
+only to those, so a MediaUrl0 naming a host of the gateway's own network (`/metrics` on
+loopback, a cloud metadata address) is never requested: the email lists it instead.
 
 `find_sent` lists the messages sent to a number (GET Messages.json, which the client
 sends as `To=…&DateSent>=YYYY-MM-DDTHH:MM:SSZ&PageSize=50`) to find out whether a
@@ -18,11 +22,11 @@ from __future__ import annotations
 import logging
 import threading
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.structures import CaseInsensitiveDict
@@ -57,6 +61,14 @@ FIND_SENT_LIMIT = 50
 CLOCK_SKEW = timedelta(seconds=5)
 #: What Twilio puts before every body sent from a trial account.
 TRIAL_PREFIX = "Sent from your Twilio trial account - "
+#: Where Twilio's media live besides the API (api.twilio.com redirects there): its CDN
+#: (mms.twiliocdn.com, media.twiliocdn.com) and, for media stored before HTTP auth on
+#: media was enforced, the path-style S3 bucket media.twiliocdn.com. A pattern is a host
+#: name, "*." + a domain (its subdomains), or a host name and a path prefix.
+TWILIO_MEDIA_HOSTS = ("*.twiliocdn.com", "s3-external-1.amazonaws.com/media.twiliocdn.com/")
+#: Redirects followed when fetching a media.
+MAX_MEDIA_REDIRECTS = 5
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def same_body(sent: str, body: str) -> bool:
@@ -85,6 +97,38 @@ def _utc(moment: datetime) -> datetime:
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme.lower(), parts.netloc.lower()
+
+
+def endpoint(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL without credentials in it, else None."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        port = parts.port
+    except ValueError:
+        return None
+    if scheme not in _DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
+        return None
+    return scheme, parts.hostname.lower().rstrip("."), port or _DEFAULT_PORTS[scheme]
+
+
+def on_hosts(url: str, patterns: Sequence[str]) -> bool:
+    """True if the http(s) `url` is on one of the host `patterns` ("host", "*.domain",
+    "host/path-prefix"; any port)."""
+    where = endpoint(url)
+    if where is None:
+        return False
+    host = where[1]
+    path = urlsplit(url).path
+    for pattern in patterns:
+        name, slash, prefix = pattern.lower().partition("/")
+        if name.startswith("*."):
+            matches = host.endswith(name[1:]) and len(host) > len(name) - 1
+        else:
+            matches = host == name
+        if matches and (not slash or path.startswith("/" + prefix)):
+            return True
+    return False
 
 
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -158,6 +202,7 @@ class TwilioProvider:
         *,
         timeout: float = 15.0,
         max_media_bytes: int = MAX_MEDIA_BYTES,
+        media_hosts: Sequence[str] = TWILIO_MEDIA_HOSTS,
     ) -> None:
         if not account_sid or not auth_token:
             raise ValueError("sms.account_sid and sms.auth_token are required for Twilio")
@@ -169,6 +214,7 @@ class TwilioProvider:
         self.api_base_url = api_base_url.rstrip("/")
         self.timeout = timeout
         self.max_media_bytes = max_media_bytes
+        self.media_hosts = tuple(media_hosts)
         self._http = _HttpClient(timeout)
         self.client = Client(account_sid, auth_token, http_client=self._http)
         if _origin(self.api_base_url) != _origin(DEFAULT_API_BASE_URL):
@@ -298,34 +344,69 @@ class TwilioProvider:
 
     # -- media -------------------------------------------------------------------------
 
-    def fetch_media(self, url: str) -> tuple[str, bytes]:
-        """GET a media URL (HTTP basic auth on the API's own origin), following redirects;
-        at most `max_media_bytes`. Raises MediaError."""
-        auth = (
-            (self.account_sid, self._auth_token)
-            if _origin(url) == _origin(self.api_base_url)
-            else None
+    def media_allowed(self, url: str) -> bool:
+        """True if `url` is on the API's own origin or one of `media_hosts`."""
+        where = endpoint(url)
+        return where is not None and (
+            where == endpoint(self.api_base_url) or on_hosts(url, self.media_hosts)
         )
-        return fetch_http_media(url, auth=auth, timeout=self.timeout, limit=self.max_media_bytes)
+
+    def fetch_media(self, url: str) -> tuple[str, bytes]:
+        """GET a media URL on the API's origin or its media hosts (HTTP basic auth on the
+        API's own origin only), following redirects only to those; at most
+        `max_media_bytes`. Raises MediaError."""
+        return fetch_http_media(
+            url,
+            allowed=self.media_allowed,
+            auth=(self.account_sid, self._auth_token),
+            auth_url=self.api_base_url,
+            timeout=self.timeout,
+            limit=self.max_media_bytes,
+        )
 
 
 def fetch_http_media(
     url: str,
     *,
-    auth: tuple[str, str] | None,
+    allowed: Callable[[str], bool],
+    auth: tuple[str, str] | None = None,
+    auth_url: str | None = None,
     timeout: float,
     limit: int = MAX_MEDIA_BYTES,
 ) -> tuple[str, bytes]:
-    """Download `url` (following redirects; `requests` drops the credentials when a
-    redirect leaves the host): (content type without parameters, data).
+    """Download `url`: (content type without parameters, data).
 
-    Raises MediaError: temporary for network trouble, 429 and 5xx; permanent otherwise
-    (4xx, more than `limit` bytes, not an http(s) URL).
+    `allowed(url)` is asked of `url` and of every redirect target (at most
+    `MAX_MEDIA_REDIRECTS`) before it is requested; `auth` is sent only to the origin of
+    `auth_url`. Raises MediaError: temporary for network trouble, 429 and 5xx; permanent
+    otherwise (4xx, more than `limit` bytes, not an http(s) URL, not an allowed host).
     """
     if _origin(url)[0] not in ("http", "https"):
         raise MediaError(f"not an http(s) media URL: {urlsplit(url).scheme or '?'}")
+    auth_at = endpoint(auth_url) if auth_url else None
+    for _ in range(MAX_MEDIA_REDIRECTS + 1):
+        where = endpoint(url)
+        if where is None or not allowed(url):
+            host = where[1] if where else urlsplit(url).netloc[:100] or "?"
+            raise MediaError(f"media URL not on the provider's media hosts: {host}")
+        hop_auth = auth if auth_at is not None and where == auth_at else None
+        location = _get_media(url, hop_auth, timeout, limit)
+        if isinstance(location, tuple):
+            return location
+        url = urljoin(url, location)
+    raise MediaError(f"media fetch: more than {MAX_MEDIA_REDIRECTS} redirects")
+
+
+def _get_media(
+    url: str, auth: tuple[str, str] | None, timeout: float, limit: int
+) -> tuple[str, bytes] | str:
+    """One GET of a media: (content type, data), or the redirect's Location."""
     try:
-        with requests.get(url, auth=auth, timeout=timeout, stream=True) as response:
+        with requests.get(
+            url, auth=auth, timeout=timeout, stream=True, allow_redirects=False
+        ) as response:
+            if response.is_redirect:
+                return str(response.headers["Location"])
             if response.status_code != 200:
                 temporary = response.status_code in (401, 408, 429) or response.status_code >= 500
                 raise MediaError(

@@ -2,12 +2,19 @@
 the TwiML answer (`TwilioWebhooks`, the `gateway.sms.base.Webhooks` of Twilio and of
 every Twilio-compatible API, the sandbox included).
 
-Forms are read defensively: a field with a NUL, an oversized body or SID, a media count
-out of range or a media URL that is not http(s) is a `BadWebhook`, never a crash.
+Forms are read defensively: a field with a NUL, an oversized body, a media count out of
+range or a media URL that is not http(s) is a `BadWebhook`, never a crash.
+
+Twilio's signature covers the fields' names and values concatenated without separators,
+so a captured signed form can be re-split (`MessageSid=<sid>NumMedia0`, no `NumMedia`)
+and still verify. Hence a message SID is accepted only in a fixed shape (`SID_SHAPE`:
+Twilio's "SM"/"MM" + 32 hex, or the UUID of a compatible API such as SignalWire) and
+`NumMedia`, which Twilio always sends, is required: a re-split form is a `BadWebhook`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -19,7 +26,6 @@ from gateway.rules.resident_email import MediaRef
 from gateway.sms.base import (
     MAX_BODY_CHARS,
     MAX_MEDIA,
-    MAX_SID_CHARS,
     BadWebhook,
     DeliveryReport,
     InboundText,
@@ -30,6 +36,19 @@ from gateway.sms.twilio.signature import TwilioSignature
 
 TWIML = "application/xml"
 _EMPTY_TWIML = WebhookAnswer(str(MessagingResponse()), TWIML)  # the usual answer: built once
+
+
+#: A message SID: Twilio's ("SM" or "MM" and 32 hex digits), or a UUID (SignalWire).
+SID_SHAPE = re.compile(
+    r"(?:SM|MM)[0-9a-fA-F]{32}"
+    r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
+def _sid(value: str, name: str) -> str:
+    if SID_SHAPE.fullmatch(value) is None:
+        raise BadWebhook(f"{name} is not a message SID")
+    return value
 
 
 def _field(form: Mapping[str, str], name: str, *, required: bool = False) -> str:
@@ -56,8 +75,10 @@ class TwilioWebhooks:
         sid = _field(form, "MessageSid") or _field(form, "SmsMessageSid") or _field(form, "SmsSid")
         if not sid.strip():
             raise BadWebhook("missing MessageSid")
-        if len(sid) > MAX_SID_CHARS:
-            raise BadWebhook("MessageSid too long")
+        _sid(sid, "MessageSid")
+        for alias in ("SmsMessageSid", "SmsSid"):  # when sent, the same SID
+            if form.get(alias, sid) != sid:
+                raise BadWebhook(f"{alias} differs from MessageSid")
         try:
             phone = normalise_number(_field(form, "From", required=True), region)
         except NotAPhoneNumber as exc:
@@ -67,7 +88,7 @@ class TwilioWebhooks:
         if len(body) > MAX_BODY_CHARS:
             raise BadWebhook("Body too long")
         try:
-            num_media = int(_field(form, "NumMedia") or "0")
+            num_media = int(_field(form, "NumMedia", required=True))
         except ValueError as exc:
             raise BadWebhook("NumMedia is not a number") from exc
         if not 0 <= num_media <= MAX_MEDIA:
@@ -80,7 +101,7 @@ class TwilioWebhooks:
             content_type = _field(form, f"MediaContentType{i}") or "application/octet-stream"
             media.append(MediaRef(url=url, content_type=content_type))
         return InboundText(
-            sid=sid.strip(),
+            sid=sid,
             phone=phone,
             to=to,
             body=body.strip(),
@@ -93,7 +114,7 @@ class TwilioWebhooks:
     def status(self, form: Mapping[str, str]) -> DeliveryReport:
         sid = form.get("MessageSid", "").strip()
         state = form.get("MessageStatus", "").strip().lower()
-        if not sid or not state or len(sid) > MAX_SID_CHARS or len(state) > 32:
+        if not sid or not state or SID_SHAPE.fullmatch(sid) is None or len(state) > 32:
             raise BadWebhook("missing or garbled MessageSid or MessageStatus")
         error_code = form.get("ErrorCode", "").strip()
         try:

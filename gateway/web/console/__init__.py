@@ -127,7 +127,8 @@ def _locale() -> str:
 
 def _security_headers(response: Response) -> Response:
     if request.path.startswith("/console"):
-        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        # A media response keeps its own, stricter policy (gateway.web.media).
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "same-origin"

@@ -12,6 +12,7 @@ An unknown email costs the same argon2 work as a wrong password (no account prob
 from __future__ import annotations
 
 import logging
+import unicodedata
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +32,9 @@ from gateway.web.extension import current_gateway as gateway
 log = logging.getLogger(__name__)
 
 ADDRESS_FACTOR = 10  # one address (an office behind NAT) may fail for several accounts
+# Unicode categories a `next` must not hold: controls, format characters, surrogates,
+# private use, unassigned, line and paragraph separators.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _PENDING = "sms311_pending_totp"  # the account id between the password and the code
 # A real argon2 hash to verify against when the email is unknown (same cost, no probing).
 _DUMMY_HASH = accounts.hash_password("not-a-real-password-dummy")
@@ -47,8 +51,12 @@ def unauthorized() -> Response:
 
 
 def _safe_next(value: str | None) -> str | None:
-    """Only a path inside the console (no scheme, no host): no open redirect."""
+    """Only a path inside the console (no scheme, no host): no open redirect. A value with a
+    control character (CR/LF, tab, NUL, DEL, an invisible format character, a line
+    separator) is refused: it could not go into a `Location` header (header splitting)."""
     if not value:
+        return None
+    if any(unicodedata.category(char) in _CONTROL_CATEGORIES for char in value):
         return None
     parts = urlsplit(value)
     if parts.scheme or parts.netloc or not parts.path.startswith("/console/"):

@@ -195,20 +195,29 @@ def export_csv(
             via, status = item.message.via or "email", item.message.status or ""
         elif item.failed is not None:
             failed = item.failed
-            writer.writerow([item.at.isoformat(), _no_formula(failed.sender or ""), item.kind,
-                             "email", retry_outcome(failed),
-                             _no_formula(describe(failed) if describe else failed.why or "")])
+            writer.writerow(_no_formulas([item.at.isoformat(), failed.sender or "", item.kind,
+                                          "email", retry_outcome(failed),
+                                          describe(failed) if describe else failed.why or ""]))
             continue
         else:
             assert item.note is not None
             who, via, status = item.note.user_name, "note", ""
-        writer.writerow([item.at.isoformat(), who, item.kind, via, status,
-                         _no_formula(item.body)])
+        writer.writerow(_no_formulas([item.at.isoformat(), who, item.kind, via, status,
+                                      item.body]))
     return out.getvalue()
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _no_formula(text: str) -> str:
-    """Cells a spreadsheet would run as a formula get a leading apostrophe (CSV injection)."""
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """A cell a spreadsheet would run as a formula gets a leading apostrophe (CSV
+    injection, the OWASP recipe); the csv module quotes it and doubles its quotes."""
+    if text.startswith(FORMULA_STARTS):
         return "'" + text
     return text
+
+
+def _no_formulas(row: Sequence[str]) -> list[str]:
+    """Every cell of a row, whatever its column (names, addresses and statuses too)."""
+    return [_no_formula(cell) for cell in row]

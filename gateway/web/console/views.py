@@ -40,9 +40,11 @@ from gateway.flows.agent_reply import QueuedReply, prepare_text, queue_reply
 from gateway.logs import mask_phone
 from gateway.rules import accounts
 from gateway.rules.municipalities import DEFAULT_TIMEZONE, Municipality
+from gateway.rules.resident_email import media_filename
 from gateway.rules.thread import format_national
 from gateway.store import Conversation, StoreUnavailable
 from gateway.store.console import LIST_FILTERS, ConsoleTx, ListFilter, NotTextedReply, User
+from gateway.web import media as media_headers
 from gateway.web.console import auth, display
 from gateway.web.console.context import ConsoleUser, is_htmx, login_required, now, remote_addr, user
 from gateway.web.extension import current_gateway as gateway
@@ -119,6 +121,11 @@ def _error_page(exc: HTTPException) -> ResponseReturnValue:
 
 for _code in _ERRORS:
     blueprint.register_error_handler(_code, _error_page)
+
+
+@blueprint.app_template_test("inline_image")
+def _inline_image(content_type: str | None) -> bool:
+    return media_headers.is_inline_image(content_type)
 
 
 @blueprint.app_template_filter("national")
@@ -551,9 +558,10 @@ def media(conversation_id: int, message_id: int, index: int) -> Response:
     except Exception:  # the provider is down or the media expired
         log.warning("console: media of message %d could not be fetched", message_id)
         abort(502)
-    response = Response(data, content_type=content_type or item.get("content_type"))
-    if not (content_type or "").startswith("image/"):
-        response.headers["Content-Disposition"] = "attachment"
+    declared = content_type or item.get("content_type")
+    response = Response(data)
+    # Only raster images inline; anything else a sandboxed octet-stream download.
+    media_headers.harden(response, declared, media_filename(index + 1, declared or ""))
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response
 
