@@ -24,6 +24,7 @@ from gateway.mail.types import MailOrigin
 from gateway.rules.resident_email import ResidentEmail, compose
 from gateway.sms.base import InboundText
 from tests.dovecot import Dovecot
+from tests.gateway_fixtures import stamp_authenticated
 from tests.loop import Loop, agent_reply, first_email, wait_for
 
 pytestmark = pytest.mark.slow
@@ -41,6 +42,7 @@ def dovecot(tmp_path: Path) -> Iterator[Dovecot]:
 def headers(to_city: EmailMessage, extra: str = "") -> bytes:
     """An agent's reply headers, routed to the conversation (token and In-Reply-To)."""
     return (
+        "Authentication-Results: test.mx; dmarc=pass header.from=ottawa.example\r\n"
         f"From: Jane Doe <jane@ottawa.example>\r\n"
         f"To: {to_city['Reply-To']}\r\n"
         f"Subject: Re: {to_city['Subject']}\r\n"
@@ -102,7 +104,7 @@ def with_big_attachment(to_city: EmailMessage) -> bytes:
     reply.set_content("Photo of the repair attached.\n")
     reply.add_attachment(random.Random(7).randbytes(10 * MB), maintype="image",
                          subtype="jpeg", filename="repair.jpg")
-    return bytes(reply)
+    return stamp_authenticated(bytes(reply))
 
 
 def test_garbage_in_the_mailbox_is_filed_never_texted_and_the_listener_keeps_going(
