@@ -267,11 +267,36 @@ users = sa.Table(
     sa.Column("disabled", sa.Boolean(), nullable=False),
     sa.Column("must_change_password", sa.Boolean(), nullable=False),
     sa.Column("language", sa.String(8), nullable=True),
+    # in every session cookie; raised on sign-out, disable and password change (ends sessions)
+    sa.Column("session_epoch", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("email"),
     sa.CheckConstraint("role IN ('agent', 'supervisor', 'admin')", name="role"),
     sa.CheckConstraint("email = lower(email)", name="email_lower"),
+)
+
+# Failed console sign-in attempts (the rate limit), pruned after the window.
+login_attempts = sa.Table(
+    "login_attempts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("email", sa.String(320), nullable=True),
+    sa.Column("remote_addr", sa.String(64), nullable=True),
+    sa.Index(None, "at"),
+    sa.Index(None, "email"),
+    sa.Index(None, "remote_addr"),
+)
+
+# The last known state of each background service (`imap`, `ingress`): read by /healthz.
+service_state = sa.Table(
+    "service_state",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("ok", sa.Boolean(), nullable=False),
+    sa.Column("detail", sa.Text(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 
 # Which municipalities an agent or supervisor works for (admins see all of them anyway).
