@@ -150,6 +150,7 @@ class Loop:
         self.api = FakeTwilio().start()
         self.dovecot = dovecot
         self.web_port = free_port()
+        self.metrics_port = free_port()  # web.metrics_listen: the detailed /healthz
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = tmp_path / "gateway.log"
         sms = (
@@ -175,6 +176,9 @@ class Loop:
             sms=sms, public_url=f"http://127.0.0.1:{self.web_port}", extra=extra,
         )
         text = self.config.read_text().replace("  smtp: {host", email_extra + "  smtp: {host")
+        web = f'web: {{listen: "127.0.0.1:{self.web_port}"'
+        assert web in text
+        text = text.replace(web, web + f', metrics_listen: "127.0.0.1:{self.metrics_port}"')
         self.config.write_text(text)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if dovecot is not None:
@@ -231,9 +235,10 @@ class Loop:
             return self.process.wait()
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        """GET /healthz: (status, JSON). The connection is closed at once: an idle
-        keep-alive connection would hold up the gateway's shutdown."""
-        with requests.get(f"http://127.0.0.1:{self.web_port}/healthz", timeout=10,
+        """GET the detailed /healthz (on `web.metrics_listen`): (status, JSON). The
+        connection is closed at once: an idle keep-alive connection would hold up the
+        gateway's shutdown."""
+        with requests.get(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=10,
                           headers={"Connection": "close"}) as response:
             return response.status_code, dict(response.json())
 

@@ -26,6 +26,7 @@ from gateway.rules.accounts import (
     verify_password,
     verify_totp,
 )
+from gateway.rules.password_strength import FRENCH, weakness
 
 GOOD = "correct horse battery staple"
 
@@ -148,6 +149,65 @@ def test_password_policy_in_french() -> None:
     assert check_password_policy("court", language="fr") == "doit compter au moins 12 caractères"
     assert check_password_policy(GOOD, language="fr") is None
 
+
+# Passwords the rules above let through, that zxcvbn (issue 15) finds easy to guess: common
+# passwords with digits, keyboard walks, names, repeats. (reason in English, in French)
+WEAK = [
+    ("superman1234", "This is similar to a commonly used password",
+     "Il ressemble à un mot de passe courant"),
+    ("P@ssw0rd12345", "This is similar to a commonly used password",
+     "Il ressemble à un mot de passe courant"),
+    ("jennifer1985", "Common names and surnames are easy to guess",
+     "Les prénoms et les noms courants sont faciles à deviner"),
+    ("trustno1trustno1", 'Repeats like "abcabcabc"', "Les répétitions comme « abcabcabc »"),
+    ("January2024!", "Add another word or two", "Ajoutez un mot ou deux"),
+]
+
+
+@pytest.mark.parametrize(("password", "english", "french"), WEAK)
+def test_easy_to_guess_passwords_are_refused_and_say_why(
+    password: str, english: str, french: str
+) -> None:
+    said = check_password_policy(password, email="dana@ottawa.example", name="Dana Scully")
+    assert said is not None and said.startswith("is too easy to guess: ") and english in said
+    dit = check_password_policy(password, email="dana@ottawa.example", name="Dana Scully",
+                                language="fr")
+    assert dit is not None and dit.startswith("est trop facile à deviner : ") and french in dit
+
+
+def test_the_accounts_own_words_make_a_password_weak() -> None:
+    """The same password passes for another account, not for the one it is made of."""
+    password = "zbigniewkowalczyk"
+    assert check_password_policy(password, email="dana@ottawa.example", name="Dana Scully") is None
+    assert check_password_policy(password, email="zk@ottawa.example", name="Zbigniew Kowalczyk")
+    assert check_password_policy("brzeczyszczykiewicz1", email="gb@ottawa.example") is None
+    assert check_password_policy("brzeczyszczykiewicz1",  # the email's local part
+                                 email="brzeczyszczykiewicz@ottawa.example")
+
+
+def test_strong_passwords_pass_and_long_ones_are_judged_by_their_start() -> None:
+    for password in (GOOD, "Ottawa-Rideau-Canal-1832", "a much better passphrase"):
+        assert check_password_policy(password, email="dana@ottawa.example", name="Dana") is None
+    assert weakness("x7Kq!" * 200) is None  # 1000 characters: no error, judged on 72
+    assert weakness("superman1234" + "x7Kq!vR2#pL9" * 10) is None  # the start is not all
+    weak = weakness("abcdefabcdefabcdef" * 5)
+    assert weak is not None and weak.score < 3
+
+
+def test_every_zxcvbn_sentence_has_its_french() -> None:
+    import ast
+    import inspect
+
+    from zxcvbn import feedback
+
+    sentences = {
+        node.args[0].value
+        for node in ast.walk(ast.parse(inspect.getsource(feedback)))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_"
+        and isinstance(node.args[0], ast.Constant)
+    }
+    assert len(sentences) >= 20, sentences
+    assert sentences <= set(FRENCH), sentences - set(FRENCH)
 
 # ------------------------------------------------------------------------------------------
 # TOTP

@@ -171,7 +171,9 @@ def test_add_with_an_unknown_municipality(
 @pytest.mark.parametrize(
     ("password", "reason"),
     [("short\n", "at least 12 characters"), ("a@ottawa.example\n", "email address"),
-     ("", "no password"), ("one line\nand another\n", "one line")],
+     ("", "no password"), ("one line\nand another\n", "one line"),
+     ("superman1234\n", "it is too easy to guess: This is similar to a commonly used password"),
+     ("jennifer1985\n", "it is too easy to guess: Common names and surnames")],
 )
 def test_add_refuses_a_weak_or_missing_password(
     config: str, stdin: io.StringIO, password: str, reason: str,
@@ -303,6 +305,10 @@ def test_passwd_from_stdin_and_one_time(
     feed(stdin, "tiny\n")
     assert run(config, "passwd", "dana@ottawa.example", "--password-stdin") == 2
     assert "at least 12 characters" in capsys.readouterr().err
+    feed(stdin, "P@ssw0rd12345\n")  # zxcvbn: a common password, dressed up
+    assert run(config, "passwd", "dana@ottawa.example", "--password-stdin") == 2
+    assert "too easy to guess: This is similar to a commonly used password" in (
+        capsys.readouterr().err)
     user = stored(config, "dana@ottawa.example")
     assert verify_password(user.password_hash, "a brand new passphrase")
 

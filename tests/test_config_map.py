@@ -373,3 +373,49 @@ def test_repository_map_has_canned_replies_in_both_languages() -> None:
         replies = by_id[ident].canned_replies
         assert {c.language for c in replies} == {"en", "fr"}, ident
         assert all(0 < len(c.text) <= 1600 for c in replies)
+
+
+# ------------------------------------------------------------------------------------------
+# Warnings (issue 15): a bare "@domain" lets anyone whose mail that domain authenticates
+# answer residents; `check-config` says so, and its exit status does not change.
+
+
+def test_map_warnings_name_every_bare_domain_the_default_too(tmp_path: Path) -> None:
+    from gateway.settings.municipality_map import map_warnings
+
+    path = write(tmp_path, MAP, "municipality_map.yaml")
+    advice = "can answer residents; list the agents' full addresses instead"
+    assert [str(w) for w in map_warnings(path)] == [
+        f"{path}:9: municipalities[0].agents[0]: warning: @ottawa.example is a whole domain: "
+        f"anyone whose mail ottawa.example authenticates {advice}",
+        f"{path}:15: municipalities[1].agents: warning: not set, so it is the mailbox's "
+        f"domain, @gatineau.example: anyone whose mail gatineau.example authenticates {advice}",
+    ]
+    assert all(w.warning for w in map_warnings(path))
+    full = MAP.replace('["@ottawa.example", lead@ottawa.example]', "[lead@ottawa.example]")
+    full = full.replace("    mailbox: 311@gatineau.example\n",
+                        "    mailbox: 311@gatineau.example\n    agents: [ana@gatineau.example]\n")
+    assert map_warnings(write(tmp_path, full, "municipality_map.yaml")) == []
+    # Warnings are not problems: the map loads, check_config finds nothing wrong.
+    write(tmp_path, MAP, "municipality_map.yaml")
+    assert load_municipality_map(path) == [OTTAWA, GATINEAU]
+    assert check_config(write(tmp_path, BASE), {}) == []
+
+
+def test_check_config_prints_warnings_and_still_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    write(tmp_path, MAP, "municipality_map.yaml")
+    config = write(tmp_path, BASE)
+    assert main(["--config", str(config), "check-config"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == f"{config}: OK"
+    assert err.count("warning: ") == 2 and "@ottawa.example is a whole domain" in err
+    assert "@gatineau.example" in err
+    # With a problem too: exit 2, the problem on stdout, the warnings still said.
+    write(tmp_path, MAP.replace("[J8, J9]", "[J8, K9]"), "municipality_map.yaml")
+    assert main(["--config", str(config), "check-config"]) == 2
+    out, err = capsys.readouterr()
+    assert "K9 is a postal prefix of ON" in out and "warning: " not in out

@@ -81,6 +81,14 @@ SETTINGS_CASES = [
      "email.ingress.listen", "must differ from web.listen"),
     ("ingress on a wildcard", BASE + "  ingress: {listen: '0.0.0.0:8311'}\n", 10,
      "email.ingress.listen", "must differ from web.listen"),
+    ("ingress username alone", BASE + "  ingress: {listen: '127.0.0.1:2525', username: u}\n",
+     10, "email.ingress.password", "email.ingress.username is set"),
+    ("ingress certificate alone",
+     BASE + "  ingress: {listen: '127.0.0.1:2525', tls_certificate: /etc/c.pem}\n", 10,
+     "email.ingress.tls_key", "email.ingress.tls_certificate is set"),
+    ("metrics on the web port", BASE + "web: {listen: '127.0.0.1:8311', "
+     "metrics_listen: '127.0.0.1:8311'}\n", 10, "web.metrics_listen",
+     "must differ from web.listen"),
     ("imap failed is the inbox", BASE + "  imap: {host: h, username: u, password: p,\n"
      "         mailbox: Failed}\n", 10, "email.imap.failed_mailbox",
      "must differ from email.imap.mailbox"),

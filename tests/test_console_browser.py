@@ -296,3 +296,95 @@ def test_accessibility_with_axe(chromium: Browser, running: RunningGateway) -> N
     assert not [line for line in console if "Content Security Policy" in line], console
     page.context.close()
     french.context.close()
+
+
+class Marker:
+    """A loopback HTTP server that records every request: a script that ran would call it."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.hits: list[str] = []
+        hits = self.hits
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_svg_media_part_does_not_run_script(chromium: Browser, running: RunningGateway) -> None:
+    """Issue 15: an MMS SVG whose script (inline, onload, and a second part served as
+    text/javascript that it loads) would call a marker server, raise a dialog and set a
+    global. Opened in the console and at its own URL, nothing of it runs."""
+    marker = Marker()
+    try:
+        script = (f"fetch('{marker.url}/script-part');alert('script part');"
+                  "window.top.sms311Pwned='script part';").encode()
+        javascript = running.loop.api.add_media("text/javascript", script)
+        svg = (
+            '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10" '
+            f"onload=\"fetch('{marker.url}/onload');alert('onload');window.sms311Pwned='onload'\">"
+            f"<script>fetch('{marker.url}/inline');alert('inline');window.sms311Pwned='inline';"
+            "</script>"
+            # "1": relative to .../media/<message>/0, the second part (the script) in the console
+            f'<script href="1"/><image href="{marker.url}/image" width="1" height="1"/>'
+            "</svg>"
+        )
+        picture = running.loop.api.add_media("image/svg+xml", svg.encode())
+        new_resident(running, "613-555-0177", "See the attached drawing",
+                     media=[(picture, "image/svg+xml"), (javascript, "text/javascript")])
+        page = sign_in(chromium, running, "dana@ottawa.example")
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        open_conversation(page, "(613) 555-0177")
+        links = page.get_by_role("link", name="Attachment (image/svg+xml)")
+        expect(links).to_have_count(1)
+        expect(page.get_by_role("link", name="Attachment (text/javascript)")).to_have_count(1)
+        assert page.get_by_role("img", name="Picture sent by the resident").count() == 0
+        href = links.get_attribute("href")
+        assert href is not None
+        media_url = running.url + href
+        script_url = running.url + (page.get_by_role(
+            "link", name="Attachment (text/javascript)").get_attribute("href") or "")
+
+        # Served as a download with the sandbox policy, never as the declared type.
+        for url in (media_url, script_url):
+            served = page.request.get(url)
+            assert served.status == 200
+            assert served.headers["content-security-policy"] == "sandbox; default-src 'none'"
+            assert served.headers["content-type"] == "application/octet-stream"
+            assert served.headers["content-disposition"].startswith("attachment")
+            assert served.headers["x-content-type-options"] == "nosniff"
+
+        # Following the link in the console: a download, the page stays.
+        with page.expect_download() as download:
+            links.click()
+        assert download.value.url == media_url
+        # The media URL itself, opened as a page: a download too, nothing rendered.
+        with page.expect_download():
+            try:
+                page.goto(media_url)
+            except Exception as exc:  # Chromium aborts a navigation that becomes a download
+                assert "Download is starting" in str(exc) or "ERR_ABORTED" in str(exc), exc
+        page.wait_for_timeout(1500)
+        assert page.evaluate("() => window.sms311Pwned === undefined")
+        assert dialogs == []
+        assert marker.hits == []
+        page.context.close()
+    finally:
+        marker.close()

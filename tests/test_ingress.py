@@ -319,3 +319,40 @@ def test_stop_closes_open_connections() -> None:
             _ = ingress.port
 
     run(scenario)
+
+
+def test_an_async_recipient_check_may_answer_its_own_refusal() -> None:
+    """The worker's check looks the token up in the store (a coroutine) and answers its own
+    550 (unknown token) or 451 (store down) line: given to the client as is."""
+    sink = RecordingSink()
+
+    async def check(address: str) -> bool | str:
+        await asyncio.sleep(0)
+        if address == GOOD:
+            return True
+        if address == OTHER_GOOD:
+            return "451 4.3.0 Cannot check the reply address now, please try again later"
+        return False
+
+    async def scenario() -> None:
+        ingress = ReplyIngress("127.0.0.1:0", sink, accept=check)
+        await ingress.start()
+        try:
+
+            def client() -> None:
+                with smtplib.SMTP("127.0.0.1", ingress.port, timeout=10) as smtp:
+                    smtp.ehlo()
+                    assert smtp.mail("agent@ottawa.example")[0] == 250
+                    assert smtp.rcpt(OTHER_GOOD) == (
+                        451, b"4.3.0 Cannot check the reply address now, please try again later"
+                    )
+                    assert smtp.rcpt("x@elsewhere.example")[0] == 550
+                    assert smtp.rcpt(GOOD)[0] == 250
+                    assert smtp.data(RAW)[0] == 250
+
+            await asyncio.to_thread(client)
+        finally:
+            await ingress.stop()
+
+    run(scenario)
+    assert len(sink.calls) == 1

@@ -36,6 +36,7 @@ PURE_LIBRARIES = {
     "rapidfuzz",  # string distances for forgiving matching
     "argon2",  # password hashing (CPU and memory, no I/O)
     "pyotp",  # TOTP codes
+    "zxcvbn",  # password strength estimation (its word lists are Python data)
 }
 #: Standard-library modules that do I/O (network, disk, processes, threads, event loop).
 IO_STDLIB = {

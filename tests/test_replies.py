@@ -396,13 +396,18 @@ CASES = [
     Case("token in Cc only",
          raw_email("Ok.", headers={"To": "311 Ottawa <311@ottawa.example>",
                                    "Cc": f"Someone <a@b.example>, {REPLY_TO}"}), "Ok."),
-    Case("token in Delivered-To only",
-         raw_email("Ok.", headers={"To": "311@ottawa.example", "Delivered-To": REPLY_TO}), "Ok."),
-    Case("token in X-Original-To and Envelope-To, upper case",
+    # (delivery headers are added by any server, and covered by no DKIM signature: not read)
+    Case("token in Delivered-To only: not read",
+         raw_email("Ok.", headers={"To": "311@ottawa.example", "Delivered-To": REPLY_TO}), "Ok.",
+         tokens=()),
+    Case("token in X-Original-To and Envelope-To only: not read",
          raw_email("Ok.", headers={"To": "311@ottawa.example",
                                    "X-Original-To": f"REPLY+{TOKEN.upper()}@GATEWAY.EXAMPLE.CA",
                                    "Envelope-To": f"reply+{TOKEN2}@gateway.example.ca"}),
-         "Ok.", tokens=(TOKEN, TOKEN2)),
+         "Ok.", tokens=()),
+    Case("token in To, upper case",
+         raw_email("Ok.", headers={"To": f"REPLY+{TOKEN.upper()}@GATEWAY.EXAMPLE.CA"}),
+         "Ok.", tokens=(TOKEN,)),
     Case("tokens from To and Cc, unique, in order",
          raw_email("Ok.", headers={"To": f"{REPLY_TO}, reply+{TOKEN2}@gateway.example.ca",
                                    "Cc": REPLY_TO}),
@@ -555,6 +560,28 @@ def test_real_token_from_new_token() -> None:
     token = new_token()
     parsed = parse(raw_email("Ok.", headers={"To": f"reply+{token}@gateway.example.ca"}))
     assert parsed.tokens == (token,)
+
+
+@pytest.mark.parametrize(
+    ("added", "repeated"),
+    [
+        (f"To: {REPLY_TO}", ("To",)),
+        ("cc: a@b.example\r\nCC: c@d.example", ("Cc",)),
+        ("In-Reply-To: <x@gw.example>\r\nMessage-ID: <y@ottawa.example>",
+         ("Message-ID", "In-Reply-To")),
+        ("In-Reply-To: <x@gw.example>\r\nReferences: <z@gw.example>\r\n"
+         "References: <w@gw.example>", ("In-Reply-To", "References")),
+        ("Delivered-To: a@b.example\r\nDelivered-To: c@d.example", ()),  # one per hop
+    ],
+)
+def test_headers_allowed_once_are_reported_when_repeated(
+    added: str, repeated: tuple[str, ...]
+) -> None:
+    """A second To, Cc, Message-ID, In-Reply-To or References (a forger's, above the copy a
+    DKIM signature covers) makes the routing ambiguous: `repeated` names it."""
+    assert parse(raw_email("Ok.")).repeated == ()
+    parsed = parse(added.encode() + b"\r\n" + raw_email("Ok."))
+    assert parsed.repeated == repeated
 
 
 def test_template_without_token_is_a_config_error() -> None:

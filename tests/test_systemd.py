@@ -198,6 +198,8 @@ def test_service_settings(unit: str) -> None:
         "EnvironmentFile": "-" + ENV_FILE,
         "Environment": f"GATEWAY_CONFIG={CONFIG}",
         "ExecReload": "/bin/kill -HUP $MAINPID",
+        # 1,100 idle connections once exhausted 1024 descriptors and took the webhook down
+        "LimitNOFILE": "65536",
         **HARDENING,
     }.items():
         assert one(settings, key) == value, key
@@ -371,6 +373,11 @@ def load(ctx):
 
 
 spec = json.loads(open(sys.argv[1]).read())
+if spec.get("nofile"):  # LimitNOFILE=: soft and hard, as systemd sets them (at most the hard
+    import resource     # limit this process has: only root may raise it)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = spec["nofile"] if hard == resource.RLIM_INFINITY else min(spec["nofile"], hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 if spec["mdwe"]:  # MemoryDenyWriteExecute=yes, as systemd's seccomp_memory_deny_write_execute
     ctx = lib.seccomp_init(ALLOW)
     for name in ("mmap", "mmap2"):
@@ -427,6 +434,7 @@ def seccomp(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         "families": [getattr(socket, f) for f in
                      one(settings, "RestrictAddressFamilies").split()],
         "mdwe": one(settings, "MemoryDenyWriteExecute") == "yes",
+        "nofile": int(one(settings, "LimitNOFILE")),
     }
     folder = tmp_path_factory.mktemp("seccomp")
     (folder / "spec.json").write_text(json.dumps(spec), encoding="utf-8")

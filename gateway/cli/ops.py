@@ -16,10 +16,18 @@ import logging
 import os
 import shlex
 import sys
+from pathlib import Path
 
 from gateway.cli.output import printable, printable_bytes, printable_json
 from gateway.logs import setup_logging
-from gateway.settings import Settings, check_config, config_path_from, load_settings
+from gateway.settings import (
+    ConfigError,
+    Problem,
+    Settings,
+    check_config,
+    config_path_from,
+    load_settings,
+)
 from gateway.store import SchemaOutOfDate
 
 log = logging.getLogger("gateway.cli")  # the name the log lines had before the split
@@ -67,14 +75,30 @@ def create_schema_if_empty(settings: Settings) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Every problem (exit 2) and "OK" when there was none, on stdout; the warnings (valid,
+    but worth a look: they do not change the exit status) on stderr."""
     path = config_path_from(args.config, os.environ)
     problems = check_config(path, os.environ)
     for problem in problems:
         print(problem)
+    for warning in _config_warnings(path):
+        print(warning, file=sys.stderr)
     if problems:
         return 2
     print(f"{path}: OK")
     return 0
+
+
+def _config_warnings(path: Path) -> list[Problem]:
+    """The municipality map's warnings (each bare "@domain" agent entry, the default one
+    included); none when the settings cannot be loaded (their problems are printed)."""
+    from gateway.settings.municipality_map import map_warnings
+
+    try:
+        settings = load_settings(path, os.environ)
+    except ConfigError:
+        return []
+    return map_warnings(settings.municipality_map)
 
 
 def _run(args: argparse.Namespace, *, web: bool, worker: bool) -> int:

@@ -19,15 +19,38 @@ transaction opens). A reply that is not authenticated is not texted, changes not
 (no sticky agent, no `#close`) and is kept in the Failed list (why "not_authenticated");
 its claimed sender is never told (the From may be forged).
 
+Routing holds against re-sent mail: the reply address is read from To and Cc only (what the
+author wrote and a DKIM signer signs; never Delivered-To and its kin, which anyone adds);
+mail holding To, Cc, Message-ID, In-Reply-To or References twice is not acted on (a second
+copy above the signed one); and mail whose reply address names one conversation while its
+In-Reply-To/References answer only another is not acted on either ("unroutable", no notice).
+
+Who is an agent: the municipality map's `agents` (full addresses, or "@domain" for everyone
+at a domain; the fallback mailbox's agents are that mailbox and its @domain). A full address
+is preferred to a whole domain (`agent_match`): when one municipality lists the sender by
+full address and another only by its domain, the sender answers for the first one only (is
+"not_agent" in the other's conversations, and is told of failures as the first one's agent).
+
 Nothing is lost or unexplained when a reply is NOT texted:
 
 - the email is kept, whole, in the store's Failed list (`gateway.store.reply_mail`;
-  `sms311 failed list|show|retry|delete`), whichever door it came by;
-- when the sender is an agent (of this municipality, or of another one), they get a
-  short bilingual "not_texted" notice saying why (below the signature line, nothing
-  left once quotes were cut, not an agent of this municipality, not an answer to any
-  conversation, unreadable), in the conversation's thread or, when there is none, in
-  reply to their own email. Strangers get no email from us (no backscatter).
+  `sms311 failed list|show|retry|delete`), whichever door it came by — a stranger's (not
+  authenticated, or nobody's agent) within limits: at most `STRANGER_KEPT_PER_DAY` per sender
+  address a day (mail with no usable sender counts as one sender, "unknown"), each cut to
+  `STRANGER_KEPT_BYTES` (`truncated`). Beyond the count the mail is not kept but is still
+  answered as handled — outcome "failed" with `kept=True` (the SMTP/LMTP ingress answers 250,
+  so the sending server does not retry for ever; the IMAP listener files it in Failed) and
+  "not kept" in the logged reason. An agent's failed reply is never dropped nor cut short;
+- when the sender is an authenticated agent (of this municipality, or of another one),
+  they get a short bilingual "not_texted" notice saying why (below the signature line,
+  nothing left once quotes were cut, not an agent of this municipality, not an answer to
+  any conversation, unreadable), in the conversation's thread or, when there is none, in
+  reply to their own email. At most `NOT_TEXTED_NOTICES_PER_HOUR` such notices go to one
+  address an hour: beyond, the reply is still kept and an INFO line says the notice was
+  withheld. A "not_agent" notice quotes none of the reply (the sender may not answer that
+  conversation: to it, a stranger); an "unroutable" one quotes its start to the agent.
+  Strangers get no email from us (no backscatter), nor does a sender whose domain is not
+  authenticated.
 
 The listener then files the email in Processed or Failed according to the returned
 `Disposition` (`kept` says whether a failed email is in the Failed list).
@@ -39,14 +62,15 @@ import asyncio
 import hashlib
 import logging
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
-from typing import Any
+from typing import Any, Literal
 
 from gateway.flows.agent_reply import EXCERPT_CHARS, queue_reply
 from gateway.flows.thread_mail import answering, enqueue_notice, queue_email
+from gateway.logs import log_full_detail
 from gateway.mail.dkim_check import DnsFunc, dns_txt, verified_dkim_domains
 from gateway.mail.types import Disposition, MailOrigin
 from gateway.metrics import Metrics
@@ -68,6 +92,19 @@ _USUAL_LATIN1 = frozenset("\u00a0\u00a1\u00a9\u00ab\u00ad\u00ae\u00b0\u00b7\u00b
 _MISREAD_BOMS = ("\u00ff\u00fe", "\u00fe\u00ff", "\u00ef\u00bb\u00bf")
 NOT_TEXT_SHARE = 0.05  # of the non-space characters
 NOT_TEXT_MIN = 3  # odd characters needed at least (a stray "½" or "²" is fine)
+
+#: "Not texted" notices to one address: at most this many in any `NOTICE_WINDOW`. Counted
+#: from the Failed list (every notice is about a reply kept there from that address: the
+#: replies kept in the window bound the notices sent), so no other state is needed.
+NOT_TEXTED_NOTICES_PER_HOUR = 5
+NOTICE_WINDOW = timedelta(hours=1)
+#: A stranger's mail (not authenticated, or nobody's agent) kept in the Failed list: at most
+#: `STRANGER_KEPT_PER_DAY` per sender address (None, "unknown", for mail with no usable
+#: sender) in any `STRANGER_WINDOW`, each cut to `STRANGER_KEPT_BYTES` (an agent's failed
+#: reply: `gateway.store.reply_mail.MAX_KEPT_BYTES`, and never dropped).
+STRANGER_KEPT_PER_DAY = 20
+STRANGER_WINDOW = timedelta(days=1)
+STRANGER_KEPT_BYTES = 256 * 1024
 
 
 def not_text_reason(text: str) -> str | None:
@@ -96,20 +133,41 @@ def not_text_reason(text: str) -> str | None:
     return None
 
 
-def is_agent(sender: str, agents: tuple[str, ...]) -> bool:
-    """True when `sender` is one of `agents`: full addresses or "@domain" entries."""
+AgentMatch = Literal["address", "domain"]
+
+
+def agent_match(sender: str, agents: tuple[str, ...]) -> AgentMatch | None:
+    """How `sender` is one of `agents` (full addresses or "@domain" entries, no case):
+    "address" when listed by full address, else "domain" when by its domain, else None."""
     sender = sender.strip().lower()
     if "@" not in sender:
-        return False
+        return None
     domain = sender.rpartition("@")[2]
+    found: AgentMatch | None = None
     for agent in agents:
         agent = agent.strip().lower()
         if agent.startswith("@"):
             if domain == agent[1:]:
-                return True
+                found = "domain"
         elif sender == agent:
-            return True
-    return False
+            return "address"
+    return found
+
+
+def is_agent(sender: str, agents: tuple[str, ...]) -> bool:
+    """True when `sender` is one of `agents`: full addresses or "@domain" entries."""
+    return agent_match(sender, agents) is not None
+
+
+def mask_address(address: str | None) -> str:
+    """An email address for an INFO log line: "j***@ottawa.example" (whole only when
+    privacy.log_full_detail is on and the log level is DEBUG, like phone numbers)."""
+    if not address:
+        return "-"
+    if log_full_detail():
+        return address
+    local, at, domain = address.rpartition("@")
+    return f"{local[:1]}***@{domain}" if at and local else "***"
 
 
 @dataclass(frozen=True)
@@ -122,6 +180,9 @@ class _Decision:
     why: KeptWhy | None = None  # the kind of failure (kept with the email)
     tell: bool = False  # send the sender a "not_texted" notice saying `why`
     municipality: Municipality | None = None  # the sender's (for "not_agent"/"unroutable")
+    sender: str | None = None  # kept with the email (authenticated, or as claimed)
+    authenticated: bool = False  # the sender passed authentication (or it is off)
+    stranger: bool = True  # not authenticated, or nobody's agent: capped in the Failed list
 
 
 @dataclass(frozen=True)
@@ -229,8 +290,7 @@ class ReplyService:
                 decision = self._decide(tx, raw, check)
                 disposition = decision.disposition
                 if disposition.outcome == "failed":
-                    self._keep(tx, key, raw, origin, decision, notify=retry_of is None)
-                    disposition = replace(disposition, kept=True)
+                    disposition = self._keep(tx, key, raw, origin, decision, first=retry_of is None)
                 elif retry_of is not None:
                     tx.resolve_failed_email(
                         retry_of, disposition.outcome, disposition.reason,
@@ -257,10 +317,14 @@ class ReplyService:
             log.exception("reply email via %s: internal error", origin.kind)
             disposition = Disposition("failed", f"internal error: {type(exc).__name__}")
             disposition = self._keep_alone(key, raw, origin, disposition)
+        where = ""
+        if disposition.kept:
+            dropped = disposition.reason.endswith(_DROPPED)
+            where = " [answered as handled, not kept]" if dropped else " [kept in the Failed list]"
         log.log(
             logging.WARNING if disposition.outcome == "failed" else logging.INFO,
             "reply email via %s: %s (%s)%s", origin.kind, disposition.outcome,
-            disposition.reason, " [kept in the Failed list]" if disposition.kept else "",
+            disposition.reason, where,
         )  # fmt: skip
         self._metrics.replies_read.labels(disposition.outcome).inc()
         return disposition
@@ -290,7 +354,13 @@ class ReplyService:
                 raw, reply_address=settings.email.reply_address, own_addresses=self._own
             )
         except reading.MalformedEmail as exc:
-            return _Decision(Disposition("failed", f"malformed email: {exc}"))
+            # An authenticated agent's malformed email is theirs (kept whole); else a stranger's.
+            sender = check.sender if check is not None and check.refused is None else None
+            return _Decision(
+                Disposition("failed", f"malformed email: {exc}"), sender=sender,
+                authenticated=sender is not None,
+                stranger=sender is None or self._municipality_of(sender) is None,
+            )  # fmt: skip
         if reply.automatic:
             return _Decision(
                 Disposition("ignored", f"automatic message, not texted: {reply.automatic}"),
@@ -310,22 +380,46 @@ class ReplyService:
 
         if check is not None:
             if check.refused is not None or check.sender is None:
-                # Nothing is changed and nobody is told: the From may be forged.
+                # Nothing is changed and nobody is told: the From may be forged. Routed
+                # (reading only) so the console shows it in the conversation's timeline.
                 return _Decision(
                     Disposition("failed", f"sender not authenticated: {check.refused}"),
-                    reply, why="not_authenticated",
+                    reply, self._route(tx, reply), why="not_authenticated",
+                    sender=check.sender, stranger=True,
                 )  # fmt: skip
             reply = replace(reply, sender=check.sender)
+        sender = reply.sender or None
+        if reply.repeated:  # a second To, In-Reply-To, …: maybe added above a signed one
+            return _Decision(
+                Disposition(
+                    "failed",
+                    "unroutable: " + ", ".join(reply.repeated)
+                    + " given more than once (RFC 5322 allows one)",
+                ),
+                reply, why="unroutable", sender=sender, authenticated=True, stranger=True,
+            )  # fmt: skip
 
         conversation = self._route(tx, reply)
+        other = self._other_thread(tx, reply, conversation)
+        if conversation is not None and other is not None:
+            # A mail written in one conversation (or to an outsider) re-sent to another's
+            # reply address: its signature still holds, but it was never written for this one.
+            return _Decision(
+                Disposition(
+                    "failed",
+                    f"unroutable: the reply address is conversation {conversation.id}'s, "
+                    f"but In-Reply-To/References answer conversation {other.id}",
+                ),
+                reply, why="unroutable", sender=sender, authenticated=True, stranger=True,
+            )  # fmt: skip
         if conversation is None:
             home = self._municipality_of(reply.sender)
             return _Decision(
                 Disposition("failed", "unroutable: no reply token and no known thread"),
                 reply, why="unroutable", tell=home is not None, municipality=home,
+                sender=sender, authenticated=True, stranger=home is None,
             )  # fmt: skip
-        agents = self._agents(conversation)
-        if not is_agent(reply.sender, agents):
+        if not self._may_answer(reply.sender, conversation):
             home = self._municipality_of(reply.sender)
             return _Decision(
                 Disposition(
@@ -335,6 +429,7 @@ class ReplyService:
                 ),
                 reply, conversation, why="not_agent", tell=home is not None,
                 municipality=self._directory().get(conversation.municipality_id or ""),
+                sender=sender, authenticated=True, stranger=home is None,
             )  # fmt: skip
         now = self._now()
         if not reply.text and not reply.close_requested:
@@ -346,12 +441,13 @@ class ReplyService:
                     + (" (the answer was below the signature line)" if below else ""),
                 ),
                 reply, conversation, why="below_signature" if below else "empty", tell=True,
+                sender=sender, authenticated=True, stranger=False,
             )  # fmt: skip
         garbage = not_text_reason(reply.text)
         if garbage is not None:
             return _Decision(
                 Disposition("failed", f"unreadable: {garbage}"), reply, conversation,
-                why="unreadable", tell=True,
+                why="unreadable", tell=True, sender=sender, authenticated=True, stranger=False,
             )  # fmt: skip
 
         tx.set_agent(conversation.id, reply.sender)
@@ -372,6 +468,23 @@ class ReplyService:
             reply, conversation,
         )  # fmt: skip
 
+    def _other_thread(
+        self, tx: Tx, reply: reading.ParsedReply, conversation: Conversation | None
+    ) -> Conversation | None:
+        """The conversation that the reply's In-Reply-To/References answer when it is not
+        `conversation` (found by the reply address) and none of them is `conversation`'s."""
+        ids = (*reply.in_reply_to, *reversed(reply.references))
+        if conversation is None or not reply.tokens or not ids:
+            return None
+        other = tx.conversation_by_email(ids)
+        if other is None or other.id == conversation.id:
+            return None
+        for message_id in ids:
+            found = tx.conversation_by_email([message_id])
+            if found is not None and found.id == conversation.id:
+                return None
+        return other
+
     def _route(self, tx: Tx, reply: reading.ParsedReply) -> Conversation | None:
         for token in reply.tokens:
             conversation = tx.conversation_by_token(token)
@@ -390,18 +503,42 @@ class ReplyService:
         fallback = self._settings.fallback_mailbox
         return (fallback, "@" + fallback.rpartition("@")[2]) if fallback else ()
 
+    def _agent_lists(self) -> Iterator[tuple[Municipality, tuple[str, ...]]]:
+        """Every municipality with its agents, then the fallback mailbox's (as a
+        municipality named after the mailbox, id "")."""
+        for municipality in self._directory().municipalities:
+            if municipality.agents:
+                yield municipality, municipality.agents
+        fallback = self._settings.fallback_mailbox
+        if fallback:
+            home = Municipality(id="", name=fallback, province="", mailbox=fallback)
+            yield home, self._fallback_agents()
+
+    def _may_answer(self, sender: str, conversation: Conversation) -> bool:
+        """`sender` is an agent of the conversation's municipality: listed there by full
+        address, or by domain when no municipality lists them by full address (a full
+        address is preferred to a whole domain)."""
+        match = agent_match(sender, self._agents(conversation))
+        if match != "domain":
+            return match == "address"
+        return not any(
+            agent_match(sender, agents) == "address" for _, agents in self._agent_lists()
+        )
+
     def _municipality_of(self, sender: str) -> Municipality | None:
-        """The first municipality `sender` is an agent of (None: nobody's agent; the
-        fallback mailbox's agents count, as a municipality named after the mailbox)."""
+        """The municipality `sender` is an agent of: the first listing them by full address,
+        else the first by domain (None: nobody's agent; the fallback mailbox's agents
+        count, as a municipality named after the mailbox)."""
         if not sender:
             return None
-        for municipality in self._directory().municipalities:
-            if municipality.agents and is_agent(sender, municipality.agents):
+        by_domain: Municipality | None = None
+        for municipality, agents in self._agent_lists():
+            match = agent_match(sender, agents)
+            if match == "address":
                 return municipality
-        fallback = self._settings.fallback_mailbox
-        if fallback and is_agent(sender, self._fallback_agents()):
-            return Municipality(id="", name=fallback, province="", mailbox=fallback)
-        return None
+            if match == "domain" and by_domain is None:
+                by_domain = municipality
+        return by_domain
 
     def _text_back(
         self, tx: Tx, conversation: Conversation, agent: str, text: str, now: datetime
@@ -418,19 +555,49 @@ class ReplyService:
 
     def _keep(
         self, tx: Tx, key: str, raw: bytes, origin: MailOrigin, decision: _Decision,
-        *, notify: bool,
-    ) -> None:  # fmt: skip
-        """Keep the failed email in the Failed list; tell its sender why when they are an
-        agent (`decision.tell`) and this is its first handling (`notify`)."""
+        *, first: bool,
+    ) -> Disposition:  # fmt: skip
+        """Keep the failed email in the Failed list (a stranger's within the caps, on its
+        first handling: `first`); tell its sender why when they are an authenticated agent
+        (`decision.tell`), on its first handling, within the notices' rate limit."""
         reply, conversation = decision.reply, decision.conversation
+        disposition, now, sender = decision.disposition, self._now(), decision.sender
+        if decision.stranger and first:
+            kept = tx.count_failed_emails_from(sender, since=now - STRANGER_WINDOW)
+            if kept >= STRANGER_KEPT_PER_DAY:
+                # Not kept, but handled: the ingress answers 250, IMAP files it in Failed.
+                reason = (
+                    f"{disposition.reason}; {kept} emails from "
+                    f"{'this sender' if sender else 'unknown senders'} kept in the last "
+                    f"{_span(STRANGER_WINDOW)}, at most {STRANGER_KEPT_PER_DAY} from a "
+                    f"stranger{_DROPPED}"
+                )
+                return replace(disposition, reason=reason, kept=True)
         tx.keep_failed_email(
-            key, raw, decision.disposition.reason, asdict(origin), now=self._now(),
-            sender=reply.sender if reply else None, subject=reply.subject if reply else None,
+            key, raw, disposition.reason, asdict(origin), now=now, sender=sender,
+            subject=reply.subject if reply else None,
             conversation_id=conversation.id if conversation else None, why=decision.why,
+            max_bytes=STRANGER_KEPT_BYTES if decision.stranger else None,
         )  # fmt: skip
         why = next((w for w in NOT_TEXTED_WHY if w == decision.why), None)
-        if notify and decision.tell and why and reply is not None and reply.sender:
-            self._tell(tx, reply, conversation, why, decision.municipality)
+        if (
+            first and decision.tell and decision.authenticated and why
+            and reply is not None and reply.sender
+        ):  # fmt: skip
+            # This reply is kept (and counted): beyond the limit, the notice is withheld.
+            recent = tx.count_failed_emails_from(
+                reply.sender, since=now - NOTICE_WINDOW, whys=NOT_TEXTED_WHY
+            )
+            if recent > NOT_TEXTED_NOTICES_PER_HOUR:
+                log.info(
+                    "reply email via %s: not_texted notice to %s withheld: %d replies from "
+                    "that address not texted in the last %s (at most %d notices)",
+                    origin.kind, mask_address(reply.sender), recent, _span(NOTICE_WINDOW),
+                    NOT_TEXTED_NOTICES_PER_HOUR,
+                )  # fmt: skip
+            else:
+                self._tell(tx, reply, conversation, why, decision.municipality)
+        return replace(disposition, kept=True)
 
     def _tell(
         self,
@@ -445,7 +612,9 @@ class ReplyService:
         details: dict[str, Any] = {"why": why, "sender": reply.sender}
         if municipality is not None:
             details["municipality"] = municipality.name
-        if reply.text and why in ("not_agent", "unroutable"):
+        if reply.text and why == "unroutable":
+            # To an agent, about their own email (nothing else holds it). Never for
+            # "not_agent": that sender may not answer the conversation, none of it is quoted.
             details["reply_excerpt"] = reply.text[:EXCERPT_CHARS]
         if conversation is not None:
             resident = tx.get_resident(conversation.phone)
@@ -472,3 +641,11 @@ class ReplyService:
 
 
 _ORIGIN_FIELDS = frozenset(MailOrigin.__dataclass_fields__)
+#: The end of the reason of a stranger's mail over the cap (answered as handled, not kept).
+_DROPPED = ": not kept"
+
+
+def _span(window: timedelta) -> str:
+    """ "hour", "day", or "N hours" for a log line."""
+    hours = int(window.total_seconds() // 3600)
+    return {1: "hour", 24: "day"}.get(hours, f"{hours} hours")

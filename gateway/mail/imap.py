@@ -2,10 +2,21 @@
 
     listener = ImapListener(settings.email.imap, sink, store)
     await listener.run(stop)          # until `stop` is set; never raises on network trouble
-    await listener.check()            # for /healthz: connect, log in, NOOP, log out, or raise
+    await listener.check()            # a one-off check: connect, log in, NOOP, log out, or raise
     listener.caught_up                # asyncio.Event: set while connected and caught up
 
 `store` needs only `imap_checkpoint` and `save_imap_checkpoint` (`CheckpointStore`).
+
+`record_state(ok, detail)` (optional, a plain function: it is called in a thread) is told the
+listener's last known state, for /healthz (which no longer signs in to the mailbox on each
+request): ok once connected, signed in and the mailbox selected, and again after each
+message read and each IDLE round; not ok, with a short detail (the server's address and
+what failed; never the password or a message), when connecting, signing in or a command
+fails. A failure of the reply pipeline or of the checkpoint store is not the mailbox's: it
+leaves the state as it was. The state is written on every change and, unchanged, every
+`state_heartbeat` seconds while `run` runs, so a reader tells a listener that stopped (the
+process died) by the state's age. A failing write is logged and tried again at the next
+heartbeat; it never slows the listener.
 
 What `run` does, over and over until `stop` is set:
 
@@ -69,6 +80,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_IDLE_TIMEOUT = 25 * 60.0
+STATE_HEARTBEAT = 30.0  # seconds between writes of an unchanged state (`record_state`)
 STOP_GRACE = 0.5  # seconds for DONE / LOGOUT once `stop` is set
 
 _EXISTS = re.compile(rb"^\d+ EXISTS\b", re.IGNORECASE)
@@ -84,6 +96,9 @@ class CheckpointStore(Protocol):
     def imap_checkpoint(self, mailbox: str) -> tuple[int, int] | None: ...
 
     def save_imap_checkpoint(self, mailbox: str, uidvalidity: int, last_uid: int) -> None: ...
+
+
+StateRecorder = Callable[[bool, str | None], None]
 
 
 class ImapError(Exception):
@@ -310,10 +325,13 @@ class ImapListener:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        record_state: StateRecorder | None = None,
+        state_heartbeat: float = STATE_HEARTBEAT,
     ) -> None:
         """`use_move`: None uses UID MOVE when the server has it; False always copies and
         expunges. `ssl_context` replaces the default (system CAs, hostname checked) for
-        tls/starttls. `clock` and `sleep` pace IDLE restarts and backoff pauses."""
+        tls/starttls. `clock` and `sleep` pace IDLE restarts and backoff pauses.
+        `record_state` and `state_heartbeat`: see the module docstring."""
         if settings.security not in ("none", "starttls", "tls"):
             raise ValueError(f"unknown IMAP security {settings.security!r}")
         self.settings = settings
@@ -332,6 +350,10 @@ class ImapListener:
         self._rng = rng or random.Random()
         self._idling = False  # the current session caught up and reached IDLE
         self.caught_up = asyncio.Event()  # set while a session has caught up (tests, health)
+        self._record_state = record_state
+        self.state_heartbeat = state_heartbeat
+        self._state: tuple[bool, str | None] | None = None  # the last known state
+        self._state_changed = asyncio.Event()
 
     @property
     def _where(self) -> str:
@@ -342,6 +364,20 @@ class ImapListener:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until `stop` is set; reconnects on any trouble, never raises for it."""
+        reporter = (
+            asyncio.create_task(self._report_state(stop), name="imap-state")
+            if self._record_state is not None
+            else None
+        )
+        try:
+            await self._run(stop)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+
+    async def _run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             delay = 0.0
@@ -349,6 +385,7 @@ class ImapListener:
             self._idling = False
             try:
                 client, uidvalidity = await self._open(stop)
+                self._set_state(True)
                 await self._listen(client, uidvalidity, stop)
             except _Stopped:
                 pass
@@ -358,6 +395,8 @@ class ImapListener:
                 failures = 1 if self._idling else failures + 1
                 delay = self._backoff(failures)
                 self._log_failure(exc, delay)
+                if not isinstance(exc, _SinkFailed | _CheckpointFailed):  # not the mailbox's
+                    self._set_state(False, self._state_detail(exc))
             finally:
                 self.caught_up.clear()
                 if client is not None:
@@ -462,11 +501,13 @@ class ImapListener:
                     return
                 await self._handle(client, uidvalidity, uid, stop)
                 last_uid = uid
+                self._set_state(True)
             if stop.is_set() or protocol.new_mail.is_set():
                 continue
             self._idling = True
             self.caught_up.set()
             await self._idle(client, stop)
+            self._set_state(True)
 
     async def _search(self, client: _Client, last_uid: int, stop: asyncio.Event) -> list[int]:
         criteria = "ALL" if last_uid == 0 else f"UID {last_uid + 1}:*"
@@ -587,6 +628,48 @@ class ImapListener:
                 await idle
             while not protocol.idle_queue.empty():  # pushes were noted by _Protocol
                 protocol.idle_queue.get_nowait()
+
+    # --------------------------------------------------------------------------------------
+    # the last known state (`record_state`)
+
+    def _set_state(self, ok: bool, detail: str | None = None) -> None:
+        state = (ok, None if ok else detail)
+        if state != self._state:
+            self._state = state
+            self._state_changed.set()
+
+    def _state_detail(self, exc: Exception) -> str:
+        """What failed, for /healthz's details: the server and a summary of the error (ours
+        name the command and quote the server's answer; never the password or a message)."""
+        expected = (OSError, TimeoutError, ImapError, aioimaplib.AioImapException)
+        what = _describe(exc) if isinstance(exc, expected) else f"unexpected {type(exc).__name__}"
+        return f"{self.settings.host}:{self.settings.port}: {what}"[:300]
+
+    async def _report_state(self, stop: asyncio.Event) -> None:
+        """Write the state on every change and, unchanged, every `state_heartbeat` seconds
+        (in a thread: the store is synchronous), until `stop`."""
+        record = self._record_state
+        assert record is not None
+        loop = asyncio.get_running_loop()
+        written: tuple[bool, str | None] | None = None
+        next_beat = loop.time()
+        failing = False
+        while not stop.is_set():
+            self._state_changed.clear()
+            state = self._state
+            if state is not None and (state != written or loop.time() >= next_beat):
+                try:
+                    await asyncio.to_thread(record, *state)
+                except Exception as exc:  # the store is down: said by the rest of the gateway
+                    level = logging.DEBUG if failing else logging.WARNING
+                    log.log(level, "imap %s: state not recorded: %s", self._where, _describe(exc))
+                    failing = True
+                else:
+                    failing = False
+                written = state  # a failed write is tried again at the next heartbeat
+                next_beat = loop.time() + self.state_heartbeat
+            timeout = None if written is None else max(0.0, next_beat - loop.time())
+            await self._wait_for([stop.wait(), self._state_changed.wait()], timeout)
 
     # --------------------------------------------------------------------------------------
     # plumbing

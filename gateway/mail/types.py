@@ -28,9 +28,11 @@ class MailOrigin:
 class Disposition:
     """What the pipeline did with an email: `outcome`, and `reason` (for the log and Failed).
 
-    `kept`: a failed email is kept, whole, in the store's Failed list (so the SMTP/LMTP
-    ingress may accept it: nothing is lost); False when it could not be kept (the ingress
-    then answers 451 and the sending server keeps it)."""
+    `kept`: the email is answered as handled (the SMTP/LMTP ingress accepts it, the IMAP
+    listener files it): a failed email is then in the store's Failed list (an agent's whole;
+    a stranger's cut to a size, or — past the per-sender daily count — deliberately not kept,
+    with "not kept" in `reason`); False when it could not be recorded at all (the ingress then
+    answers 451 and the sending server keeps it)."""
 
     outcome: Outcome
     reason: str

@@ -17,6 +17,10 @@ Passwords
   repeated, fewer than 4 different characters, a line break or control character, the
   email (or its part before the @, or the name) itself, a plain run like "123456789012" or
   "qwertyuiopas", and a few very common passwords with digits around them ("Password2024!").
+  Last, what passes those rules must score at least 3 of 4 with zxcvbn
+  (`gateway.rules.password_strength`: common and breached-password patterns, dictionary
+  words, names, dates, keyboard walks, the account's own email and name), else the reason
+  is "is too easy to guess: " and zxcvbn's warning ("This is a top-100 common password").
 
 Two-factor sign-in (TOTP, RFC 6238: 6 digits, 30 s, SHA-1, what every authenticator app uses)
 - `new_totp_secret() -> str`: 32 base32 characters (160 bits).
@@ -43,6 +47,8 @@ from datetime import datetime
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from gateway.rules import password_strength
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024  # hashing a huge input is a cheap denial of service
@@ -160,7 +166,15 @@ def check_password_policy(
     """None if `password` may be used, else why not (`language` "fr" for French)."""
     reason = _refusal(password, email, name)
     if reason is None:
-        return None
+        weak = password_strength.weakness(
+            password, password_strength.user_words(email, name)
+        )
+        if weak is None:
+            return None
+        why = weak.reason(language).rstrip(". ")
+        if language == "fr":
+            return f"est trop facile à deviner : {why}"
+        return f"is too easy to guess: {why}"
     english, french = _MESSAGES[reason]
     return french if language == "fr" else english
 

@@ -53,6 +53,7 @@ NOT_TEXTED_WHY: tuple[NotTextedWhy, ...] = (
 KeptWhy = Literal[
     "below_signature", "empty", "not_agent", "unroutable", "unreadable", "not_authenticated"
 ]
+KEPT_WHY: tuple[KeptWhy, ...] = (*NOT_TEXTED_WHY, "not_authenticated")
 ConsoleOutcome = Literal["texted", "opted_out"]
 CONSOLE_OUTCOMES: tuple[ConsoleOutcome, ...] = ("texted", "opted_out")
 NOTICE_EXCERPT_CHARS = 200
@@ -114,8 +115,10 @@ class AgentNotice:
       sender may not answer this municipality's residents; "unroutable" — not an
       answer to any conversation; "unreadable" — binary data or the wrong charset),
       optionally sender and municipality (names shown for "not_agent"), and
-      reply_excerpt. `conversation_id` is None for "unroutable" (the notice then
-      answers the agent's own email: its In-Reply-To/References and subject).
+      reply_excerpt — never for "not_agent": the reply flow quotes no text of a sender
+      who may not answer that conversation (a stranger to it). `conversation_id` is
+      None for "unroutable" (the notice then answers the agent's own email: its
+      In-Reply-To/References and subject).
 
     `date` (the Date header) is fixed when the notice is made, so a retried notice is
     the same email.

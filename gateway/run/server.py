@@ -25,6 +25,7 @@ from waitress.server import create_server
 
 from gateway.app import Gateway
 from gateway.run import sdnotify
+from gateway.run.limits import raise_open_files_limit
 from gateway.run.worker import Dispatcher, run_worker
 from gateway.store import StoreUnavailable
 from gateway.web import create_app
@@ -46,10 +47,17 @@ def split_listen(listen: str) -> tuple[str, int]:
 class WebServer:
     """A WSGI app behind waitress, in a background thread."""
 
-    def __init__(self, app: WSGIApplication, listen: str, threads: int = 8) -> None:
+    def __init__(
+        self, app: WSGIApplication, listen: str, threads: int = 8, name: str = "web"
+    ) -> None:
         host, port = split_listen(listen)
-        self._server = create_server(app, host=host, port=port, threads=threads, ident="sms311")
-        self._thread = threading.Thread(target=self._serve, name="web", daemon=True)
+        # poll(), not select(): with the open files limit raised (run/limits.py) a socket's
+        # descriptor may be above 1023, which select() cannot watch
+        self._server = create_server(
+            app, host=host, port=port, threads=threads, ident="sms311", asyncore_use_poll=True
+        )
+        self.name = name
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
 
     @property
     def port(self) -> int:
@@ -65,7 +73,7 @@ class WebServer:
 
     def start(self) -> None:
         self._thread.start()
-        log.info("web listening on %s:%s", self._server.effective_host, self.port)
+        log.info("%s listening on %s:%s", self.name, self._server.effective_host, self.port)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let the requests in flight finish (up to `grace` seconds), then
@@ -111,6 +119,7 @@ async def run_gateway(
 ) -> None:
     """Run the chosen halves until SIGTERM/SIGINT; under systemd, tell it READY/STOPPING
     and feed its watchdog while the process really works."""
+    raise_open_files_limit()  # every connection is a file descriptor (run/limits.py)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     notifier = sdnotify.Notifier.from_environment(os.environ)
@@ -128,8 +137,16 @@ async def run_gateway(
     loop.add_signal_handler(signal.SIGINT, shutdown)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(gateway, notifier))
     server = WebServer(create_app(gateway), gateway.settings.web.listen) if web else None
-    if server is not None:
-        server.start()
+    # /metrics and the detailed /healthz on their own (internal) address, when set
+    metrics_listen = gateway.settings.web.metrics_listen
+    internal = (
+        WebServer(create_app(gateway, internal=True), metrics_listen, threads=2, name="metrics")
+        if web and metrics_listen is not None
+        else None
+    )
+    for listener in (server, internal):
+        if listener is not None:
+            listener.start()
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(extra(stop)) for extra in extras]
     wake: Callable[[], None] | None = None
     if worker:
@@ -145,7 +162,7 @@ async def run_gateway(
     if on_ready is not None:
         on_ready()
     notifier.ready("Running")
-    health = _WatchdogCheck(gateway, tasks, server)
+    health = _WatchdogCheck(gateway, tasks, server, internal)
     feeder = asyncio.create_task(
         sdnotify.feed_watchdog(notifier, sdnotify.watchdog_interval(os.environ), health, stop)
     )
@@ -157,8 +174,9 @@ async def run_gateway(
     finally:
         stop.set()
         await feeder
-        if server is not None:
-            server.stop()
+        for listener in (server, internal):
+            if listener is not None:
+                listener.stop()
         if wake is not None:
             gateway.outbox_listeners.remove(wake)
         log.info("stopped")
@@ -173,11 +191,15 @@ class _WatchdogCheck:
     STUCK_AFTER = 25.0
 
     def __init__(
-        self, gateway: Gateway, tasks: list[asyncio.Task[None]], server: WebServer | None
+        self,
+        gateway: Gateway,
+        tasks: list[asyncio.Task[None]],
+        server: WebServer | None,
+        internal: WebServer | None = None,
     ) -> None:
         self._gateway = gateway
         self._tasks = tasks
-        self._server = server
+        self._servers = [s for s in (server, internal) if s is not None]
         self._ping: asyncio.Future[None] | None = None
         self._ping_started = 0.0
 
@@ -185,7 +207,7 @@ class _WatchdogCheck:
         loop = asyncio.get_running_loop()
         if any(task.done() for task in self._tasks):  # the worker or a listener ended
             return False
-        if self._server is not None and not self._server.alive:
+        if any(not server.alive for server in self._servers):
             return False
         if self._ping is not None and self._ping.done():
             exc = self._ping.exception()

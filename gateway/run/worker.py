@@ -58,7 +58,6 @@ from gateway.rules.resident_email import (
     media_filename,
 )
 from gateway.run.housekeeping import retention_loop
-from gateway.settings import Settings
 from gateway.sms import MediaError, SmsPermanentError, SmsTemporaryError
 from gateway.store import OutboxItem, OutboxKind, StoreUnavailable
 from gateway.store.pacing import Pacer, SegmentPacer, pacer_for
@@ -547,17 +546,43 @@ def is_dead_worker(claimant: str, me: str) -> bool:
     return False
 
 
-def ingress_recipients(settings: Settings) -> Callable[[str], bool]:
-    """Which RCPT addresses the reply ingress takes: the reply addresses
-    (`email.reply_address` with any token) and the gateway's From address
-    (`email.from_address`: a client that ignores Reply-To, or Mutt told "no" at its
-    Reply-To prompt, answers there; such mail is routed by In-Reply-To/References)."""
+UNKNOWN_REPLY_ADDRESS = (
+    "550 5.1.1 <{address}>: no such reply address here (no conversation has this token; "
+    "an old conversation may have been erased after the retention period)"
+)
+LOOKUP_FAILED = "451 4.3.0 Cannot check the reply address now, please try again later"
+
+
+def ingress_recipients(gateway: Gateway) -> Callable[[str], Awaitable[bool | str]]:
+    """Which RCPT addresses the reply ingress takes: a reply address
+    (`email.reply_address`) whose token is a conversation's, open or closed (looked up in
+    the store, off the loop; unknown: the 550 `UNKNOWN_REPLY_ADDRESS`, so strangers cannot fill the
+    Failed list; the store down: the 451 `LOOKUP_FAILED`, the sender retries), and the
+    gateway's From address (`email.from_address`: a client that ignores Reply-To, or Mutt
+    told "no" at its Reply-To prompt, answers there; such mail is routed by
+    In-Reply-To/References)."""
+    settings = gateway.settings
     pattern = reply_address_pattern(settings.email.reply_address)
     own = parseaddr(settings.email.from_address)[1].strip().lower()
 
-    def accept(address: str) -> bool:
+    def known(token: str) -> bool:
+        with gateway.console.reading() as tx:  # read-only: never waits for the write lock
+            return tx.core.conversation_by_token(token) is not None
+
+    async def accept(address: str) -> bool | str:
         address = address.strip().lower()
-        return bool(pattern.match(address)) or (bool(own) and address == own)
+        if own and address == own:
+            return True
+        match = pattern.match(address)
+        if match is None:
+            return False
+        try:
+            found = await asyncio.to_thread(known, match.group(1).lower())
+        except StoreUnavailable as exc:
+            log.warning("reply ingress: a recipient not checked (store unavailable: %s); "
+                        "answered 451", exc)
+            return LOOKUP_FAILED
+        return True if found else UNKNOWN_REPLY_ADDRESS.format(address=address)
 
     return accept
 
@@ -570,12 +595,14 @@ async def run_worker(
     retention purge (when `privacy.retention_days` is not 0)."""
     from gateway.mail.imap import ImapListener
     from gateway.mail.ingress import ReplyIngress
+    from gateway.run.limits import ingress_connection_share
     from gateway.store.coordination import (
         MailboxLease,
         OutboxListener,
         postgres_conninfo,
         while_leased,
     )
+    from gateway.store.service_state import record_state
 
     dispatcher = dispatcher or Dispatcher(gateway)
     sink = gateway.replies(on_queued=dispatcher.wake)
@@ -585,7 +612,8 @@ async def run_worker(
     conninfo = postgres_conninfo(gateway.store)
     if email.imap is not None:
         listener = ImapListener(
-            email.imap, sink, gateway.store, idle_timeout=email.imap.idle_restart_seconds
+            email.imap, sink, gateway.store, idle_timeout=email.imap.idle_restart_seconds,
+            record_state=functools.partial(record_state, gateway.store, "imap"),  # /healthz
         )
         # one listener per mailbox across instances; another takes over when this one dies
         lease = MailboxLease(conninfo, email.imap.host, email.imap.username, email.imap.mailbox)
@@ -594,12 +622,35 @@ async def run_worker(
         tasks.append(OutboxListener(conninfo, dispatcher.wake).run(stop))
     ingress = None
     if email.ingress is not None:
-        ingress = ReplyIngress(
-            email.ingress.listen, sink, accept=ingress_recipients(gateway.settings)
+        wanted = email.ingress.max_connections
+        share = ingress_connection_share(wanted)
+        if share < wanted:
+            log.warning(
+                "email.ingress.max_connections is %d, more than half the open files limit: "
+                "the ingress takes at most %d connections (raise LimitNOFILE)", wanted, share,
+            )  # fmt: skip
+        ingress = ReplyIngress.from_settings(
+            email.ingress, sink, accept=ingress_recipients(gateway), max_connections=share
         )
-        await ingress.start()
+        try:
+            await ingress.start()
+        except Exception as exc:
+            await _record_service(gateway, "ingress", False, f"cannot listen: {exc}")
+            raise
+        await _record_service(gateway, "ingress", True, f"listening on {email.ingress.listen}")
     try:
         await asyncio.gather(*tasks)
     finally:
         if ingress is not None:
             await ingress.stop()
+
+
+async def _record_service(gateway: Gateway, name: str, ok: bool, detail: str) -> None:
+    """Record a service's state for /healthz's details (in a thread; a store that is down
+    is logged, never fatal)."""
+    from gateway.store.service_state import record_state
+
+    try:
+        await asyncio.to_thread(record_state, gateway.store, name, ok, detail)
+    except Exception as exc:
+        log.warning("%s: state not recorded: %s", name, type(exc).__name__)

@@ -18,6 +18,7 @@ Contract:
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import math
 import os
 import re
@@ -238,3 +239,36 @@ def resolve_database(url: str, folder: Path) -> str:
     if file == ":memory:" or file.startswith("/"):
         return url
     return f"sqlite:///{resolve_path(file, folder)}{q}{query}"
+
+
+# --------------------------------------------------------------------------------------------
+# The reply ingress (email.ingress)
+
+
+def check_ingress_timeout(value: float) -> float:
+    if not math.isfinite(value) or not 1 <= value <= 3600:
+        raise ValueError("must be between 1 and 3600 seconds")
+    return value
+
+
+def check_networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    """IP addresses or networks ("127.0.0.1", "10.0.0.0/8", "::1"), each normalised
+    ("10.0.0.0/8", "127.0.0.1/32"); a network with host bits set is refused (a typo)."""
+    out: list[str] = []
+    for item in value:
+        try:
+            network = ipaddress.ip_network(item.strip())
+        except ValueError as exc:
+            why = "has host bits set" if "host bits set" in str(exc) else "is not valid"
+            raise ValueError(
+                f"{shown(item)} {why}: write an IP address or network (127.0.0.1, "
+                "10.0.0.0/8, ::1)"
+            ) from None
+        if str(network) not in out:
+            out.append(str(network))
+    return tuple(out)
+
+
+def resolve_optional_path(value: str | Path | None, folder: Path) -> Path | None:
+    """`resolve_path` for a path that may be unset (None stays None)."""
+    return None if value is None else resolve_path(value, folder)

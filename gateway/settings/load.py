@@ -316,10 +316,17 @@ def _cross_check(out: _Collected, src: str) -> None:
             if key_path not in out.where:
                 leaf = leaf_of(key_path)
                 out.problem(sms_where, key_path, _missing(key_path, leaf, "sms.provider is twilio"))
-    user, password = "email.smtp.username", "email.smtp.password"
-    if (user in out.where) != (password in out.where):
-        given, absent = (user, password) if user in out.where else (password, user)
-        out.problem(out.where[given], absent, _missing(absent, leaf_of(absent), f"{given} is set"))
+    both_or_neither = (
+        ("email.smtp.username", "email.smtp.password"),
+        ("email.ingress.username", "email.ingress.password"),
+        ("email.ingress.tls_certificate", "email.ingress.tls_key"),
+    )
+    for first, second in both_or_neither:
+        if (first in out.where) != (second in out.where):
+            given, absent = (first, second) if first in out.where else (second, first)
+            out.problem(
+                out.where[given], absent, _missing(absent, leaf_of(absent), f"{given} is set")
+            )
     if "email.imap" in out.sections:
         imap_where = out.where.get("email.imap", (src, None))
         inbox = out.value("email.imap.mailbox")
@@ -352,6 +359,14 @@ def _cross_check(out: _Collected, src: str) -> None:
         if _same_socket(out.value(listen_key), out.value("web.listen")):
             where = out.where.get(listen_key, out.where.get("email.ingress", (src, None)))
             out.problem(where, listen_key, "must differ from web.listen")
+    metrics_key = "web.metrics_listen"
+    if metrics_key in v:
+        others = ["web.listen"]
+        if "email.ingress" in out.sections:
+            others.append("email.ingress.listen")
+        for other in others:
+            if _same_socket(out.value(metrics_key), out.value(other)):
+                out.problem(out.where[metrics_key], metrics_key, f"must differ from {other}")
 
 
 def _same_socket(a: str, b: str) -> bool:

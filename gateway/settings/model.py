@@ -26,7 +26,9 @@ from gateway.settings.checks import (
     check_database,
     check_http_url,
     check_idle_restart,
+    check_ingress_timeout,
     check_listen,
+    check_networks,
     check_not_empty,
     check_not_negative,
     check_port,
@@ -38,6 +40,7 @@ from gateway.settings.checks import (
     check_takeover,
     one_of,
     resolve_database,
+    resolve_optional_path,
     resolve_path,
 )
 from gateway.settings.declare import Section, derive, not_a_setting, section, setting
@@ -79,6 +82,12 @@ class WebSettings:
         check=check_not_negative,
         help="reverse proxies in front of the web half whose X-Forwarded-For / -Proto to "
         "believe (0: none); the console's per-address sign-in limit needs the client's address",
+    )
+    metrics_listen: str | None = setting(
+        default=None,
+        check=check_listen,
+        help="host:port of a second, internal listener for /metrics and the detailed /healthz "
+        "(bind it to loopback or a private network); unset: /metrics is on `listen`",
     )
 
 
@@ -155,6 +164,43 @@ class IngressSettings:
         default="127.0.0.1:2525",
         check=check_listen,
         help="host:port of the SMTP/LMTP ingress that receives replies (instead of IMAP)",
+    )
+    max_connections: int = setting(
+        default=100,
+        check=check_at_least_one,
+        help="connections at once; beyond it a sender is answered 421 (try later) and closed",
+    )
+    idle_timeout_seconds: float = setting(
+        default=60.0,
+        check=check_ingress_timeout,
+        help="a connection that sends nothing for this long is closed (1–3600)",
+    )
+    allowed_peers: tuple[str, ...] = setting(
+        default=(),
+        check=check_networks,
+        help="IP addresses or networks that may connect ([127.0.0.1, 10.0.0.0/8, ::1]); "
+        "any other is answered 554; empty: anyone",
+    )
+    username: str | None = setting(
+        default=None,
+        check=check_not_empty,
+        help="with password: senders must sign in (SMTP AUTH) before MAIL FROM",
+    )
+    password: str | None = setting(
+        default=None, secret=True, help="the ingress's AUTH password (with username, or neither)"
+    )
+    tls_certificate: Path | None = setting(
+        default=None,
+        check=check_not_empty,
+        resolve=resolve_optional_path,
+        help="PEM certificate (chain) for STARTTLS, with tls_key; AUTH needs TLS except "
+        "from a loopback peer",
+    )
+    tls_key: Path | None = setting(
+        default=None,
+        check=check_not_empty,
+        resolve=resolve_optional_path,
+        help="the certificate's PEM private key (with tls_certificate)",
     )
 
 
@@ -261,7 +307,14 @@ class ConsoleSettings:
     session_hours: float = setting(
         default=12.0,
         check=check_positive,
-        help="a console session ends after this long without a request",
+        help="a console session ends after this long without a request (idle timeout; "
+        "each request starts it again)",
+    )
+    session_max_hours: float = setting(
+        default=12.0,
+        check=check_positive,
+        help="a console session ends this long after its sign-in, however active "
+        "(absolute lifetime): the user signs in again",
     )
     login_max_failures: int = setting(
         default=5,

@@ -7,6 +7,9 @@ Contract:
 - `load_municipality_map(path) -> list[Municipality]`: read and validate the map, or raise
   `ConfigError` with every problem (`file:line: municipalities[3].mailbox: missing`).
 - `read_map(path) -> (municipalities, problems)`: the same without raising (`check_config`).
+- `map_warnings(path) -> [Problem(warning=True)]`: what is valid but worth a look, for
+  `sms311 check-config`: every bare "@domain" agent entry, the default one included (anyone
+  whose mail that domain authenticates may answer the municipality's residents).
 - Ids, aliases and postal prefixes each belong to one municipality; postal prefixes come back
   upper case without spaces and must belong to the entry's province; `agents` defaults to the
   mailbox's "@domain", `languages` to ("en",); `canned_replies` (optional) become `CannedReply`s.
@@ -32,6 +35,7 @@ __all__ = [
     "MAP_KEYS",
     "PROVINCES",
     "load_municipality_map",
+    "map_warnings",
     "read_map",
 ]
 
@@ -111,6 +115,7 @@ class _MapReader:
     def __init__(self, src: str) -> None:
         self.src = src
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
 
     def problem(self, node: Node, key: str, message: str) -> None:
         self.problems.append(Problem(self.src, node.line, key, message))
@@ -208,6 +213,13 @@ class _MapReader:
             )
         if agents is None and mailbox is not None:
             agents = ["@" + mailbox.rpartition("@")[2]]
+            where = keys.get("mailbox", node)
+            self.domain_warning(where, f"{path}.agents", agents[0], default=True)
+        elif agents:
+            for j, item in enumerate(keys["agents"].items):
+                text = item.text.strip().lower() if item.kind == "scalar" else ""
+                if text.startswith("@") and DOMAIN_RE.fullmatch(text[1:]):
+                    self.domain_warning(item, f"{path}.agents[{j}]", text)
         languages = self.list_of(keys, "languages", path, one_of(LANGUAGES))
         if languages == []:
             self.problem(keys["languages"], f"{path}.languages", "must list en, fr or both")
@@ -228,6 +240,20 @@ class _MapReader:
             languages=tuple(dict.fromkeys(languages or ("en",))),
             canned_replies=tuple(canned),
         )
+
+    def domain_warning(self, node: Node, key: str, domain: str, *, default: bool = False) -> None:
+        """Warn that a bare "@domain" lets anyone at that domain answer residents."""
+        how = (
+            f"not set, so it is the mailbox's domain, {domain}: "
+            if default
+            else f"{domain} is a whole domain: "
+        )
+        self.warnings.append(Problem(
+            self.src, node.line, key,
+            f"{how}anyone whose mail {domain[1:]} authenticates can answer residents; "
+            "list the agents' full addresses instead",
+            warning=True,
+        ))  # fmt: skip
 
     def list_of(
         self, keys: Mapping[str, Node], key: str, path: str, check: Callable[[str], str]
@@ -387,6 +413,23 @@ def read_map(path: Path) -> tuple[list[Municipality], list[Problem]]:
     reader = _MapReader(src)
     municipalities = reader.read(root)
     return municipalities, in_order(reader.problems, src)
+
+
+def map_warnings(path: Path) -> list[Problem]:
+    """What is valid in the map but worth a look (`Problem`s with `warning=True`), in line
+    order: each bare "@domain" agent entry, and each `agents` left to default to the
+    mailbox's @domain. Empty when the map cannot be read (`read_map` says why)."""
+    src = str(path)
+    problems: list[Problem] = []
+    text = read_text(path, problems)
+    if text is None:
+        return []
+    root = parse_yaml(src, text, problems)
+    if problems:
+        return []
+    reader = _MapReader(src)
+    reader.read(root)
+    return in_order(reader.warnings, src)
 
 
 def load_municipality_map(path: Path) -> list[Municipality]:

@@ -4,7 +4,9 @@ Contract:
 
 - `Problem(file, line, key, message)` prints as `file:line: key: message` (`file: key: message`
   without a line, `file:line: message` without a key). `file` is the file, or the environment
-  variable, the value came from; `line` is 1-based.
+  variable, the value came from; `line` is 1-based. A warning (`warning=True`: usable, but
+  worth a look) prints `warning: ` before its message; `check-config` prints warnings and
+  its exit status ignores them.
 - `ConfigError(problems)` carries *every* problem found; its text is one problem a line.
 - `in_order(problems, first)`: the problems of file `first` in line order, then the others.
 - `unknown(word, choices, what)`: "unknown setting (did you mean 'x'?)", the closest choice named.
@@ -31,12 +33,14 @@ class Problem:
     line: int | None
     key: str
     message: str
+    warning: bool = False  # usable as it is, but worth a look (never makes a ConfigError)
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
+        message = f"warning: {self.message}" if self.warning else self.message
         if self.key:
-            return f"{where}: {self.key}: {self.message}"
-        return f"{where}: {self.message}"
+            return f"{where}: {self.key}: {message}"
+        return f"{where}: {message}"
 
 
 class ConfigError(Exception):

@@ -5,8 +5,8 @@ implementation is `gateway.store.sql.SqlStore` (SQLite or PostgreSQL through
 SQLAlchemy Core, its transaction `gateway.store.transaction.SqlTx`); code outside
 `gateway/store/` depends on these protocols and on the public functions of
 `gateway/store/` that take a `Store` (`ConsoleStore(store)`, `pacer_for(store, rate)`,
-`postgres_conninfo(store)`, `purge_texts(store, ...)`), never on SQLAlchemy, `SqlStore` or
-`SqlTx`.
+`postgres_conninfo(store)`, `purge_texts(store, ...)`, `record_state(store, ...)` and
+`read_states(store)` of `service_state`), never on SQLAlchemy, `SqlStore` or `SqlTx`.
 
 Conventions shared by every method:
 
@@ -482,9 +482,18 @@ class Tx(Protocol):
         subject: str | None = None,
         conversation_id: int | None = None,
         why: str | None = None,
+        max_bytes: int | None = None,
     ) -> int:
-        """Keep `raw` (at most `reply_mail.MAX_KEPT_BYTES`) as a failed reply; returns its id.
-        The same `key` kept again updates the reason (and un-resolves it): one row per email."""
+        """Keep `raw` (at most `max_bytes`, never more than `reply_mail.MAX_KEPT_BYTES`, the
+        default) as a failed reply; returns its id. The same `key` kept again updates the
+        reason (and un-resolves it): one row per email."""
+        ...
+
+    def count_failed_emails_from(
+        self, sender: str | None, *, since: datetime, whys: Collection[str] | None = None
+    ) -> int:
+        """How many emails from `sender` (no case; None: kept with no sender) were kept
+        since `since`, resolved or not; only those whose `why` is in `whys` when given."""
         ...
 
     def get_failed_email(self, failed_id: int) -> FailedEmail | None:

@@ -4,6 +4,7 @@
         failed_id = keep_failed_email(tx, key, raw, reason, origin, now=now, sender=..., ...)
     with store.transaction() as tx:
         rows = list_failed_emails(tx)              # newest first, unresolved only by default
+        count_failed_emails_from(tx, "x@y.example", since=an_hour_ago)  # one sender's, lately
         mail = get_failed_email(tx, failed_id)     # with its bytes, for `show` and `retry`
         reply_seen(tx, "<id@agent.example>")       # an agent's reply already recorded?
 
@@ -17,21 +18,25 @@ The IMAP listener also files its copy in the Failed mailbox, as before.
 
 `key` is the email's "sha256:<hex>" (the `processed_emails` key): the same email kept twice
 is one row (its reason updated). At most `MAX_KEPT_BYTES` of the email are kept (the reply
-parser reads no more); `truncated` says when more was cut off. The retention purge deletes
-kept emails older than the retention period (`purge_failed_emails`).
+parser reads no more; a stranger's mail is kept to a smaller `max_bytes`, chosen by the reply
+flow); `truncated` says when more was cut off. The retention purge deletes kept emails older
+than the retention period (`purge_failed_emails`). `count_failed_emails_from` counts the
+emails kept lately from one sender (the reply flow's caps: strangers' mail per day, "not
+texted" notices per hour).
 
 Code outside `gateway/store/` reaches these through the `Tx` protocol's methods of the same
 names (`tx.keep_failed_email(...)`, `tx.get_failed_email(...)`, `tx.resolve_failed_email`,
-`tx.update_processed_email`, `tx.reply_seen`), which call the functions here; the functions
-take the store's own `SqlTx` (`gateway.store.transaction`), as `store.transaction()` and
-`ConsoleTx.core` give it. The record, `FailedEmail`, is defined in `gateway.store.base`.
+`tx.update_processed_email`, `tx.reply_seen`, `tx.count_failed_emails_from`), which call the
+functions here; the functions take the store's own `SqlTx` (`gateway.store.transaction`), as
+`store.transaction()` and `ConsoleTx.core` give it. The record, `FailedEmail`, is defined in
+`gateway.store.base`.
 
 Conventions are those of `gateway.store.base`: datetimes in are aware, out aware UTC.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -81,14 +86,19 @@ def keep_failed_email(
     subject: str | None = None,
     conversation_id: int | None = None,
     why: str | None = None,
+    max_bytes: int | None = None,
 ) -> int:
-    """Keep `raw` (at most `MAX_KEPT_BYTES`) as a failed reply; returns its id.
+    """Keep `raw` (at most `max_bytes`; never more than `MAX_KEPT_BYTES`, the default) as a
+    failed reply; returns its id. `truncated` is set when more was cut off.
 
     The same `key` kept again updates the reason (and un-resolves it): one row per email."""
     if not key:
         raise ValueError("a failed-email key must be a non-empty string")
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError("max_bytes must be at least 1")
     now = aware(now, "now")
     data = bytes(raw)
+    limit = MAX_KEPT_BYTES if max_bytes is None else min(max_bytes, MAX_KEPT_BYTES)
     values: dict[str, Any] = {
         "reason": reason[:2000],
         "why": why,
@@ -110,8 +120,8 @@ def keep_failed_email(
         .values(
             key=key,
             received_at=now,
-            raw=data[:MAX_KEPT_BYTES],
-            truncated=len(data) > MAX_KEPT_BYTES,
+            raw=data[:limit],
+            truncated=len(data) > limit,
             **values,
         )
         .returning(failed_emails.c.id)
@@ -140,6 +150,24 @@ def count_failed_emails(tx: SqlTx) -> int:
     """How many kept failed replies are unresolved."""
     stmt = sa.select(sa.func.count()).where(failed_emails.c.resolved_at.is_(None))
     return int(tx.execute(stmt.select_from(failed_emails)).scalar_one())
+
+
+def count_failed_emails_from(
+    tx: SqlTx, sender: str | None, *, since: datetime, whys: Collection[str] | None = None
+) -> int:
+    """How many emails from `sender` (compared without case; None: those kept with no
+    sender) were kept since `since`, resolved or not; only those whose `why` is one of
+    `whys` when given. Uses the index on `received_at`."""
+    stmt = sa.select(sa.func.count()).select_from(failed_emails).where(
+        failed_emails.c.received_at >= aware(since, "since")
+    )
+    if sender is None:
+        stmt = stmt.where(failed_emails.c.sender.is_(None))
+    else:
+        stmt = stmt.where(sa.func.lower(failed_emails.c.sender) == sender.lower()[:320])
+    if whys is not None:
+        stmt = stmt.where(failed_emails.c.why.in_(list(whys)))
+    return int(tx.execute(stmt).scalar_one())
 
 
 def get_failed_email(tx: SqlTx, failed_id: int) -> FailedEmail | None:

@@ -22,7 +22,7 @@ Contract
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -546,11 +546,17 @@ class SqlTx:
         subject: str | None = None,
         conversation_id: int | None = None,
         why: str | None = None,
+        max_bytes: int | None = None,
     ) -> int:
         return reply_mail.keep_failed_email(
             self, key, raw, reason, origin, now=now, sender=sender, subject=subject,
-            conversation_id=conversation_id, why=why,
+            conversation_id=conversation_id, why=why, max_bytes=max_bytes,
         )  # fmt: skip
+
+    def count_failed_emails_from(
+        self, sender: str | None, *, since: datetime, whys: Collection[str] | None = None
+    ) -> int:
+        return reply_mail.count_failed_emails_from(self, sender, since=since, whys=whys)
 
     def get_failed_email(self, failed_id: int) -> FailedEmail | None:
         return reply_mail.get_failed_email(self, failed_id)

@@ -3,9 +3,11 @@
 `parse_reply(raw, reply_address=..., own_addresses=...)` turns the raw bytes of one email into a
 `ParsedReply`:
 
-- routing data: the conversation tokens found in the recipient headers (To, Cc, Delivered-To,
-  X-Original-To, Envelope-To) that match the reply-address template ("reply+{token}@host"),
-  and the normalised Message-ID, In-Reply-To and References;
+- routing data: the conversation tokens found in the recipient headers the author wrote (To,
+  Cc; never Delivered-To, X-Original-To or Envelope-To, which any server adds and no DKIM
+  signature covers) that match the reply-address template ("reply+{token}@host"), the
+  normalised Message-ID, In-Reply-To and References, and `repeated`: which of To, Cc,
+  Message-ID, In-Reply-To, References came more than once (RFC 5322 allows one);
 - `automatic`: why the email must never be texted (auto-reply, out-of-office, bounce, delivery
   delay, read receipt, feedback report, mailing list, loop), or None for a person's reply;
 - `text`: only what the agent wrote, as plain text: quoted history ("On … wrote:",

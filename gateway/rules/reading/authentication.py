@@ -19,7 +19,14 @@ Contract:
 - `authenticate(sender, results, dkim_domains) -> Verdict`: authenticated when a believed
   header says `dmarc=pass` with `header.from` the From domain, or `dkim=pass` with `header.d`
   (else the domain of `header.i`) aligned with it, or when a DKIM signature the gateway
-  verified itself (`dkim_domains`: their d= domains) is aligned with it.
+  verified itself (`dkim_domains`: their d= domains) is aligned with it. A believed header
+  is read whole, as one verdict: nothing in it counts when it holds more than one `dmarc`
+  result (one message has one; the others were written in, e.g. through an envelope sender
+  that a server copied unescaped into a comment), when its `dmarc` result is about another
+  `header.from` (the server read another From than we did; a `dmarc=pass` that names none
+  authenticates nothing), or — for its `dkim=pass`
+  results — when its `dmarc` result for this domain is `fail` (the server found no aligned
+  pass: a `dkim=pass` beside it was not written by the server).
 
 The DKIM verification itself needs DNS, so it lives in `gateway.mail.dkim_check`.
 """
@@ -237,13 +244,26 @@ def authenticate(
 ) -> Verdict:
     """Whether `sender`'s domain is authenticated (see the module docstring)."""
     for header in results:
-        for result in header.results:
-            if result.result != "pass":
-                continue
-            if result.method == "dmarc" and result.properties.get("header.from") == sender.domain:
+        dmarcs = [r for r in header.results if r.method == "dmarc"]
+        if len(dmarcs) > 1:
+            continue  # a message has one DMARC result: more were written into the header
+        if dmarcs:
+            (dmarc,) = dmarcs
+            about = dmarc.properties.get("header.from")
+            if about is not None and about != sender.domain:
+                continue  # the server judged another From than ours: nothing here is ours
+            if dmarc.result == "pass" and about == sender.domain:
                 return Verdict(True, f"dmarc=pass from {header.authserv_id}")
-            if result.method == "dkim" and aligned(sender.domain, _signer_of(result)):
-                return Verdict(True, f"dkim=pass ({_signer_of(result)}) from {header.authserv_id}")
+            if dmarc.result == "fail":
+                continue  # the server itself found no aligned DKIM or SPF pass
+        for result in header.results:
+            signer = _signer_of(result)
+            if (
+                result.method == "dkim"
+                and result.result == "pass"
+                and aligned(sender.domain, signer)
+            ):
+                return Verdict(True, f"dkim=pass ({signer}) from {header.authserv_id}")
     for signer in dkim_domains:
         if aligned(sender.domain, signer):
             return Verdict(True, f"DKIM signature by {signer} verified")

@@ -9,7 +9,9 @@
 - `message_ids_of`, `trim_ids`: normalised "<left@right>" ids (angle brackets added when a
   client forgot them), at most MAX_IDS kept (the first and the last ones).
 - `token_pattern`, `conversation_tokens`: the conversation tokens in the recipient headers
-  (`RECIPIENT_HEADERS`) whose address matches the reply-address template.
+  (`RECIPIENT_HEADERS`: To and Cc only) whose address matches the reply-address template.
+- `repeated_headers`: which of `SINGLE_HEADERS` (To, Cc, Message-ID, In-Reply-To,
+  References) a message holds more than once.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from gateway.rules.reading.charset import decode_bytes
 from gateway.rules.reading.limits import MAX_HEADER_VALUE, MAX_IDS
 from gateway.rules.thread import is_token
 
-RECIPIENT_HEADERS = ("To", "Cc", "Delivered-To", "X-Original-To", "Envelope-To")
+# Only the headers the author wrote, which a DKIM signer signs: Delivered-To, X-Original-To and
+# Envelope-To are added on delivery, by any server (or a forger), and no signature covers them,
+# so a token read there would let a genuinely signed mail be re-sent into any conversation.
+RECIPIENT_HEADERS = ("To", "Cc")
+# RFC 5322 §3.6 allows each of these at most once; a second copy (a forger's, above the signed
+# one that DKIM verifiers read from the bottom) makes the routing ambiguous.
+SINGLE_HEADERS = ("To", "Cc", "Message-ID", "In-Reply-To", "References")
 
 
 def clean(value: str) -> str:
@@ -155,3 +163,11 @@ def conversation_tokens(msg: Message, token_re: re.Pattern[str]) -> tuple[str, .
                 if is_token(token) and token not in out:
                     out.append(token)
     return tuple(out)
+
+
+def repeated_headers(msg: Message) -> tuple[str, ...]:
+    """The `SINGLE_HEADERS` that `msg` holds more than once, in that order."""
+    counts: dict[str, int] = {}
+    for key, _value in msg.raw_items():
+        counts[key.lower()] = counts.get(key.lower(), 0) + 1
+    return tuple(name for name in SINGLE_HEADERS if counts.get(name.lower(), 0) > 1)

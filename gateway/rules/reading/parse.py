@@ -26,6 +26,7 @@ from gateway.rules.reading.headers import (
     header_values,
     message_ids_of,
     one_line,
+    repeated_headers,
     return_path,
     token_pattern,
     trim_ids,
@@ -76,6 +77,9 @@ class ParsedReply:
     close_requested: bool  # "#close" / "#fermer" alone on a line (removed from `text`)
     # When `text` is empty: where the writing went (see `EMPTY_BECAUSE`), else None.
     empty_because: EmptyBecause | None = None
+    # Headers RFC 5322 allows once that came more than once (To, Cc, Message-ID, In-Reply-To,
+    # References): the routing is ambiguous, so such mail is never acted on.
+    repeated: tuple[str, ...] = ()
 
 
 def parse_reply(
@@ -146,6 +150,7 @@ def _read(msg: EmailMessage, token_re: re.Pattern[str], own: Sequence[str]) -> P
         text=text,
         close_requested=close,
         empty_because=empty,
+        repeated=repeated_headers(msg),
     )
 
 

@@ -7,12 +7,15 @@ Contract
     and presence raise `KeyError` for a conversation (or user) that does not exist, checked
     before writing (a failed statement would abort a PostgreSQL transaction). Read marks
     never move back. The audit log is append-only and holds no phone number and no text
-    (it is kept when a resident is erased). `claim_request` never aborts the transaction
+    (it is kept when a resident is erased); sign-in attempts are kept apart from it
+    (`login_attempts`), counted and recorded atomically (`claim_login_attempt`) and
+    pruned after their window. `claim_request` never aborts the transaction
     (ON CONFLICT DO NOTHING). `prune` forgets what only matters for minutes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -37,12 +40,39 @@ from gateway.store.schema import (
     console_requests,
     console_settings,
     conversation_reads,
+    login_attempts,
     notes,
     presence,
     users,
 )
 
 _SECRET_KEY = "session_secret"  # noqa: S105 - the settings row's name, not a secret
+_PRUNE_LOCK = 0x736D733331316C  # pg_advisory_xact_lock key: "sms311l" in ASCII
+
+
+def _lock_key(kind: str, value: str) -> int:
+    """A signed 64-bit advisory lock key for one email or address of the sign-in limit."""
+    digest = hashlib.sha256(f"sms311 login {kind}:{value}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _attempt_email(email: str | None) -> str | None:
+    if email is None or not email.strip():
+        return None
+    return email.strip().lower()[:320]
+
+
+def _attempt_addr(remote_addr: str | None) -> str | None:
+    return None if not remote_addr else remote_addr[:64]
+
+
+def _attempts_of(email: str | None, address: str | None) -> sa.ColumnElement[bool] | None:
+    who: list[sa.ColumnElement[bool]] = []
+    if email is not None:
+        who.append(login_attempts.c.email == email)
+    if address is not None:
+        who.append(login_attempts.c.remote_addr == address)
+    return sa.or_(*who) if who else None
 
 
 class ActivityTx(ConsoleTxBase):
@@ -234,20 +264,71 @@ class ActivityTx(ConsoleTxBase):
         ]
 
     def failed_logins(self, *, email: str | None, remote_addr: str | None, since: datetime) -> int:
-        """How many login_failed entries since `since` for this email OR this address."""
-        a = audit_log.c
-        who: list[sa.ColumnElement[bool]] = []
-        if email is not None and email.strip():
-            who.append(a.user_email == email.strip().lower())
-        if remote_addr is not None:
-            who.append(a.remote_addr == remote_addr[:64])
-        moment = aware(since, "since")
-        if not who:
+        """How many sign-in attempts (`login_attempts`: failed, or still being checked)
+        since `since` for this email OR this address."""
+        who = _attempts_of(_attempt_email(email), _attempt_addr(remote_addr))
+        if who is None:
             return 0
         stmt = sa.select(sa.func.count()).where(
-            a.action == "login_failed", a.at >= moment, sa.or_(*who)
+            login_attempts.c.at >= aware(since, "since"), who
         )
         return int(self._exec(stmt).scalar_one())
+
+    def claim_login_attempt(
+        self,
+        *,
+        email: str | None,
+        remote_addr: str | None,
+        at: datetime,
+        since: datetime,
+        max_by_email: int,
+        max_by_address: int,
+    ) -> int | None:
+        """Count and record one sign-in attempt in one atomic step, BEFORE the password is
+        checked: None (refused, nothing recorded) when this email already has
+        `max_by_email` attempts since `since`, or this address `max_by_address`; else the
+        new attempt's id. The attempt counts as a failure until `forget_login_attempt(id)`
+        (the password or code was right). Attempts older than `since` go in passing.
+
+        Make it in `ConsoleStore.transaction()`: on SQLite that transaction holds the write
+        lock from its start (BEGIN IMMEDIATE), so two attempts never both count before
+        either is recorded; on PostgreSQL it takes transaction-level advisory locks on the
+        email, then on the address, which serialise the attempts sharing either."""
+        address, who_email = _attempt_addr(remote_addr), _attempt_email(email)
+        moment, start = aware(at, "at"), aware(since, "since")
+        if self._pg:
+            for kind, value in (("email", who_email), ("addr", address)):
+                if value is not None:
+                    self._exec(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(kind, value))))
+        self._prune_login_attempts(start)
+        counts = []
+        if who_email is not None:
+            counts.append((login_attempts.c.email == who_email, max_by_email))
+        if address is not None:
+            counts.append((login_attempts.c.remote_addr == address, max_by_address))
+        for who, limit in counts:
+            count = sa.select(sa.func.count()).where(login_attempts.c.at >= start, who)
+            if int(self._exec(count).scalar_one()) >= limit:
+                return None
+        insert = (
+            login_attempts.insert()
+            .values(at=moment, email=who_email, remote_addr=address)
+            .returning(login_attempts.c.id)
+        )
+        return int(self._exec(insert).scalar_one())
+
+    def forget_login_attempt(self, attempt_id: int) -> None:
+        """The attempt succeeded: it no longer counts against the limit."""
+        self._exec(login_attempts.delete().where(login_attempts.c.id == attempt_id))
+
+    def _prune_login_attempts(self, before: datetime) -> None:
+        """Delete the attempts older than the window. On PostgreSQL only one transaction
+        prunes at a time (a try-lock: the others skip it, no waiting, no deadlock)."""
+        if self._pg:
+            took = self._exec(sa.select(sa.func.pg_try_advisory_xact_lock(_PRUNE_LOCK)))
+            if not took.scalar_one():
+                return
+        self._exec(login_attempts.delete().where(login_attempts.c.at < before))
 
     def claim_request(self, key: str, user_id: int, at: datetime) -> bool:
         """Record a form submission key; False when it was already recorded (a double

@@ -7,6 +7,11 @@ Contract
     otherwise); a second account for one email raises `UserExists`. The setters raise
     `KeyError` for a user that does not exist. Password hashing and TOTP checks are the
     caller's (`gateway.rules.accounts`): the store keeps what it is given.
+
+    Sessions: each account has a `session_epoch`, carried in its console session cookies.
+    `set_password`, `set_disabled` (either way: disable then enable revives no cookie) and
+    `end_sessions` (signing out) raise it, so every session opened before ends on every
+    instance; `session_epoch(user_id)` reads it.
 """
 
 from __future__ import annotations
@@ -175,15 +180,39 @@ class UsersTx(ConsoleTxBase):
             raise KeyError(f"no user {user_id}")
 
     def set_password(
-        self, user_id: int, password_hash: str, *, must_change_password: bool, at: datetime
+        self,
+        user_id: int,
+        password_hash: str,
+        *,
+        must_change_password: bool,
+        at: datetime,
+        end_sessions: bool = True,
     ) -> None:
-        """Raises KeyError if there is no such user (as do the other setters)."""
+        """A new password ends every session of the account (its epoch goes up), unless
+        `end_sessions=False` (the same password re-hashed with today's parameters).
+        Raises KeyError if there is no such user (as do the other setters)."""
+        ended = {"session_epoch": users.c.session_epoch + 1} if end_sessions else {}
         self._update_user(
             user_id,
             at,
             password_hash=password_hash,
             must_change_password=bool(must_change_password),
+            **ended,
         )
+
+    def session_epoch(self, user_id: int) -> int | None:
+        """The account's session epoch (None: no such account)."""
+        stmt = sa.select(users.c.session_epoch).where(users.c.id == user_id)
+        epoch = self._exec(stmt).scalar_one_or_none()
+        return None if epoch is None else int(epoch)
+
+    def end_sessions(self, user_id: int, at: datetime) -> int:
+        """End every console session of the account (signing out ends them all); returns
+        the new epoch. KeyError if there is no such user."""
+        self._update_user(user_id, at, session_epoch=users.c.session_epoch + 1)
+        epoch = self.session_epoch(user_id)
+        assert epoch is not None
+        return epoch
 
     def set_name(self, user_id: int, name: str, at: datetime) -> None:
         name = name.strip()
@@ -192,7 +221,10 @@ class UsersTx(ConsoleTxBase):
         self._update_user(user_id, at, name=name)
 
     def set_disabled(self, user_id: int, disabled: bool, at: datetime) -> None:
-        self._update_user(user_id, at, disabled=bool(disabled))
+        """Disabling or enabling ends every session of the account."""
+        self._update_user(
+            user_id, at, disabled=bool(disabled), session_epoch=users.c.session_epoch + 1
+        )
 
     def set_totp(self, user_id: int, secret: str | None, at: datetime) -> None:
         self._update_user(user_id, at, totp_secret=secret, totp_last_step=None)

@@ -4,9 +4,10 @@ browser, the same conversations the email side carries.
 `init_console(app, gateway)` wires it into the gateway's Flask app:
 
 - sessions (Flask-Login): a signed cookie `sms311_session`, HttpOnly, SameSite=Lax, Secure when
-  `public_url` is https, valid `console.session_hours`; the session names the user AND a
-  fingerprint of their password hash, so changing a password (or disabling the account) ends
-  every session of that user on every instance;
+  `public_url` is https; it ends after `console.session_hours` without a request (idle) and
+  `console.session_max_hours` after the sign-in (absolute); the session names the user AND
+  their session epoch, which signing out, a new password and disabling raise, so each of them
+  ends every session of that user on every instance (a copied cookie included);
 - the signing secret: `console.secret_key`, else one generated once and kept in the database
   (so every instance behind a load balancer shares it);
 - CSRF (Flask-WTF) on every form and every htmx request (the `X-CSRFToken` header), but not on

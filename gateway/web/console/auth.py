@@ -1,12 +1,22 @@
 """Signing in and out: `/console/login` (email + password, then a TOTP code for accounts that
 have one), `/console/logout`, `/console/password` (forced after a one-time password).
 
-Login attempts are rate-limited per account and per client address, counted in the audit
-log (so the limit holds across instances): after `console.login_max_failures` failures for
-one account, or ten times as many from one address, within `console.login_window_minutes`,
-sign-in answers 429 until the window has passed (behind a reverse proxy, set
-`web.trusted_proxies` so the address is the client's, not the proxy's).
+Sign-in attempts are rate-limited per account and per client address, in the database (so
+the limit holds across instances) but apart from the audit log (`login_attempts`, pruned
+after the window): after `console.login_max_failures` failures for one email, or ten
+times as many from one address, within `console.login_window_minutes`, sign-in answers
+429 until the window has passed (behind a reverse proxy, set `web.trusted_proxies` so the
+address is the client's, not the proxy's). The limit is atomic: each attempt is counted
+and recorded in one write transaction BEFORE its password (or code) is checked, and
+forgotten again when it was right, so N concurrent guesses get exactly the limit checked.
+Unknown emails, wrong passwords and wrong codes go to `login_attempts` only; the audit log
+keeps sign-ins, sign-outs and account actions.
 An unknown email costs the same argon2 work as a wrong password (no account probing).
+
+Sessions end server-side: the cookie carries the account's session epoch
+(`context.ConsoleUser`), which signing out, a new password and disabling raise; and the
+sign-in time, after which (`console.session_max_hours`) the user signs in again however
+active (`console.session_hours` is the idle timeout).
 """
 
 from __future__ import annotations
@@ -14,7 +24,6 @@ from __future__ import annotations
 import logging
 import unicodedata
 from datetime import timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Response, flash, redirect, render_template, request, session, url_for
@@ -26,7 +35,13 @@ from flask_login import current_user, login_user, logout_user
 from gateway.rules import accounts
 from gateway.store.console import User
 from gateway.web.console import display
-from gateway.web.console.context import ConsoleUser, is_htmx, now, remote_addr
+from gateway.web.console.context import (
+    SIGNED_IN_AT,
+    ConsoleUser,
+    is_htmx,
+    now,
+    remote_addr,
+)
 from gateway.web.extension import current_gateway as gateway
 
 log = logging.getLogger(__name__)
@@ -66,36 +81,49 @@ def _safe_next(value: str | None) -> str | None:
     return value.rstrip("?")
 
 
-def _throttled(email: str) -> bool:
-    """Too many failures for this account, or (ten times as many) from this address."""
+def _claim_attempt(email: str) -> int | None:
+    """Count and record this sign-in attempt (one atomic step): None when the limit is
+    reached for this email or this address (answer 429), else the attempt's id, which
+    counts as a failure until `_forget_attempt` (it was right)."""
     settings = gateway().settings.console
-    since = now() - timedelta(minutes=settings.login_window_minutes)
-    with gateway().console.reading() as tx:
-        by_account = tx.failed_logins(email=email, remote_addr=None, since=since) if email else 0
-        by_address = tx.failed_logins(email=None, remote_addr=remote_addr(), since=since)
-    return (
-        by_account >= settings.login_max_failures
-        or by_address >= settings.login_max_failures * ADDRESS_FACTOR
-    )
-
-
-def _audit(account: User | None, action: str, **detail: Any) -> None:
+    at = now()
     with gateway().console.transaction() as tx:
-        tx.audit(
-            account.id if account else None,
-            account.email if account else detail.pop("email", None),
-            action,
-            at=now(),
+        return tx.claim_login_attempt(
+            email=email or None,
             remote_addr=remote_addr(),
-            detail=detail,
+            at=at,
+            since=at - timedelta(minutes=settings.login_window_minutes),
+            max_by_email=settings.login_max_failures,
+            max_by_address=settings.login_max_failures * ADDRESS_FACTOR,
         )
 
 
-def _start_session(account: User) -> Response:
+def _forget_attempt(attempt: int) -> None:
+    with gateway().console.transaction() as tx:
+        tx.forget_login_attempt(attempt)
+
+
+def _throttled_error(minutes: bool) -> str:
+    if not minutes:
+        return str(_("Too many failed sign-in attempts. Try again later."))
+    return str(_("Too many failed sign-in attempts. Try again in %(minutes)d minutes.",
+             minutes=int(gateway().settings.console.login_window_minutes)))
+
+
+def _start_session(account: User, attempt: int) -> Response:
+    """The password (and code) were right: forget the attempt, audit the sign-in, and open
+    a new session carrying the account's session epoch and the sign-in time."""
+    at = now()
+    with gateway().console.transaction() as tx:
+        tx.forget_login_attempt(attempt)
+        epoch = tx.session_epoch(account.id)
+        tx.audit(account.id, account.email, "login", at=at, remote_addr=remote_addr())
+    if epoch is None:  # deleted meanwhile
+        return redirect(url_for("console.login"))  # type: ignore[return-value]
     session.clear()  # a new session id for the new privilege level (no fixation)
     session.permanent = True
-    login_user(ConsoleUser(account))
-    _audit(account, "login")
+    session[SIGNED_IN_AT] = at.timestamp()
+    login_user(ConsoleUser(account, epoch))
     log.info("console: sign-in by user %d", account.id)
     if account.must_change_password:
         return redirect(url_for("console.password"))  # type: ignore[return-value]
@@ -111,12 +139,9 @@ def login() -> ResponseReturnValue:
     if request.method == "POST":
         email = display.clean(request.form.get("email") or "", limit=320).lower()
         password = request.form.get("password") or ""
-        if _throttled(email):
-            _audit(None, "login_throttled", email=email)
-            minutes = int(gateway().settings.console.login_window_minutes)
-            error = _("Too many failed sign-in attempts. Try again in %(minutes)d minutes.",
-                      minutes=minutes)
-            status = 429
+        attempt = _claim_attempt(email)
+        if attempt is None:
+            error, status = _throttled_error(minutes=True), 429
         else:
             with gateway().console.reading() as tx:
                 account = tx.user_by_email(email) if email else None
@@ -124,8 +149,7 @@ def login() -> ResponseReturnValue:
                 account.password_hash if account else _DUMMY_HASH, password
             )
             if account is None or not good or account.disabled:
-                _audit(account, "login_failed", email=email,
-                       reason="disabled" if account and good else "bad credentials")
+                # the attempt stays recorded (login_attempts): a failure, not audited
                 error = _("Wrong email or password.")
                 status = 401
             else:
@@ -133,15 +157,16 @@ def login() -> ResponseReturnValue:
                     with gateway().console.transaction() as wtx:
                         wtx.set_password(account.id, accounts.hash_password(password),
                                          must_change_password=account.must_change_password,
-                                         at=now())
+                                         at=now(), end_sessions=False)
                         account = wtx.get_user(account.id) or account
                 if account.totp_secret:
+                    _forget_attempt(attempt)  # the password was right; the code counts next
                     session.clear()
                     session[_PENDING] = account.id
                     return redirect(
                         url_for("console.login_code", next=request.args.get("next"))
                     )
-                return _start_session(account)
+                return _start_session(account, attempt)
     return render_template("console/login.html", error=error, email=email), status
 
 
@@ -157,13 +182,12 @@ def login_code() -> ResponseReturnValue:
     error: str | None = None
     status = 200
     if request.method == "POST":
-        if _throttled(account.email):
-            error = _("Too many failed sign-in attempts. Try again later.")
-            status = 429
+        attempt = _claim_attempt(account.email)
+        if attempt is None:
+            error, status = _throttled_error(minutes=False), 429
         elif _code_accepted(account, request.form.get("code") or ""):
-            return _start_session(account)
+            return _start_session(account, attempt)
         else:
-            _audit(account, "login_failed", reason="bad or already used code")
             error = _("That code is not valid. Enter the current code from your app.")
             status = 401
     return render_template("console/login_code.html", error=error), status
@@ -182,7 +206,10 @@ def _code_accepted(account: User, code: str) -> bool:
 def logout() -> Response:
     who = current_user
     if isinstance(who, ConsoleUser):
-        _audit(who.account, "logout")
+        account = who.account
+        with gateway().console.transaction() as tx:
+            tx.end_sessions(account.id, now())  # this cookie, and every copy, is over
+            tx.audit(account.id, account.email, "logout", at=now(), remote_addr=remote_addr())
     logout_user()
     session.clear()
     flash(_("You are signed out."), "info")
@@ -215,8 +242,10 @@ def password() -> ResponseReturnValue:
                 tx.audit(account.id, account.email, "password_changed", at=now(),
                          remote_addr=remote_addr())
                 updated = tx.get_user(account.id)
-            assert updated is not None
-            login_user(ConsoleUser(updated))  # the session follows the new password
+                epoch = tx.session_epoch(account.id)
+            assert updated is not None and epoch is not None
+            # every other session ended (the epoch went up); this one follows
+            login_user(ConsoleUser(updated, epoch))
             flash(_("Your password is changed."), "info")
             return redirect(url_for("console.conversations"))
     return render_template("console/password.html", error=error,

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from gateway.rules import segments
-from gateway.rules.agent_notice import NOT_TEXTED_WHY, NotTextedWhy
+from gateway.rules.agent_notice import KEPT_WHY, KeptWhy
 from gateway.store import StoredMessage
 from gateway.store.console import ConversationRow, Note, NotTextedReply
 from gateway.store.reply_mail import resolution_outcome
@@ -88,11 +88,12 @@ def timeline(
     return [item[3] for item in items]
 
 
-def why_not_texted(reply: NotTextedReply) -> NotTextedWhy | None:
+def why_not_texted(reply: NotTextedReply) -> KeptWhy | None:
     """The reply's `why` when it is one the console has a phrase for (one of
-    `gateway.rules.agent_notice.NOT_TEXTED_WHY`); None (the generic phrase) otherwise."""
+    `gateway.rules.agent_notice.KEPT_WHY`: the agents' `NOT_TEXTED_WHY`, and
+    "not_authenticated"); None (the generic phrase) otherwise."""
     why = reply.why
-    for known in NOT_TEXTED_WHY:
+    for known in KEPT_WHY:
         if why == known:
             return known
     return None

@@ -285,6 +285,8 @@ _WHY_NOT_TEXTED = {
                            "municipality"),
     "unroutable": lambda: _("it did not answer any conversation"),
     "unreadable": lambda: _("it could not be read (binary data or the wrong character set)"),
+    "not_authenticated": lambda: _("its sender could not be authenticated (the From address "
+                                   "may be forged)"),
 }
 
 
