@@ -111,3 +111,18 @@ def dispatch(gateway: Gateway) -> None:
     dispatcher = Dispatcher(gateway)
     while asyncio.run(dispatcher.dispatch_once()):
         pass
+
+
+def unroutable(
+    sender: str = AGENT, *, authenticated: bool = True, body: str = "Who is this?"
+) -> bytes:
+    """A new email (no token, no known thread) written to the gateway by `sender`, stamped
+    by the trusted test server unless `authenticated=False`."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = "sms@gateway.example"
+    message["Subject"] = "pothole list"
+    message["Message-ID"] = make_msgid(domain="ottawa.example")
+    message["In-Reply-To"] = "<unknown@nowhere.example>"
+    message.set_content(body)
+    return stamp_authenticated(bytes(message)) if authenticated else bytes(message)

@@ -16,7 +16,6 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +41,8 @@ from tests.flow_helpers import (
     text_in,
     twilio_gateway,
     twilio_sms,
+    unroutable,
 )
-from tests.gateway_fixtures import stamp_authenticated
 
 
 @pytest.fixture
@@ -52,16 +51,6 @@ def gateway_options(api: FakeTwilio) -> dict[str, Any]:
     return {"sms": twilio_sms(api)}
 
 
-def unroutable(sender: str = AGENT) -> bytes:
-    """A new email (no token, no known thread) written to the gateway by `sender`."""
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = "sms@gateway.example"
-    message["Subject"] = "pothole list"
-    message["Message-ID"] = make_msgid(domain="ottawa.example")
-    message["In-Reply-To"] = "<unknown@nowhere.example>"
-    message.set_content("Who is this?")
-    return stamp_authenticated(bytes(message))
 
 
 def notice_text(notice: AgentNotice) -> str:

@@ -19,8 +19,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
-from email.utils import make_msgid
 from pathlib import Path
 
 import aiosmtplib
@@ -48,8 +46,9 @@ from tests.flow_helpers import (
     resident_in_ottawa,
     sms_rows,
     text_in,
+    unroutable,
 )
-from tests.gateway_fixtures import TEST_MAP, migrated_gateway, stamp_authenticated
+from tests.gateway_fixtures import TEST_MAP, migrated_gateway
 
 BELOW_SIGNATURE = "-- \nJane Doe, 311\n\nThe crew comes on Tuesday."
 UNREADABLE = "\u00ff\u00feF\u0000i\u0000x\u0000 \u00a4\u00a6\u00a8\u00ac"
@@ -81,16 +80,6 @@ def kept(gateway: Gateway) -> list[int]:
         return [k.id for k in list_failed_emails(tx, include_resolved=True, limit=1000)]
 
 
-def unroutable(sender: str = AGENT, *, authenticated: bool = True, body: str = "Who?") -> bytes:
-    """A new email (no token, no known thread) written to the gateway by `sender`."""
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = "sms@gateway.example"
-    message["Subject"] = "pothole list"
-    message["Message-ID"] = make_msgid(domain="ottawa.example")
-    message["In-Reply-To"] = "<unknown@nowhere.example>"
-    message.set_content(body)
-    return stamp_authenticated(bytes(message)) if authenticated else bytes(message)
 
 
 # -- 1a. notices only to a sender that passed authentication, for every why ------------------
