@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -63,6 +64,9 @@ class Gateway:
     # Called (from any thread) after new outbox rows were committed: `sms311 run` wakes
     # its dispatcher with it, so a text does not wait for the next outbox poll.
     outbox_listeners: list[Callable[[], None]] = field(default_factory=list)
+    # called when the webhook queued a text for the worker (`sms311 run`: wakes it at once)
+    inbound_listeners: list[Callable[[], None]] = field(default_factory=list)
+    _last_text_at: float = field(default=float("-inf"), init=False, repr=False)
     # DKIM's DNS lookups (dkimpy's `dnsfunc`); None: the system's resolvers. Tests stub it.
     dkim_dns: DnsFunc | None = None
 
@@ -113,6 +117,19 @@ class Gateway:
                 listener()
             except Exception:  # a wake-up is an optimisation; the worker polls anyway
                 log.debug("outbox listener failed", exc_info=True)
+
+    def webhook_busy(self, window: float) -> bool:
+        """Did this process's webhook accept a text in the last `window` seconds?"""
+        return time.monotonic() - self._last_text_at < window
+
+    def inbound_changed(self) -> None:
+        """A text was queued for the worker: tell the listeners (never raises)."""
+        self._last_text_at = time.monotonic()
+        for listener in list(self.inbound_listeners):
+            try:
+                listener()
+            except Exception:  # a wake-up is an optimisation; the worker polls anyway
+                log.debug("inbound listener failed", exc_info=True)
 
     def close(self) -> None:
         self.store.close()

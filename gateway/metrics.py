@@ -21,7 +21,8 @@ class Metrics:
         )
         self.dialogue_steps = Counter(
             "sms311_dialogue_steps",
-            "What the dialogue did with a text: delivered, held (asking), answered, fallback",
+            "What the webhook did with a text: queued (for the worker), delivered, held (asking), "
+            "answered, fallback",
             ["step"], registry=r,
         )
         self.webhook_rejected = Counter(

@@ -135,6 +135,9 @@ class Resident:
     """A salmon-style driver over the real webhook: `say(number, text, expect=…)`.
 
     Every request is signed with the twilio library's RequestValidator, as Twilio would.
+    After each inbound text the worker's share runs too (`InboundProcessor.process_once`:
+    the texts the webhook queued become emails), as in `sms311 run`; set `worker = False`
+    to look at the queue as the webhook left it.
     """
 
     def __init__(self, client: Any, settings: Settings) -> None:
@@ -142,10 +145,29 @@ class Resident:
         self.settings = settings
         self.signature = TwilioSignature(settings.sms.auth_token, settings.public_url)
         self.last_form: dict[str, str] = {}
+        self.worker = True
 
     def post(self, form: dict[str, str], path: str = "/sms/inbound") -> Any:
         signature = self.signature.sign(path, "", form)
-        return self.client.post(path, data=form, headers={"X-Twilio-Signature": signature})
+        response = self.client.post(
+            path, data=form, headers={"X-Twilio-Signature": signature}
+        )
+        if self.worker and path == "/sms/inbound" and response.status_code == 200:
+            self.process_queue()
+        return response
+
+    def process_queue(self) -> int:
+        """Run the worker's share once: the queued texts become emails; how many. A store
+        that is down leaves them queued (0), as the worker would, for the next round."""
+        from gateway.run.inbound import InboundProcessor
+        from gateway.store import StoreUnavailable
+        from gateway.web.extension import _KEY
+
+        gateway = self.client.application.extensions[_KEY]
+        try:
+            return InboundProcessor(gateway).process_once()
+        except StoreUnavailable:
+            return 0
 
     def say(
         self,

@@ -35,6 +35,7 @@ def populate(store: SqlStore, phone: str, at: datetime) -> int:
         tx.record_thread_email(conversation.id, f"<{phone}@gw.example>")
         tx.enqueue("email", {"type": "resident", "resident_e164": phone, "texts": ["..."]})
         tx.hold_message(phone, "held text", [], None, at)
+        tx.queue_inbound(f"SM{phone[1:]}", phone, "31100", "queued text", [], at)
         keep_failed_email(tx, f"sha256:{phone}", b"Subject: re\r\n\r\nagent reply",
                           "empty reply", {"kind": "smtp"}, now=at,
                           conversation_id=conversation.id)
@@ -117,9 +118,12 @@ def test_delete_erases_one_number_only(store: SqlStore) -> None:
     populate(store, OTHER, NOW)
     counts = delete_resident(store, PHONE)
     assert counts == {"outbox": 1, "email_messages": 1, "messages": 2, "conversations": 1,
-                      "resident": 1, "failed_emails": 1}
+                      "resident": 1, "failed_emails": 1, "inbound_texts": 1}
     after = export_resident(store, PHONE)
-    assert not any(after[k] for k in ("resident", "conversations", "messages", "outbox"))
+    assert not any(
+        after[k] for k in ("resident", "conversations", "messages", "outbox", "inbound_texts")
+    )
+    assert [t["body"] for t in export_resident(store, OTHER)["inbound_texts"]] == ["queued text"]
     assert len(export_resident(store, OTHER)["messages"]) == 2
 
 

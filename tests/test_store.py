@@ -54,7 +54,7 @@ def test_sqlite_connection_settings(tmp_path: Path) -> None:
 
             assert pragma("journal_mode") == "wal"
             assert pragma("foreign_keys") == 1
-            assert pragma("synchronous") == 1  # NORMAL
+            assert pragma("synchronous") == 2  # FULL: a commit is on stable storage
             assert pragma("busy_timeout") == 5000
     finally:
         store.close()

@@ -1,9 +1,22 @@
 """A resident's text, from a validated webhook to committed rows.
 
-`InboundService.handle(text)` runs in ONE store transaction: the MessageSid is
-recorded (a repeat returns the first answer and changes nothing), keywords and the
-dialogue decide, held texts are kept, and every email to a city goes into the
-outbox in the same commit. It returns the SMS replies for the TwiML answer.
+Two entries, one set of rules:
+
+- `InboundService.accept(text)` is what `POST /sms/inbound` runs. When the text needs no
+  answer — the resident's municipality is known, no question is in progress, and the text
+  is not a keyword — it is only recorded in the inbound queue (one durable row; a repeated
+  MessageSid is recognised) and the webhook answers at once; the worker processes it
+  (`process_queued`). Otherwise it is processed at once, as `handle` does, after the
+  resident's queued texts (so a resident's texts are always processed in the order they
+  arrived), and the replies go back in the webhook's answer.
+- `InboundService.handle(text)` processes one text in ONE store transaction: the
+  MessageSid is recorded (a repeat returns the first answer and changes nothing),
+  keywords and the dialogue decide, held texts are kept, and every email to a city goes
+  into the outbox in the same commit. It returns the SMS replies for the TwiML answer.
+- `InboundService.process_queued(phone)` processes a resident's queued texts, oldest
+  first, in one transaction that also deletes them from the queue. A reply decided there
+  (rare: the map lost the municipality meanwhile) cannot ride on a webhook's answer any
+  more: it is queued in the outbox as an SMS, sent through the provider's API.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from gateway.flows.payloads import SmsPayload
 from gateway.flows.thread_mail import next_in_thread, queue_email
 from gateway.logs import log_full_detail, mask_phone
 from gateway.rules import dialogue, keywords, prompts
@@ -21,7 +35,15 @@ from gateway.rules.resident_email import MediaRef, ResidentEmail, ResidentText
 from gateway.rules.thread import format_national, local_name, new_token, thread_subject
 from gateway.settings import Settings
 from gateway.sms.base import InboundText
-from gateway.store import Conversation, DuplicateWebhook, Resident, Store, StoredMessage, Tx
+from gateway.store import (
+    Conversation,
+    DuplicateWebhook,
+    QueuedText,
+    Resident,
+    Store,
+    StoredMessage,
+    Tx,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +57,18 @@ class Outcome:
     emails_queued: int = 0
     conversation_id: int | None = None  # the thread the text went to, if any
     municipality_id: str | None = None  # the resident's municipality after this text
-    step: str = "keyword"  # what the dialogue did: delivered | held | fallback | keyword
+    step: str = "keyword"  # delivered | held | answered | fallback | keyword | queued
 
 
 def _media_dicts(media: Sequence[MediaRef]) -> list[dict[str, str]]:
     return [{"url": m.url, "content_type": m.content_type} for m in media]
+
+
+def _inbound_text(row: QueuedText) -> InboundText:
+    return InboundText(
+        sid=row.sid, phone=row.phone, to=row.to, body=row.body, received_at=row.received_at,
+        media=_media_refs(row.media), from_city=row.from_city, from_state=row.from_state,
+    )  # fmt: skip
 
 
 def _media_refs(media: Sequence[dict[str, str]]) -> tuple[MediaRef, ...]:
@@ -59,21 +88,84 @@ class InboundService:
         self._settings = settings
         self._directory = directory  # a callable: the map can be reloaded (SIGHUP)
 
-    def handle(self, text: InboundText) -> Outcome:
-        """Process one text in one transaction; safe to call again with the same sid."""
+    def accept(self, text: InboundText) -> Outcome:
+        """The webhook's entry (see the module docstring): queue the text for the worker
+        when it needs no answer, else process it now (`handle`). `step` is "queued" for a
+        queued text; a retry of a queued text is a duplicate with no replies."""
         try:
             with self._store.transaction() as tx:
+                routing = tx.resident_routing(text.phone)  # PostgreSQL: locks the number
+                if routing is not None and self._needs_no_answer(*routing, text):
+                    queued = tx.queue_inbound(
+                        text.sid, text.phone, text.to, text.body, _media_dicts(text.media),
+                        text.received_at, text.from_city, text.from_state,
+                    )  # fmt: skip
+                    return Outcome(
+                        replies=(), duplicate=not queued, keyword=None, step="queued",
+                        municipality_id=routing[0],
+                    )  # fmt: skip
                 previous = tx.webhook_response(text.sid)
                 if previous is not None:
                     return Outcome(replies=tuple(_decode(previous)), duplicate=True)
+                self._drain(tx, text.phone)
                 outcome = self._handle_new(tx, text)
                 tx.record_webhook(text.sid, _encode(outcome.replies))
         except DuplicateWebhook:
-            # Twilio retried while the first delivery was still being committed: the
-            # first one won; answer what it answered.
-            with self._store.transaction() as tx:
-                previous = tx.webhook_response(text.sid)
-            return Outcome(replies=tuple(_decode(previous or "")), duplicate=True)
+            return self._first_answer(text.sid)
+        self._log(text, outcome)
+        return outcome
+
+    def process_queued(self, phone: str, limit: int | None = None) -> list[Outcome]:
+        """Process `phone`'s queued texts (oldest first; the first `limit`) in one
+        transaction; their outcomes. Another instance that got there first leaves nothing
+        to do (an empty list)."""
+        with self._store.transaction() as tx:
+            tx.get_resident(phone)  # PostgreSQL: one instance per number at a time
+            done = self._drain(tx, phone, limit)
+        for text, outcome in done:
+            self._log(text, outcome)
+        return [outcome for _, outcome in done]
+
+    def _needs_no_answer(
+        self, municipality_id: str | None, stage: str, text: InboundText
+    ) -> bool:
+        """True when processing `text` cannot produce a reply: its resident's municipality
+        is known and still in the map, no question is in progress, and the text is not
+        a keyword (nor empty)."""
+        if municipality_id is None or stage != "idle":
+            return False
+        if not text.media and (not text.body.strip() or keywords.classify(text.body)):
+            return False
+        return self._directory().get(municipality_id) is not None
+
+    def _drain(
+        self, tx: Tx, phone: str, limit: int | None = None
+    ) -> list[tuple[InboundText, Outcome]]:
+        """Process the queued texts of `phone` (the first `limit`) in this transaction,
+        oldest first, and take them off the queue; their replies go to the outbox (see the
+        module docstring)."""
+        queued = tx.queued_inbound(phone, limit)
+        done: list[tuple[InboundText, Outcome]] = []
+        for row in queued:
+            text = _inbound_text(row)
+            if tx.webhook_response(text.sid) is not None:
+                continue  # processed already (a retry queued after it was answered)
+            outcome = self._handle_new(tx, text)
+            tx.record_webhook(text.sid, "")
+            for reply in outcome.replies:
+                tx.enqueue("sms", SmsPayload(to=phone, body=reply).to_dict())
+            done.append((text, outcome))
+        tx.unqueue_inbound([row.id for row in queued])
+        return done
+
+    def _first_answer(self, sid: str) -> Outcome:
+        # The provider retried while the first delivery was still being committed: the
+        # first one won; answer what it answered.
+        with self._store.transaction() as tx:
+            previous = tx.webhook_response(sid)
+        return Outcome(replies=tuple(_decode(previous or "")), duplicate=True)
+
+    def _log(self, text: InboundText, outcome: Outcome) -> None:
         log.info(
             "inbound text: from=%s conversation=%s municipality=%s step=%s keyword=%s "
             "replies=%d emails=%d",
@@ -87,6 +179,19 @@ class InboundService:
         )
         if log_full_detail():
             log.debug("inbound text %s from %s: %r", text.sid, text.phone, text.body)
+
+    def handle(self, text: InboundText) -> Outcome:
+        """Process one text in one transaction; safe to call again with the same sid."""
+        try:
+            with self._store.transaction() as tx:
+                previous = tx.webhook_response(text.sid)
+                if previous is not None:
+                    return Outcome(replies=tuple(_decode(previous)), duplicate=True)
+                outcome = self._handle_new(tx, text)
+                tx.record_webhook(text.sid, _encode(outcome.replies))
+        except DuplicateWebhook:
+            return self._first_answer(text.sid)
+        self._log(text, outcome)
         return outcome
 
     # -- the decision ---------------------------------------------------------------

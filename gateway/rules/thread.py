@@ -51,9 +51,14 @@ _SUBJECTS = {
 # -- one-line header values -----------------------------------------------------------
 
 
+_PRINTABLE_LINE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")  # ASCII, single spaces
+
+
 def one_line(value: str) -> str:
     """`value` as a safe single header line: control characters and line/paragraph
     separators become spaces, runs of whitespace collapse, ends are trimmed."""
+    if _PRINTABLE_LINE.fullmatch(value):  # the usual case (ids the gateway made): as is
+        return value
     chars = [
         " " if unicodedata.category(c) in ("Cc", "Zl", "Zp") or c.isspace() else c for c in value
     ]

@@ -595,6 +595,7 @@ async def run_worker(
     retention purge (when `privacy.retention_days` is not 0)."""
     from gateway.mail.imap import ImapListener
     from gateway.mail.ingress import ReplyIngress
+    from gateway.run.inbound import InboundProcessor
     from gateway.run.limits import ingress_connection_share
     from gateway.store.coordination import (
         MailboxLease,
@@ -607,7 +608,9 @@ async def run_worker(
     dispatcher = dispatcher or Dispatcher(gateway)
     sink = gateway.replies(on_queued=dispatcher.wake)
     email = gateway.settings.email
-    tasks = [dispatcher.run(stop), retention_loop(gateway, stop)]
+    inbound = InboundProcessor(gateway, on_queued=dispatcher.wake)
+    gateway.inbound_listeners.append(inbound.wake)  # `sms311 run`: the web half queued one
+    tasks = [dispatcher.run(stop), inbound.run(stop), retention_loop(gateway, stop)]
     # PostgreSQL: several instances may share the database (None on SQLite)
     conninfo = postgres_conninfo(gateway.store)
     if email.imap is not None:
@@ -618,8 +621,15 @@ async def run_worker(
         # one listener per mailbox across instances; another takes over when this one dies
         lease = MailboxLease(conninfo, email.imap.host, email.imap.username, email.imap.mailbox)
         tasks.append(while_leased(lease, listener.run, stop))
-    if conninfo is not None:  # rows enqueued by any instance are looked at at once
-        tasks.append(OutboxListener(conninfo, dispatcher.wake).run(stop))
+    if conninfo is not None:  # rows enqueued (texts queued) by any instance: looked at at once
+
+        def notified(kind: str) -> None:
+            if kind in ("inbound", ""):
+                inbound.wake()
+            if kind != "inbound":
+                dispatcher.wake(kind)
+
+        tasks.append(OutboxListener(conninfo, notified).run(stop))
     ingress = None
     if email.ingress is not None:
         wanted = email.ingress.max_connections
@@ -641,6 +651,7 @@ async def run_worker(
     try:
         await asyncio.gather(*tasks)
     finally:
+        gateway.inbound_listeners.remove(inbound.wake)
         if ingress is not None:
             await ingress.stop()
 

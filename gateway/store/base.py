@@ -205,6 +205,22 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
+class QueuedText:
+    """A text the webhook accepted and stored for the worker (`inbound_texts`): what the
+    provider's webhook said, numbers in E.164, `media` items `{"url", "content_type"}`."""
+
+    id: int
+    sid: str
+    phone: str
+    to: str
+    body: str
+    media: tuple[dict[str, str], ...]
+    received_at: datetime
+    from_city: str | None = None
+    from_state: str | None = None
+
+
+@dataclass(frozen=True)
 class OutboxItem:
     """One queued email or SMS; `payload` is the kind-specific JSON dict.
 
@@ -261,6 +277,35 @@ class OutboxStats(TypedDict):
 
 class Tx(Protocol):
     """The operations of one database transaction (see `Store.transaction`)."""
+
+    def queue_inbound(
+        self,
+        sid: str,
+        phone: str,
+        to: str,
+        body: str,
+        media: Sequence[Mapping[str, str]],
+        received_at: datetime,
+        from_city: str | None = None,
+        from_state: str | None = None,
+    ) -> bool:
+        """Store an accepted text for the worker; False (and nothing stored) when a text
+        with this provider SID is already queued (a retry)."""
+        ...
+
+    def resident_routing(self, phone: str) -> tuple[str | None, str] | None:
+        """What the webhook needs to know of `phone`'s resident: (municipality id, dialogue
+        stage), None for a number never seen. PostgreSQL: locks the number, as
+        `get_resident` does."""
+        ...
+
+    def queued_inbound(self, phone: str, limit: int | None = None) -> list[QueuedText]:
+        """The queued texts of `phone` (the first `limit`), in the order they arrived."""
+        ...
+
+    def unqueue_inbound(self, ids: Collection[int]) -> None:
+        """Delete processed queued texts."""
+        ...
 
     def webhook_response(self, sid: str) -> str | None:
         """The answer recorded for this provider MessageSid, or None if never seen."""
@@ -542,6 +587,10 @@ class Store(Protocol):
         On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so
         transactions are serialised and never fail upgrading from read to write.
         """
+        ...
+
+    def queued_phones(self, limit: int) -> list[str]:
+        """Up to `limit` phones with texts in the inbound queue, the longest waiting first."""
         ...
 
     def claim_due(

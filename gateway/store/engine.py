@@ -12,11 +12,14 @@ Contract
     `IntegrityError` apart on either backend. No statements are built or run here.
 
 SQLite
-    One file, WAL journal, foreign keys on, `synchronous=NORMAL`, a busy timeout
-    (5 s by default). pysqlite's own transaction handling is switched off
-    (`isolation_level = None`) and SQLAlchemy's "begin" event emits the BEGIN
-    itself, as documented by SQLAlchemy: `BEGIN IMMEDIATE` for every
-    write transaction, so writers queue on the busy timeout instead of failing with
+    One file, WAL journal, foreign keys on, `synchronous=FULL` (every COMMIT is on
+    stable storage before it returns: a text answered 200 survives a power cut or a kernel
+    crash; with NORMAL the last commits before one could vanish, and the provider never
+    resends a text it got a 200 for), a busy timeout (5 s by default). Group commit
+    (`gateway.store.group`) makes one fsync serve every write of a group. pysqlite's own
+    transaction handling is switched off (`isolation_level = None`) and SQLAlchemy's
+    "begin" event emits the BEGIN itself, as documented by SQLAlchemy: `BEGIN IMMEDIATE`
+    for every write transaction, so writers queue on the busy timeout instead of failing with
     "database is locked" when a read would turn into a write; plain (deferred) `BEGIN`
     for connections with the `BEGIN_OPTION` execution option set to "DEFERRED" (reads,
     which WAL never blocks).
@@ -128,7 +131,7 @@ def _sqlite_engine(url: sa.URL, busy_timeout: float) -> sa.Engine:
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA synchronous = FULL")
         finally:
             cursor.close()
 

@@ -39,6 +39,7 @@ from gateway.store.schema import (
     conversations,
     email_messages,
     failed_emails,
+    inbound_texts,
     messages,
     notes,
     outbox,
@@ -197,6 +198,13 @@ def _export(conn: sa.Connection, phone: str, conversation_ids: list[int]) -> dic
             conn,
             sa.select(messages).where(messages.c.phone == phone).order_by(messages.c.id),
         ),
+        # texts accepted by the webhook and not yet processed by the worker
+        "inbound_texts": _rows(
+            conn,
+            sa.select(inbound_texts)
+            .where(inbound_texts.c.phone == phone)
+            .order_by(inbound_texts.c.id),
+        ),
         # the thread's emails (direction, when), without their Message-IDs
         "email_messages": _without(
             _rows(
@@ -242,6 +250,9 @@ def delete_resident(store: Store, phone: str) -> dict[str, int]:
                 )
             ).rowcount,
             "messages": conn.execute(sa.delete(messages).where(messages.c.phone == phone)).rowcount,
+            "inbound_texts": conn.execute(
+                sa.delete(inbound_texts).where(inbound_texts.c.phone == phone)
+            ).rowcount,
             # (and with them, by ON DELETE CASCADE: notes, read marks, presence)
             "conversations": conn.execute(
                 sa.delete(conversations).where(conversations.c.phone == phone)

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from gateway.store.base import Conversation, OutboxItem, Resident, StoredMessage
+from gateway.store.base import Conversation, OutboxItem, QueuedText, Resident, StoredMessage
 
 MAX_ERROR_CHARS = 4000  # outbox.last_error is truncated to this
 _MAX_BIGINT = 2**63 - 1
@@ -127,6 +127,21 @@ def message(row: sa.Row[Any]) -> StoredMessage:
         error_code=None if m["error_code"] is None else int(m["error_code"]),
         agent_address=m["agent_address"],
         via=m["via"],
+    )
+
+
+def queued_text(row: sa.Row[Any]) -> QueuedText:
+    m = row._mapping
+    return QueuedText(
+        id=int(m["id"]),
+        sid=m["sid"],
+        phone=m["phone"],
+        to=m["to_number"],
+        body=m["body"],
+        media=tuple(dict(item) for item in m["media"]),
+        received_at=m["received_at"],
+        from_city=m["from_city"],
+        from_state=m["from_state"],
     )
 
 

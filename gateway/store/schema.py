@@ -154,6 +154,25 @@ webhook_log = sa.Table(
     sa.Index(None, "created_at"),
 )
 
+# Texts the webhook accepted and stored, not yet processed (the dialogue, threading and the
+# email run in the worker): one row per text, deleted in the transaction that processes it.
+# `sid` is unique: a provider's retry of a queued text is recognised (dedupe).
+inbound_texts = sa.Table(
+    "inbound_texts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("sid", sa.String(64), nullable=False),
+    sa.Column("phone", sa.String(32), nullable=False),  # E.164
+    sa.Column("to_number", sa.String(32), nullable=False),
+    sa.Column("body", sa.Text(), nullable=False),
+    sa.Column("media", JSONText(), nullable=False),
+    sa.Column("from_city", sa.String(100), nullable=True),
+    sa.Column("from_state", sa.String(100), nullable=True),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("sid"),
+    sa.Index(None, "phone", "id"),
+)
+
 outbox = sa.Table(
     "outbox",
     metadata,

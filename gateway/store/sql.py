@@ -48,7 +48,7 @@ from gateway.store.engine import (
 from gateway.store.group import GroupCommit
 from gateway.store.outbox import SqlOutbox
 from gateway.store.rows import bigint, insert_or, utcnow
-from gateway.store.schema import imap_checkpoints
+from gateway.store.schema import imap_checkpoints, inbound_texts
 from gateway.store.transaction import SqlTx
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,19 @@ class SqlStore(SqlOutbox):
                 yield tx
             finally:
                 tx.end()
+
+    # the inbound queue
+
+    def queued_phones(self, limit: int) -> list[str]:
+        first = sa.func.min(inbound_texts.c.id)
+        stmt = (
+            sa.select(inbound_texts.c.phone)
+            .group_by(inbound_texts.c.phone)
+            .order_by(first)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [str(phone) for phone in conn.execute(stmt).scalars()]
 
     # IMAP checkpoints
 

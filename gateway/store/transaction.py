@@ -31,7 +31,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from gateway.store import reply_mail, rows
+from gateway.rules.thread import REFERENCES_KEEP_LAST
+from gateway.store import ingest, reply_mail, rows
 from gateway.store.base import (
     DIRECTIONS,
     EMAIL_DIRECTIONS,
@@ -45,6 +46,7 @@ from gateway.store.base import (
     EmailOutcome,
     FailedEmail,
     OutboxKind,
+    QueuedText,
     Resident,
     StoredMessage,
     StoreError,
@@ -56,6 +58,7 @@ from gateway.store.schema import (
     UTCDateTime,
     conversations,
     email_messages,
+    inbound_texts,
     messages,
     outbox,
     processed_emails,
@@ -115,6 +118,12 @@ _EMAIL_MESSAGE = {
     .on_conflict_do_nothing(index_elements=[email_messages.c.message_id])
     for pg in (False, True)
 }
+
+_QUEUED_INBOUND = (
+    sa.select(inbound_texts)
+    .where(inbound_texts.c.phone == _P("phone"))
+    .order_by(inbound_texts.c.id)
+)
 
 
 def _open_conversation_statements(any_city: bool) -> tuple[sa.Executable, sa.Executable]:
@@ -193,6 +202,39 @@ class SqlTx:
     def record_webhook(self, sid: str, response: str) -> None:
         values = {"sid": sid, "response": response, "created_at": utcnow()}
         self._insert_unique(_INSERT_WEBHOOK, sid, params=values)
+
+    # the inbound queue
+
+    def queue_inbound(
+        self,
+        sid: str,
+        phone: str,
+        to: str,
+        body: str,
+        media: Sequence[Mapping[str, str]],
+        received_at: datetime,
+        from_city: str | None = None,
+        from_state: str | None = None,
+    ) -> bool:
+        values = (sid, phone, to, body, media, from_city, from_state)
+        return ingest.queue_text(self._driver(), self.postgresql, values, received_at)
+
+    def resident_routing(self, phone: str) -> tuple[str | None, str] | None:
+        return ingest.resident_routing(self._driver(), self.postgresql, phone)
+
+    def _driver(self) -> Any:
+        """The DBAPI connection under this transaction's (`gateway.store.ingest`)."""
+        if self._connection is None:
+            raise RuntimeError("this transaction has ended")
+        return self._connection.connection.driver_connection
+
+    def queued_inbound(self, phone: str, limit: int | None = None) -> list[QueuedText]:
+        stmt = _QUEUED_INBOUND if limit is None else _QUEUED_INBOUND.limit(limit)
+        return [rows.queued_text(row) for row in self.execute(stmt, {"phone": phone})]
+
+    def unqueue_inbound(self, ids: Collection[int]) -> None:
+        if ids:
+            self.execute(inbound_texts.delete().where(inbound_texts.c.id.in_(list(ids))))
 
     # residents
 
@@ -473,7 +515,12 @@ class SqlTx:
         row = self.require_conversation(conversation_id, lock=True)
         chain = list(row._mapping["thread_message_ids"])
         if message_id not in chain:
+            # Only what the next email's References use is kept (the first id and the
+            # last REFERENCES_KEEP_LAST): the work per email stays the same however long
+            # the conversation. Every id stays in `email_messages`, for routing replies.
             chain.append(message_id)
+            if len(chain) > REFERENCES_KEEP_LAST + 1:
+                chain = chain[:1] + chain[-REFERENCES_KEEP_LAST:]
             self.execute(_SET_CHAIN, {"cid": conversation_id, "chain": chain})
         self.execute(
             _EMAIL_MESSAGE[self.postgresql],

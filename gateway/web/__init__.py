@@ -35,6 +35,8 @@ def create_app(gateway: Gateway, *, internal: bool = False) -> Flask:
         app.register_blueprint(sandbox_media.blueprint)
     init_console(app, gateway)
     app.add_url_rule("/", "root", _root)
+    # the providers' texts skip Flask's request machinery (same checks: webhooks.py)
+    app.wsgi_app = webhooks.InboundFastPath(app.wsgi_app, gateway)  # type: ignore[method-assign]
     proxies = gateway.settings.web.trusted_proxies
     if proxies:
         from werkzeug.middleware.proxy_fix import ProxyFix

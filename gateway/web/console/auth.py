@@ -21,6 +21,7 @@ active (`console.session_hours` is the idle timeout).
 
 from __future__ import annotations
 
+import functools
 import logging
 import unicodedata
 from datetime import timedelta
@@ -51,8 +52,14 @@ ADDRESS_FACTOR = 10  # one address (an office behind NAT) may fail for several a
 # private use, unassigned, line and paragraph separators.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _PENDING = "sms311_pending_totp"  # the account id between the password and the code
-# A real argon2 hash to verify against when the email is unknown (same cost, no probing).
-_DUMMY_HASH = accounts.hash_password("not-a-real-password-dummy")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A real argon2 hash to check an unknown email's password against (the same cost as
+    a real account: no probing for accounts); made at the first such sign-in, not at
+    start (a hash takes 64 MiB for a moment)."""
+    return accounts.hash_password("not-a-real-password-dummy")
 
 
 def unauthorized() -> Response:
@@ -146,7 +153,7 @@ def login() -> ResponseReturnValue:
             with gateway().console.reading() as tx:
                 account = tx.user_by_email(email) if email else None
             good = accounts.verify_password(
-                account.password_hash if account else _DUMMY_HASH, password
+                account.password_hash if account else _dummy_hash(), password
             )
             if account is None or not good or account.disabled:
                 # the attempt stays recorded (login_attempts): a failure, not audited

@@ -1,0 +1,245 @@
+"""The webhook's split (issue 16): a text that needs no answer is stored durably and
+answered at once; the worker turns it into the email. Through the real webhook (Flask's
+test client, signed requests) over a real SQLite store, and the queue's SQL on PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+
+from gateway.app import Gateway
+from gateway.rules.resident_email import ResidentEmail
+from gateway.run.inbound import InboundProcessor
+from gateway.store import open_store
+from gateway.store.schema import inbound_texts, messages
+from gateway.web import create_app
+from tests.gateway_fixtures import TEST_MAP, Resident, twilio_form, twiml_messages
+
+PHONE = "+16135550161"
+
+
+@pytest.fixture
+def client(gateway: Gateway) -> FlaskClient:
+    return create_app(gateway).test_client()
+
+
+@pytest.fixture
+def resident(client: FlaskClient, gateway: Gateway) -> Resident:
+    """A driver whose worker does NOT run after each text (the queue is looked at)."""
+    driver = Resident(client, gateway.settings)
+    driver.say(PHONE, "Garbage was not collected", expect="city|town")
+    driver.say(PHONE, "K1A 0B1", expect="Ottawa")  # the city is known from here on
+    driver.worker = False
+    return driver
+
+
+def queued(gateway: Gateway) -> list[str]:
+    engine = sa.create_engine(gateway.settings.database)
+    try:
+        with engine.connect() as conn:
+            query = sa.select(inbound_texts.c.body).order_by(inbound_texts.c.id)
+            return [str(body) for body in conn.execute(query).scalars()]
+    finally:
+        engine.dispose()
+
+
+def emailed(gateway: Gateway) -> list[tuple[tuple[str, ...], list[str]]]:
+    """(To, texts) of each resident email in the outbox, oldest first."""
+    out = []
+    for item in gateway.store.list_outbox(None):
+        if item.kind == "email" and item.payload.get("type", "resident") == "resident":
+            email = ResidentEmail.from_dict(item.payload)
+            out.append((email.to, [t.body for t in email.texts]))
+    return out
+
+
+def sms_queued(gateway: Gateway) -> list[tuple[str, str]]:
+    return [
+        (str(i.payload["to"]), str(i.payload["body"]))
+        for i in gateway.store.list_outbox(None)
+        if i.kind == "sms"
+    ]
+
+
+def test_a_known_residents_text_is_stored_answered_and_emailed_by_the_worker(
+    resident: Resident, gateway: Gateway
+) -> None:
+    before = len(emailed(gateway))
+    resident.say(PHONE, "The streetlight on Bank St is out", silent=True)
+    assert queued(gateway) == ["The streetlight on Bank St is out"]
+    assert len(emailed(gateway)) == before  # nothing emailed by the webhook itself
+    assert resident.process_queue() == 1
+    assert queued(gateway) == []
+    to, texts = emailed(gateway)[-1]
+    assert to == ("311@ottawa.example",) and texts == ["The streetlight on Bank St is out"]
+
+
+def test_a_retried_text_is_stored_and_emailed_once(
+    resident: Resident, gateway: Gateway
+) -> None:
+    form = twilio_form(gateway.settings, PHONE, "Pothole at Elgin and Somerset")
+    first = resident.post(form)
+    again = resident.post(form)  # the provider retries (a timeout on its side)
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert twiml_messages(again.data) == []
+    assert queued(gateway) == ["Pothole at Elgin and Somerset"]
+    resident.process_queue()
+    resident.post(form)  # and once more, after it was processed
+    resident.process_queue()
+    assert [texts for _, texts in emailed(gateway)].count(["Pothole at Elgin and Somerset"]) == 1
+    engine = sa.create_engine(gateway.settings.database)
+    with engine.connect() as conn:
+        count = sa.select(sa.func.count()).where(messages.c.body == "Pothole at Elgin and Somerset")
+        assert conn.execute(count).scalar_one() == 1
+    engine.dispose()
+
+
+def test_a_keyword_is_answered_at_once_after_the_queued_texts_are_processed(
+    resident: Resident, gateway: Gateway
+) -> None:
+    resident.say(PHONE, "Noise from the bar again", silent=True)
+    resident.say(PHONE, "And again tonight", silent=True)
+    assert queued(gateway) == ["Noise from the bar again", "And again tonight"]
+    # CITY forgets the municipality and asks again: the two texts before it still go to
+    # Ottawa, in order, before the question is asked.
+    resident.say(PHONE, "CITY", expect="city|town")
+    assert queued(gateway) == []
+    assert [texts for _, texts in emailed(gateway)][-2:] == [
+        ["Noise from the bar again"], ["And again tonight"],
+    ]
+    assert all(to == ("311@ottawa.example",) for to, _ in emailed(gateway))
+    # and the resident is now asked for their city: their next text waits for the answer
+    resident.say(PHONE, "Water main break", expect="city|town")
+    assert queued(gateway) == []
+
+
+def test_help_from_a_known_resident_is_answered_in_the_webhooks_answer(
+    resident: Resident,
+) -> None:
+    resident.say(PHONE, "HELP", expect="311")
+
+
+def test_a_reply_decided_by_the_worker_goes_out_through_the_providers_api(
+    resident: Resident, gateway: Gateway, tmp_path: Path
+) -> None:
+    resident.say(PHONE, "Broken bench in the park", silent=True)
+    # Ottawa leaves the map before the worker gets to the text: it is kept, and the
+    # question is asked by SMS (no webhook answer is open any more).
+    without_ottawa = TEST_MAP.split("  - id: montreal")[0].split("  - id: ottawa")[0]
+    without_ottawa += "  - id: montreal" + TEST_MAP.split("  - id: montreal")[1]
+    (tmp_path / "municipality_map.yaml").write_text(without_ottawa, encoding="utf-8")
+    gateway.directory.reload()
+    resident.process_queue()
+    assert queued(gateway) == []
+    replies = sms_queued(gateway)
+    assert len(replies) == 1 and replies[0][0] == PHONE
+    assert "city" in replies[0][1].lower() or "town" in replies[0][1].lower()
+    assert len(replies[0][1]) <= 160
+
+
+def test_texts_are_processed_in_order_in_bounded_rounds(
+    resident: Resident, gateway: Gateway
+) -> None:
+    for i in range(40):
+        resident.say(PHONE, f"update {i}", silent=True)
+    processor = InboundProcessor(gateway)
+    assert processor.process_once() == 32  # MAX_PER_RESIDENT texts per transaction
+    assert processor.process_once() == 8
+    assert processor.process_once() == 0
+    bodies = [texts[0] for _, texts in emailed(gateway)][-40:]
+    assert bodies == [f"update {i}" for i in range(40)]
+
+
+def test_the_worker_yields_while_the_webhook_is_busy(
+    resident: Resident, gateway: Gateway
+) -> None:
+    assert not gateway.webhook_busy(0.2)
+    resident.say(PHONE, "Graffiti on the bridge", silent=True)
+    assert gateway.webhook_busy(60.0)  # the queued text marked the webhook busy
+    assert not gateway.webhook_busy(0.0)
+
+
+def test_the_worker_is_woken_by_the_web_half_of_its_process(
+    resident: Resident, gateway: Gateway
+) -> None:
+    woken = threading.Event()
+    gateway.inbound_listeners.append(woken.set)
+    resident.say(PHONE, "Tree down on Main", silent=True)
+    assert woken.is_set()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_queue_rows_read_back_as_written(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The webhook writes its row in plain DBAPI (gateway.store.ingest): SQLAlchemy's
+    types read it back exactly (aware UTC time, media JSON), and a repeated sid is refused."""
+    url = (
+        f"sqlite:///{tmp_path}/gateway.db"
+        if backend == "sqlite"
+        else str(request.getfixturevalue("pg_store_url"))
+    )
+    store = open_store(url)
+    try:
+        if backend == "sqlite":
+            store.upgrade()
+        at = datetime(2026, 12, 5, 21, 7, 3, 123456, tzinfo=UTC)
+        media = [{"url": "https://api.twilio.com/m/ME1", "content_type": "image/jpeg"}]
+        with store.transaction() as tx:
+            assert tx.queue_inbound("SM1", PHONE, "31100", "Crème brûlée?", media, at,
+                                    "OTTAWA", "ON")
+            assert not tx.queue_inbound("SM1", PHONE, "31100", "again", [], at)
+            assert tx.queue_inbound("SM2", PHONE, "31100", "second", [], at + timedelta(seconds=1))
+            assert tx.resident_routing(PHONE) is None
+        with store.transaction() as tx:
+            rows = tx.queued_inbound(PHONE)
+            assert [r.sid for r in tx.queued_inbound(PHONE, 1)] == ["SM1"]
+        first = rows[0]
+        assert (first.sid, first.body, first.to, first.from_city, first.from_state) == (
+            "SM1", "Crème brûlée?", "31100", "OTTAWA", "ON",
+        )
+        assert first.received_at == at and first.received_at.tzinfo is not None
+        assert first.media == tuple(media)
+        assert [r.sid for r in rows] == ["SM1", "SM2"]
+        assert store.queued_phones(10) == [PHONE]
+        with store.transaction() as tx:
+            tx.unqueue_inbound([r.id for r in rows])
+        assert store.queued_phones(10) == []
+    finally:
+        store.close()
+
+
+def test_the_sqlite_store_commits_to_stable_storage(gateway: Gateway) -> None:
+    """synchronous=FULL (2): an acknowledged text survives a power cut, not only a crash."""
+    with gateway.store.transaction() as tx:
+        level = tx.execute(sa.text("PRAGMA synchronous")).scalar_one()
+    assert level == 2
+
+
+def test_a_long_conversation_keeps_a_bounded_thread_chain(
+    resident: Resident, gateway: Gateway
+) -> None:
+    """The thread's References are kept incrementally: the stored chain never grows past
+    what the next email needs (the first id and the last 20), and each email still
+    follows the one before it."""
+    resident.worker = True
+    for i in range(30):
+        resident.say(PHONE, f"still broken, day {i}", silent=True)
+    emails = [
+        ResidentEmail.from_dict(i.payload) for i in gateway.store.list_outbox(None)
+        if i.kind == "email"
+    ]
+    with gateway.store.transaction() as tx:
+        conversation = tx.get_conversation(emails[-1].conversation_id)
+    assert conversation is not None
+    assert len(conversation.thread_message_ids) == 21
+    assert conversation.thread_message_ids[0] == emails[0].message_id
+    assert conversation.thread_message_ids[-1] == emails[-1].message_id
+    last = emails[-1]
+    assert last.in_reply_to == emails[-2].message_id
+    assert last.references == (emails[0].message_id, *[e.message_id for e in emails[-21:-1]])
