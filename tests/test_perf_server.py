@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 from flask import Flask
@@ -87,3 +88,56 @@ def test_the_web_server_stops_promptly_with_keep_alive_connections_open() -> Non
     else:
         raise AssertionError("still accepting after stop()")
     session.close()
+
+
+def _channel(cls: type[Any], serving: bool, buffered: int, closing: bool = False) -> Any:
+    channel = object.__new__(cls)  # the state writable() reads, without a socket
+    channel.requests = ["a request being served"] if serving else []
+    channel.total_outbufs_len = buffered
+    channel.will_close = closing
+    channel.close_when_flushed = False
+    return channel
+
+
+def test_a_channel_does_not_ask_to_write_while_its_request_is_served() -> None:
+    """waitress's loop must not spin on a channel whose task has written part of its answer
+    and still runs (gateway.run.server: it took the GIL from the task threads, issue 16)."""
+    from waitress.channel import HTTPChannel
+
+    from gateway.run.server import _QuietChannel
+
+    assert HTTPChannel.writable(_channel(HTTPChannel, serving=True, buffered=118))  # the spin
+    assert not _channel(_QuietChannel, serving=True, buffered=118).writable()
+    assert _channel(_QuietChannel, serving=False, buffered=118).writable()  # task done: send
+    assert _channel(_QuietChannel, serving=True, buffered=20_000).writable()  # stream a big one
+    assert _channel(_QuietChannel, serving=True, buffered=0, closing=True).writable()
+    assert not _channel(_QuietChannel, serving=False, buffered=0).writable()
+
+
+def test_answers_written_in_parts_arrive_whole() -> None:
+    """A task that writes part of its answer, then the rest: all of it arrives (the task's
+    end wakes the loop, which sends what is left)."""
+    wrote, release = threading.Event(), threading.Event()
+
+    def app(environ: dict[str, object], start_response: Any) -> list[bytes]:
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"partial ")
+        wrote.set()
+        release.wait(5)
+        return [b"answer"]
+
+    port = free_port()
+    server = WebServer(app, f"127.0.0.1:{port}", threads=2)
+    server.start()
+    answers: list[str] = []
+    client = threading.Thread(
+        target=lambda: answers.append(requests.get(f"http://127.0.0.1:{port}/", timeout=5).text)
+    )
+    client.start()
+    try:
+        assert wrote.wait(5)
+    finally:
+        release.set()
+        client.join(5)
+        server.stop()
+    assert answers == ["partial answer"]
