@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 _full_detail = False  # privacy.log_full_detail; process-wide, like the logging config itself
 
@@ -39,3 +40,23 @@ def setup_logging(level: str = "INFO", *, full_detail: bool = False) -> None:
     # alembic every migration step, aioimaplib whole messages at DEBUG. Their warnings show.
     for noisy in ("mail.log", "alembic", "aioimaplib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # waitress warns "Task queue depth is N" for every request that waits for a thread: a
+    # burst of texts would write a line per text. One a minute says the same.
+    queue = logging.getLogger("waitress.queue")
+    queue.filters[:] = [OncePer(60.0)]
+
+
+class OncePer(logging.Filter):
+    """Lets one record through per `seconds` (the others are dropped)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self._seconds = seconds
+        self._next = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self._seconds
+        return True
