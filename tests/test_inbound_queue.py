@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from gateway.app import Gateway
 from gateway.rules.resident_email import ResidentEmail
 from gateway.run.inbound import InboundProcessor
+from gateway.store import Resident as ResidentRow
 from gateway.store import open_store
 from gateway.store.schema import inbound_texts, messages
 from gateway.web import create_app
@@ -197,6 +198,13 @@ def test_the_queue_rows_read_back_as_written(
             assert tx.queue_inbound("SM2", PHONE, "31100", "second", [], at + timedelta(seconds=1))
             assert tx.resident_routing(PHONE) is None
         with store.transaction() as tx:
+            tx.save_resident(ResidentRow(PHONE, "ottawa", dialogue={"v": 1, "stage": "asking"}))
+            tx.save_resident(ResidentRow("+16135550162", "montreal", dialogue={}))
+            tx.save_resident(ResidentRow("+16135550163", None, dialogue={"stage": "idle"}))
+        with store.transaction() as tx:
+            assert tx.resident_routing(PHONE) == ("ottawa", "asking")
+            assert tx.resident_routing("+16135550162") == ("montreal", "idle")  # fresh state
+            assert tx.resident_routing("+16135550163") == (None, "idle")
             rows = tx.queued_inbound(PHONE)
             assert [r.sid for r in tx.queued_inbound(PHONE, 1)] == ["SM1"]
         first = rows[0]

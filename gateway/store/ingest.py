@@ -22,9 +22,14 @@ from typing import Any
 from gateway.store.base import StoreUnavailable
 
 _LOCK_PG = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+# the dialogue's stage, read by the database: the column holds `DialogueState.to_dict()`'s
+# JSON, always written through `JSONText` (SQLite: a value that is not JSON reads "garbage",
+# which sends the text through the dialogue); no stage (a fresh state) is "idle"
 _RESIDENT = {
-    False: "SELECT municipality_id, dialogue FROM residents WHERE phone = ?",
-    True: "SELECT municipality_id, dialogue FROM residents WHERE phone = %s",
+    False: "SELECT municipality_id, CASE WHEN json_valid(dialogue) "
+    "THEN json_extract(dialogue, '$.stage') ELSE 'garbage' END "
+    "FROM residents WHERE phone = ?",
+    True: "SELECT municipality_id, dialogue::json ->> 'stage' FROM residents WHERE phone = %s",
 }
 _QUEUE = {
     False: "INSERT INTO inbound_texts (sid, phone, to_number, body, media, from_city, "
@@ -65,13 +70,8 @@ def resident_routing(raw: Any, postgresql: bool, phone: str) -> tuple[str | None
         row = raw.execute(_RESIDENT[postgresql], (phone,)).fetchone()
     if row is None:
         return None
-    municipality_id, dialogue = row
-    try:
-        state = json.loads(dialogue) if isinstance(dialogue, str) else dialogue
-    except ValueError:
-        state = None
-    stage = state.get("stage", "idle") if isinstance(state, dict) else "idle"
-    return municipality_id, str(stage)
+    municipality_id, stage = row
+    return municipality_id, "idle" if stage is None else str(stage)
 
 
 def queue_text(
