@@ -153,3 +153,51 @@ def test_a_nested_write_transaction_is_refused(store: SqlStore) -> None:
     with store.transaction() as tx:  # the turn was given back
         tx.record_webhook("SMafter", "")
     assert "SMafter" in _committed_sids(store)
+
+
+# -- the writers' lock file, between processes -------------------------------------------------
+
+
+def test_a_group_waits_for_the_writers_lock_of_another_process(store: SqlStore) -> None:
+    """Another process's writers hold `<database>-writer.lock` (here: this test, through
+    its own open file): a write waits for it, then commits at once when it is released."""
+    import fcntl
+
+    database = store.engine.url.database
+    assert database is not None
+    lock = open(f"{database}-writer.lock", "a+b")  # noqa: SIM115 - held across threads
+    fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    done = threading.Event()
+
+    def write() -> None:
+        with store.transaction() as tx:
+            tx.record_webhook("SMwaited", "")
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert not done.wait(0.3)  # held off by the other process's lock
+        assert "SMwaited" not in _committed_sids(store)
+    finally:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        lock.close()
+    assert done.wait(5)
+    writer.join(5)
+    assert "SMwaited" in _committed_sids(store)
+
+
+def test_a_writers_lock_held_too_long_is_store_unavailable(tmp_path: Path) -> None:
+    import fcntl
+
+    store = open_store(f"sqlite:///{tmp_path / 'g.db'}")
+    store.upgrade()
+    store._group = GroupCommit(store.engine, lock_timeout=0.2, translate=_group(store)._translate)
+    with open(f"{tmp_path / 'g.db'}-writer.lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(StoreUnavailable, match="locked"), store.transaction() as tx:
+            tx.record_webhook("SMnever", "")
+    with store.transaction() as tx:  # released: writes go through again
+        tx.record_webhook("SMlater", "")
+    assert _committed_sids(store) == {"SMlater"}
+    store.close()
