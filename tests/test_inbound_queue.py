@@ -251,3 +251,22 @@ def test_a_long_conversation_keeps_a_bounded_thread_chain(
     last = emails[-1]
     assert last.in_reply_to == emails[-2].message_id
     assert last.references == (emails[0].message_id, *[e.message_id for e in emails[-21:-1]])
+
+
+def test_a_postgresql_that_may_lose_commits_is_named(pg_store_url: str, tmp_path: Path) -> None:
+    """What survives a power cut: on PostgreSQL the server's settings decide; the gateway
+    says so at start when synchronous_commit (or fsync) is off. SQLite: nothing to say."""
+    url = sa.make_url(pg_store_url)
+    options = f"{url.query.get('options', '')} -csynchronous_commit=off".strip()
+    relaxed = open_store(url.update_query_dict({"options": options}).render_as_string(False))
+    strict = open_store(pg_store_url)
+    lite = open_store(f"sqlite:///{tmp_path}/g.db")
+    try:
+        (warning,) = [w for w in relaxed.durability_warnings() if "synchronous_commit" in w]
+        assert "synchronous_commit is off" in warning and "power cut" in warning
+        # (the tests' own throwaway cluster may run with fsync off: that is named too)
+        assert not [w for w in strict.durability_warnings() if "synchronous_commit" in w]
+        assert lite.durability_warnings() == []
+    finally:
+        for store in (relaxed, strict, lite):
+            store.close()

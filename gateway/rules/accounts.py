@@ -41,7 +41,6 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
-import threading
 import unicodedata
 from datetime import datetime
 
@@ -60,9 +59,6 @@ TOTP_ISSUER = "sms311"
 TOTP_VALID_WINDOW = 1  # steps of 30 s either side of the current one
 
 _HASHER = PasswordHasher()  # parameters only: no state, safe to share between threads
-# Each Argon2id hash or check takes 64 MiB (the RFC 9106 profile) for ~50 ms: one at a time,
-# so a flood of sign-ins costs time (and meets the rate limit), never 64 MiB per thread.
-_ONE_AT_A_TIME = threading.Lock()
 
 
 # ------------------------------------------------------------------------------------------
@@ -71,8 +67,7 @@ _ONE_AT_A_TIME = threading.Lock()
 
 def hash_password(password: str) -> str:
     """A new salted Argon2id hash of `password` (see the module docstring)."""
-    with _ONE_AT_A_TIME:
-        return _HASHER.hash(password)
+    return _HASHER.hash(password)
 
 
 def verify_password(password_hash: str, password: str) -> bool:
@@ -80,8 +75,7 @@ def verify_password(password_hash: str, password: str) -> bool:
     if not password_hash or not isinstance(password_hash, str) or not isinstance(password, str):
         return False
     try:
-        with _ONE_AT_A_TIME:
-            return _HASHER.verify(password_hash, password)
+        return _HASHER.verify(password_hash, password)
     except (VerificationError, InvalidHashError, ValueError, TypeError):
         return False
 

@@ -34,6 +34,7 @@ from gateway.run import sdnotify
 from gateway.run.limits import raise_open_files_limit
 from gateway.run.worker import Dispatcher, run_worker
 from gateway.store import StoreUnavailable
+from gateway.store.sql import as_sql_store
 from gateway.web import create_app
 
 if TYPE_CHECKING:
@@ -147,6 +148,11 @@ async def run_gateway(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     notifier = sdnotify.Notifier.from_environment(os.environ)
+    try:
+        for warning in as_sql_store(gateway.store).durability_warnings():
+            log.warning("%s", warning)
+    except StoreUnavailable as exc:  # the store may come later: /healthz says so
+        log.warning("durability settings not read: %s", exc)
     if gateway.settings.email.sender_authentication == "off":
         log.warning(
             "email.sender_authentication is off: a reply's From is believed as written, so "

@@ -169,6 +169,23 @@ class SqlStore(SqlOutbox):
             )
         raise SchemaOutOfDate(current, head)
 
+    def durability_warnings(self) -> list[str]:
+        """What would make an acknowledged text vanish in a power cut, in words (empty:
+        nothing). SQLite: every COMMIT is synced (synchronous=FULL, set by the engine).
+        PostgreSQL: the server's `fsync` and `synchronous_commit` must be on."""
+        if not self.postgresql:
+            return []
+        warnings = []
+        with self._read() as conn:
+            for name in ("fsync", "synchronous_commit"):
+                value = str(conn.exec_driver_sql(f"SHOW {name}").scalar_one())
+                if value.lower() in ("off", "false", "0"):
+                    warnings.append(
+                        f"PostgreSQL {name} is {value}: a text answered 200 can be lost in a "
+                        f"power cut or a server crash (set {name} = on)"
+                    )
+        return warnings
+
     def ping(self) -> None:
         with self._read() as conn:
             conn.exec_driver_sql("SELECT 1").scalar_one()
