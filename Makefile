@@ -49,7 +49,7 @@ system-deps:
 	bash .ci/install-system-deps
 
 ## make bench: every performance figure next to its baseline and target (a few minutes).
-## BENCH_ARGS=--quick for shorter runs, --profile to py-spy the webhook.
+## BENCH_ARGS=--quick for shorter runs, --profile for a py-spy flame graph of `sms311 run`.
 bench: $(TEST_STAMP) system-deps
 	VENV_BIN=$(BIN) bash .ci/install-bench-deps
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)

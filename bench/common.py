@@ -148,3 +148,136 @@ def rss_bytes(pid: int, *, with_children: bool = True) -> int:
 
 def fmt_ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms" if seconds < 0.1 else f"{seconds * 1000:.0f} ms"
+
+
+# -- CPU, memory, threads of the processes under test (black-box, from /proc) -------------
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` (all its threads, dead ones included), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """utime + stime of each live thread of `pid`, in seconds, by thread id."""
+    found: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                found[int(task.name)] = (int(fields[11]) + int(fields[12])) / TICKS
+    return found
+
+
+def status_kb(pid: int, key: str) -> int:
+    """A field of /proc/PID/status in kB (VmRSS, VmHWM), 0 when the process is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Python thread names by OS thread id (py-spy dump); empty when py-spy cannot tell."""
+    spy = Path(PYTHON).parent / "py-spy"
+    try:
+        out = subprocess.run([str(spy), "dump", "--pid", str(pid), "--json"],
+                             capture_output=True, text=True, timeout=30, check=True)
+        import json
+
+        return {int(t["os_thread_id"]): str(t.get("thread_name") or "")
+                for t in json.loads(out.stdout) if t.get("os_thread_id")}
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
+        return {}
+
+
+class RssWatch:
+    """Samples the summed VmRSS of some processes (and their children) every 100 ms."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.pids: list[int] = []
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            if self.pids:
+                self.peak = max(self.peak, sum(rss_bytes(p) for p in list(self.pids)))
+
+    def __enter__(self) -> RssWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def machine() -> dict[str, str]:
+    """What the figures were measured on."""
+    import platform
+    import tempfile
+
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = status_total_kb("MemTotal")
+    tmp = Path(tempfile.gettempdir())
+    disk = "?"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        disk = subprocess.run(
+            ["findmnt", "-n", "-o", "SOURCE,FSTYPE", "-T", str(tmp)],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+    virt = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True,
+                                   timeout=10).stdout.splitlines():
+            if line.startswith("Hypervisor vendor:"):
+                virt = line.split(":", 1)[1].strip()
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    return {
+        "cpu": f"{model}, {os.cpu_count()} cores" + (f" ({virt} virtual machine)" if virt
+                                                       else ""),
+        "memory": f"{mem / 2**20:.1f} GB",
+        "kernel": f"Linux {platform.release()}",
+        "python": platform.python_version(),
+        "disk": f"{disk} ({tmp}), fsync p50 {fsync_ms(tmp):.2f} ms",
+        "load": "load average " + " ".join(load) + " at start",
+    }
+
+
+def status_total_kb(key: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def fsync_ms(folder: Path, rounds: int = 30) -> float:
+    """Median time of a 4 kB write + fsync in `folder` (what one SQLite commit waits for)."""
+    import tempfile
+
+    samples = []
+    with tempfile.NamedTemporaryFile(dir=folder) as f:
+        for _ in range(rounds):
+            start = time.perf_counter()
+            f.write(b"x" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+            samples.append(time.perf_counter() - start)
+    return percentile(samples, 0.5) * 1000

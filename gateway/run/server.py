@@ -1,10 +1,11 @@
 """Running the gateway: the web half (waitress), the worker (asyncio), or both.
 
-waitress in a thread was kept after measuring the candidates (bench/bench_webhook.py
---servers all): the gateway's own work dominates each request, so gunicorn (sync,
-gthread), granian and cheroot served no more texts per second, and the multi-process
-ones had p99 latencies of 0.3-1.6 s (SQLite's busy polling between processes).
-In `sms311 run`, a text committed by the web half wakes the worker's dispatcher.
+waitress in a thread was kept after measuring the candidates (issue 5's comparison of
+gunicorn sync and gthread, granian and cheroot: none served more texts per second, and the
+multi-process ones had p99 latencies of 0.3-1.6 s, from SQLite's busy polling between
+processes, since replaced by a lock file: gateway/store/group.py). In `sms311 run`, a text
+queued by the web half wakes the worker's inbound processor, and an email queued wakes its
+dispatcher.
 
 waitress's channels are `_QuietChannel`s: a channel whose request is still being served
 does not ask the loop to write until it has `FLUSH_WHILE_SERVING` bytes to send. waitress
