@@ -146,11 +146,17 @@ class InboundService:
         module docstring)."""
         queued = tx.queued_inbound(phone, limit)
         done: list[tuple[InboundText, Outcome]] = []
+        # processed already: a retry queued after its first delivery was answered
+        answered = tx.answered_webhooks([row.sid for row in queued]) if queued else set()
+        resident = tx.get_resident(phone) if queued else None
         for row in queued:
             text = _inbound_text(row)
-            if tx.webhook_response(text.sid) is not None:
-                continue  # processed already (a retry queued after it was answered)
-            outcome = self._handle_new(tx, text)
+            if text.sid in answered:
+                continue
+            resident = resident or Resident(
+                phone=phone, municipality_id=None, language="en", opted_out=False, dialogue={}
+            )
+            outcome, resident = self._decide(tx, text, resident)
             tx.record_webhook(text.sid, "")
             for reply in outcome.replies:
                 tx.enqueue("sms", SmsPayload(to=phone, body=reply).to_dict())
@@ -197,10 +203,15 @@ class InboundService:
     # -- the decision ---------------------------------------------------------------
 
     def _handle_new(self, tx: Tx, text: InboundText) -> Outcome:
-        directory = self._directory()
         resident = tx.get_resident(text.phone) or Resident(
             phone=text.phone, municipality_id=None, language="en", opted_out=False, dialogue={}
         )
+        return self._decide(tx, text, resident)[0]
+
+    def _decide(self, tx: Tx, text: InboundText, resident: Resident) -> tuple[Outcome, Resident]:
+        """What `text` does, given its `resident` as stored; the outcome, and the resident
+        as stored after it (so that a batch of one resident's texts reads the row once)."""
+        directory = self._directory()
         keyword = keywords.classify(text.body) if not text.media else None
         if keyword is not None and keyword.kind != "city":
             return self._keyword(tx, resident, keyword)
@@ -263,21 +274,24 @@ class InboundService:
             conversation_id=conversation_id,
             municipality_id=state.municipality_id,
             step=step,
-        )
+        ), resident
 
-    def _keyword(self, tx: Tx, resident: Resident, keyword: keywords.Keyword) -> Outcome:
+    def _keyword(
+        self, tx: Tx, resident: Resident, keyword: keywords.Keyword
+    ) -> tuple[Outcome, Resident]:
         language = keyword.language or resident.language
         opted_out = resident.opted_out
         if keyword.kind == "stop":
             opted_out = True
         elif keyword.kind == "start":
             opted_out = False
-        tx.save_resident(replace(resident, opted_out=opted_out, language=language))
+        updated = replace(resident, opted_out=opted_out, language=language)
+        tx.save_resident(updated)
         return Outcome(
             replies=(keywords.reply(keyword.kind, language),),
             keyword=keyword.kind,
             municipality_id=resident.municipality_id,
-        )
+        ), updated
 
     # -- emails ---------------------------------------------------------------------
 

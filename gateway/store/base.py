@@ -278,6 +278,10 @@ class OutboxStats(TypedDict):
 class Tx(Protocol):
     """The operations of one database transaction (see `Store.transaction`)."""
 
+    def answered_webhooks(self, sids: Collection[str]) -> set[str]:
+        """Which of these provider SIDs were already answered (`record_webhook`)."""
+        ...
+
     def queue_inbound(
         self,
         sid: str,
@@ -636,6 +640,11 @@ class Store(Protocol):
 
     def mark_sent(self, id: int) -> None:
         """The item was delivered: status `sent`, claim cleared."""
+        ...
+
+    def mark_sent_many(self, ids: Collection[int]) -> None:
+        """Each of `ids` was delivered: as `mark_sent` for each, in one transaction (the
+        dispatcher marks a batch of sent emails with one commit)."""
         ...
 
     def mark_retry(

@@ -160,6 +160,7 @@ class SqlTx:
     def __init__(self, conn: sa.Connection) -> None:
         self._connection: sa.Connection | None = conn
         self.postgresql = conn.dialect.name == "postgresql"
+        self._notified: set[str] = set()  # outbox kinds notified in this transaction
 
     def end(self) -> None:
         """The transaction has ended: any further use raises RuntimeError."""
@@ -198,6 +199,10 @@ class SqlTx:
     def webhook_response(self, sid: str) -> str | None:
         response = self.execute(_WEBHOOK_RESPONSE, {"sid": sid}).scalar_one_or_none()
         return None if response is None else str(response)
+
+    def answered_webhooks(self, sids: Collection[str]) -> set[str]:
+        stmt = sa.select(webhook_log.c.sid).where(webhook_log.c.sid.in_(list(sids)))
+        return {str(sid) for sid in self.execute(stmt).scalars()}
 
     def record_webhook(self, sid: str, response: str) -> None:
         values = {"sid": sid, "response": response, "created_at": utcnow()}
@@ -575,8 +580,11 @@ class SqlTx:
             "updated_at": now,
         }
         row_id = int(self.execute(_INSERT_OUTBOX, values).scalar_one())
-        if self.postgresql:  # other instances' dispatchers look at once (delivered at commit)
+        if self.postgresql and kind not in self._notified:
+            # other instances' dispatchers look at once (delivered at commit; PostgreSQL
+            # folds repeated notifications of a transaction into one anyway)
             self.execute(sa.text("SELECT pg_notify('sms311_outbox', :kind)"), {"kind": kind})
+            self._notified.add(kind)
         return row_id
 
     # the Failed list (reply emails that were not texted): gateway.store.reply_mail
