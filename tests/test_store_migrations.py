@@ -320,3 +320,15 @@ def test_migration_0008_marks_rows_already_tried_as_maybe_sent(empty_store: SqlS
         command.downgrade(alembic_config(conn), "0007")
     assert "maybe_sent" not in {c["name"] for c in sa.inspect(store.engine).get_columns("outbox")}
     assert len(select_rows(store, sa.select(_V1_OUTBOX.c.id))) == 4
+
+
+def test_the_revisions_read_from_the_files_are_alembics() -> None:
+    """A running gateway reads the migration history without loading Alembic
+    (gateway.store.sql._revisions): the same head and the same revisions as Alembic's."""
+    from alembic.script import ScriptDirectory
+
+    from gateway.store.sql import alembic_config, head_revision, known_revisions
+
+    script = ScriptDirectory.from_config(alembic_config())
+    assert head_revision() == script.get_current_head()
+    assert known_revisions() == frozenset(r.revision for r in script.walk_revisions())
