@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dkim
-import dns.exception
-import dns.resolver
+if TYPE_CHECKING:
+    import dns.resolver
+
+# dkimpy and dnspython (about 14 MB) are imported when a reply is first checked, not by
+# every process that imports this module (the web half never checks one).
 
 __all__ = ["MAX_SIGNATURES", "DnsFunc", "dns_txt", "verified_dkim_domains"]
 
@@ -39,6 +41,10 @@ def dns_txt(timeout: float = 5.0) -> DnsFunc:
     resolver: list[dns.resolver.Resolver] = []
 
     def lookup(name: bytes | str, timeout: float = timeout) -> bytes | None:
+        import dkim
+        import dns.exception
+        import dns.resolver
+
         if not resolver:
             resolver.append(dns.resolver.Resolver())  # reads /etc/resolv.conf
         qname = name.decode("ascii") if isinstance(name, bytes) else name
@@ -61,6 +67,8 @@ def dns_txt(timeout: float = 5.0) -> DnsFunc:
 
 def verified_dkim_domains(raw: bytes, dnsfunc: DnsFunc, *, timeout: float = 5.0) -> tuple[str, ...]:
     """The d= domains of the signatures that verify (see the module docstring)."""
+    import dkim
+
     try:
         checker = dkim.DKIM(raw, minkey=1024, timeout=int(max(1, timeout)))
         count = sum(1 for name, _ in checker.headers if name.lower() == b"dkim-signature")

@@ -18,8 +18,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from zxcvbn import zxcvbn
-
 MIN_SCORE = 3
 ZXCVBN_MAX_LENGTH = 72
 
@@ -105,6 +103,8 @@ def user_words(email: str | None, name: str | None) -> list[str]:
 
 def weakness(password: str, user_inputs: list[str] | None = None) -> Weakness | None:
     """None when `password` scores at least `MIN_SCORE`; else why it does not."""
+    from zxcvbn import zxcvbn  # its word lists take ~13 MB: loaded at the first password set
+
     result = zxcvbn(password[:ZXCVBN_MAX_LENGTH], user_inputs=list(user_inputs or []))
     score = int(result["score"])
     if score >= MIN_SCORE:

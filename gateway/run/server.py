@@ -36,7 +36,6 @@ from gateway.run.limits import raise_open_files_limit
 from gateway.run.worker import Dispatcher, run_worker
 from gateway.store import StoreUnavailable
 from gateway.store.sql import as_sql_store
-from gateway.web import create_app
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -167,6 +166,8 @@ async def run_gateway(
     loop.add_signal_handler(signal.SIGTERM, shutdown)
     loop.add_signal_handler(signal.SIGINT, shutdown)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(gateway, notifier))
+    if web:  # (Flask and the console are not loaded by a worker-only process)
+        from gateway.web import create_app
     server = WebServer(create_app(gateway), gateway.settings.web.listen) if web else None
     # /metrics and the detailed /healthz on their own (internal) address, when set
     metrics_listen = gateway.settings.web.metrics_listen

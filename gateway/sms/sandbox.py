@@ -24,7 +24,6 @@ from urllib.request import url2pathname
 
 from gateway.logs import mask_phone
 from gateway.sms.base import MAX_MEDIA_BYTES, MediaError, ProviderKind
-from gateway.sms.twilio.client import endpoint, fetch_http_media
 from gateway.sms.twilio.errors import describe
 from gateway.sms.twilio.webhook import TwilioWebhooks
 
@@ -107,6 +106,8 @@ class SandboxProvider:
 
     def media_allowed(self, url: str) -> bool:
         """True if `url` is on the origin of the gateway's `public_url`."""
+        from gateway.sms.twilio.client import endpoint
+
         where = endpoint(url)
         return where is not None and bool(self.public_url) and where == endpoint(self.public_url)
 
@@ -115,6 +116,8 @@ class SandboxProvider:
         without credentials."""
         parts = urlsplit(url)
         if parts.scheme.lower() != "file":
+            from gateway.sms.twilio.client import fetch_http_media
+
             return fetch_http_media(
                 url, allowed=self.media_allowed, timeout=self.timeout, limit=self.max_media_bytes
             )
