@@ -23,6 +23,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any, Literal
 
+from gateway.rules.mime_fast import RawEmail, build_raw, thread_headers
 from gateway.rules.municipalities import DEFAULT_TIMEZONE
 from gateway.rules.thread import (
     CONVERSATION_HEADER,
@@ -444,3 +445,24 @@ def compose_notice(notice: AgentNotice, describe: DescribeError = no_description
     message[NOTICE_HEADER] = notice.kind
     message.set_content(_notice_body(notice, describe), cte="quoted-printable")
     return message
+
+
+def compose_notice_raw(notice: AgentNotice, describe: DescribeError = no_description) -> RawEmail:
+    """What `compose_notice` makes, as the bytes SMTP sends and their envelope, written
+    directly (`gateway.rules.mime_fast`); it reads back as `compose_notice`'s email does.
+    A header value the direct writer does not cover is composed by `compose_notice`."""
+    found = thread_headers(
+        notice, subject=reply_subject(notice.subject), date=notice.date,
+        timezone=notice.timezone,
+    )
+    if found is None:
+        return RawEmail.from_message(compose_notice(notice, describe))
+    lines, sender, recipients = found
+    lines.append("Auto-Submitted: auto-generated\r\nX-Auto-Response-Suppress: All\r\n")
+    if notice.conversation_id is not None:
+        lines.append(f"{CONVERSATION_HEADER}: {bare(str(notice.conversation_id))}\r\n")
+    lines.append(f"{NOTICE_HEADER}: {bare(notice.kind)}\r\n")
+    return build_raw(
+        lines, _notice_body(notice, describe), (),
+        sender=sender, recipients=recipients, message_id=bare(notice.message_id),
+    )

@@ -21,6 +21,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any
 
+from gateway.rules.mime_fast import Part, RawEmail, build_raw, thread_headers
 from gateway.rules.municipalities import DEFAULT_TIMEZONE
 from gateway.rules.thread import (
     CONVERSATION_HEADER,
@@ -333,11 +334,9 @@ def compose(
     and References when present, X-SMS311-Conversation — each forced onto one line.
     """
     message = EmailMessage(policy=SMTP)
-    when = email.date or max(
-        (t.received_at for t in email.texts), default=datetime(1970, 1, 1, tzinfo=UTC)
-    )
     set_thread_headers(
-        message, email, subject=one_line(email.subject), date=when, timezone=email.timezone
+        message, email, subject=one_line(email.subject), date=_date(email),
+        timezone=email.timezone,
     )
     message[CONVERSATION_HEADER] = bare(str(email.conversation_id))
     message.set_content(_body(email, attachments, failed_media), cte="quoted-printable")
@@ -348,3 +347,36 @@ def compose(
         )
     return message
 
+
+
+def _date(email: ResidentEmail) -> datetime:
+    """The Date header's time: `email.date`, else the time of the last text."""
+    return email.date or max(
+        (t.received_at for t in email.texts), default=datetime(1970, 1, 1, tzinfo=UTC)
+    )
+
+
+def compose_raw(
+    email: ResidentEmail,
+    attachments: Sequence[Attachment] = (),
+    failed_media: Sequence[MediaRef] = (),
+) -> RawEmail:
+    """What `compose` makes, as the bytes SMTP sends and their envelope, written directly
+    (`gateway.rules.mime_fast`: about twenty times faster). It reads back — headers,
+    body, attachments — as `compose`'s email does. A header value the direct writer does
+    not cover (a quoted display name, a non-ASCII address…) is composed by `compose`."""
+    found = thread_headers(
+        email, subject=one_line(email.subject), date=_date(email), timezone=email.timezone
+    )
+    if found is None:
+        return RawEmail.from_message(compose(email, attachments, failed_media))
+    lines, sender, recipients = found
+    lines.append(f"{CONVERSATION_HEADER}: {bare(str(email.conversation_id))}\r\n")
+    parts = [
+        Part(safe_content_type(a.content_type), filename, a.data)
+        for a, filename in zip(attachments, _attachment_names(attachments), strict=True)
+    ]
+    return build_raw(
+        lines, _body(email, attachments, failed_media), parts,
+        sender=sender, recipients=recipients, message_id=bare(email.message_id),
+    )

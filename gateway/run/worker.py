@@ -30,12 +30,13 @@ same host and PID namespace that are no longer running (a worker id is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import random
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,14 +48,14 @@ from gateway.flows.delivery import record_refusal
 from gateway.flows.payloads import SmsPayload
 from gateway.flows.thread_mail import reply_address_pattern
 from gateway.logs import mask_phone
-from gateway.mail.smtp import PermanentSmtpError, TemporarySmtpError, send_email
+from gateway.mail.smtp import PermanentSmtpError, SmtpError, SmtpPool, TemporarySmtpError
 from gateway.rules import segments
-from gateway.rules.agent_notice import AgentNotice, compose_notice
+from gateway.rules.agent_notice import AgentNotice, compose_notice_raw
 from gateway.rules.email_payload import from_payload
 from gateway.rules.resident_email import (
     Attachment,
     MediaRef,
-    compose,
+    compose_raw,
     media_filename,
 )
 from gateway.run.housekeeping import retention_loop
@@ -69,10 +70,106 @@ log = logging.getLogger(__name__)
 
 
 BATCH = 20
+BREAKER_MAX_SECONDS = 60.0  # the longest the circuit breaker waits between two probes
+MARK_RETRIES = 3  # tries to mark sent rows as sent (the store briefly unavailable)
 
 
 class _ClaimLapsed(Exception):
     """This worker's claim on a row may have lapsed: the row is not sent by it now."""
+
+
+class _Breaker:
+    """The circuit breaker of one outbox kind: after a connection-level failure (the mail
+    server or the SMS provider unreachable, a time-out, a 421, a failed login) no row of
+    that kind is claimed until a probe is due — `outbox.base_backoff_seconds` doubling up
+    to `BREAKER_MAX_SECONDS` (never more than `outbox.max_backoff_seconds`), ±20% jitter.
+    The probe is the next batch: its oldest row is tried alone; if it goes, the breaker
+    closes and the rest is sent at once, else the breaker waits longer and the rest fails
+    fast. Times are the dispatcher's clock (`now`)."""
+
+    def __init__(self, kind: str, base: float, cap: float, rand: Callable[[], float]) -> None:
+        self.kind = kind
+        self._base = base
+        self._cap = cap
+        self._random = rand
+        self.failures = 0  # connection-level failures in a row (0: closed)
+        self.probe_at: datetime | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.failures == 0
+
+    def allows(self, now: datetime) -> bool:
+        """May rows be claimed now (closed, or a probe is due)?"""
+        return self.probe_at is None or now >= self.probe_at
+
+    def trip(self, now: datetime, error: str) -> None:
+        delay = backoff_seconds(self.failures, self._base, self._cap, self._random)
+        self.failures += 1
+        self.probe_at = now + timedelta(seconds=delay)
+        log.warning(
+            "dispatcher (%s): %s unreachable (%s); no %s sent before a probe in %.1fs "
+            "(failure %d in a row)",
+            self.kind, "the mail server" if self.kind == "email" else "the SMS provider",
+            error, "email" if self.kind == "email" else "SMS", delay, self.failures,
+        )
+
+    def reset(self) -> None:
+        if self.failures:
+            log.warning("dispatcher (%s): reachable again after %d failed probe(s); resuming",
+                        self.kind, self.failures - 1)
+        self.failures = 0
+        self.probe_at = None
+
+
+class _Batch:
+    """One claimed batch being handled: the connection-level failure that tripped the
+    breaker during it (the rows not tried yet then fail fast), and the rows sent whose
+    "sent" mark is not committed yet (their claims are renewed until it is)."""
+
+    def __init__(self, dispatcher: Dispatcher, breaker: _Breaker) -> None:
+        self._dispatcher = dispatcher
+        self.breaker = breaker
+        self.down: str | None = None
+        self._unmarked: list[int] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def failed(self, error: str) -> None:
+        """A connection-level failure: trip the breaker (once per batch)."""
+        if self.down is None:
+            self.down = error
+            self.breaker.trip(self._dispatcher._now(), error)
+
+    def sent(self, id: int) -> None:
+        """Row `id` was sent: marked by the next commit (several rows at once)."""
+        self._unmarked.append(id)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        failures = 0
+        while self._unmarked:
+            ids = self._unmarked
+            self._unmarked = []
+            try:
+                await asyncio.to_thread(self._dispatcher._gateway.store.mark_sent_many, ids)
+            except StoreUnavailable:
+                failures += 1
+                self._unmarked[:0] = ids
+                if failures >= MARK_RETRIES:
+                    raise
+                await asyncio.sleep(0.5 * failures)
+                continue
+            for id in ids:  # marked: no longer renewed
+                self._dispatcher._claims.pop(id, None)
+
+    async def marked(self) -> None:
+        """Wait for every sent row to be marked (raises StoreUnavailable when it could not
+        be: those rows' claims then lapse; another worker may send them again)."""
+        while self._flusher is not None and not self._flusher.done():
+            await self._flusher
+        if self._flusher is not None:
+            self._flusher.result()
 
 
 @dataclass
@@ -129,6 +226,15 @@ class Dispatcher:
         self._pacer: Pacer = pacer or pacer_for(gateway.store, gateway.settings.sms.max_per_second)
         self._sms_threads = ThreadPoolExecutor(sms_concurrency, thread_name_prefix="sms")
         self._sms_slots = asyncio.Semaphore(sms_concurrency)
+        # one SMTP connection pool while `run` runs (else one per `dispatch_once`)
+        self._pool: SmtpPool | None = None
+        self._breakers = {
+            kind: _Breaker(
+                kind, outbox.base_backoff_seconds,
+                min(BREAKER_MAX_SECONDS, outbox.max_backoff_seconds), self._random.random,
+            )
+            for kind in ("email", "sms")
+        }
         # number -> (id, due) of the earliest SMS to it that failed and waits for its retry:
         # the later ones to that number wait too, so texts and parts arrive in order
         self._waiting: dict[str, tuple[int, datetime]] = {}
@@ -143,12 +249,15 @@ class Dispatcher:
         """Dispatch emails and SMS until `stop` is set; what is in flight is finished first."""
         log.info("dispatcher started as %s", self._worker_id)
         await self.release_dead_claims()
+        self._pool = SmtpPool(self._gateway.settings.email.smtp)
         try:
             await asyncio.gather(self._loop("email", stop), self._loop("sms", stop))
         finally:
             if self._keeper is not None:
                 self._keeper.cancel()
             self._sms_threads.shutdown(wait=False, cancel_futures=True)
+            pool, self._pool = self._pool, None
+            await pool.close()
         log.info("dispatcher stopped")
 
     async def release_dead_claims(self) -> int:
@@ -189,22 +298,30 @@ class Dispatcher:
             await sleep_or(stop, self._poll_interval, self._wake[kind])
 
     async def dispatch_once(self, kind: OutboxKind | None = None) -> int:
-        """Claim and handle one batch of due rows (of `kind`, or of both); the number handled."""
+        """Claim and handle one batch of due rows (of `kind`, or of both); the number handled.
+        A kind whose circuit breaker is open (its server unreachable) is not claimed until
+        its probe is due."""
         kinds: list[OutboxKind] = [kind] if kind else ["email", "sms"]
         handled = 0
         for each in kinds:
+            breaker = self._breakers[each]
+            if not breaker.allows(self._now()):
+                continue
             claimed_at = asyncio.get_running_loop().time()
             items = await asyncio.to_thread(
                 self._gateway.store.claim_due, [each], BATCH, self._now(), self._claim_for,
                 self._worker_id,
             )
             self._hold(items, claimed_at)
+            batch = _Batch(self, breaker)
             try:
-                if each == "email":
-                    for item in items:
-                        await self._deliver(item, self._send_email)
+                if not breaker.closed and items:  # the probe: the oldest row alone first
+                    await self._handle(each, items[:1], batch)
+                    items_left = items[1:]
                 else:
-                    await self._send_sms_batch(items)
+                    items_left = items
+                await self._handle(each, items_left, batch)
+                await batch.marked()
             finally:
                 for item in items:
                     self._claims.pop(item.id, None)
@@ -215,6 +332,24 @@ class Dispatcher:
         return handled
 
     # -- claims -----------------------------------------------------------------------------
+
+    async def _handle(self, kind: OutboxKind, items: Sequence[OutboxItem], batch: _Batch) -> None:
+        if not items:
+            return
+        if kind == "email":
+            async with self._smtp_pool() as pool:
+                await self._send_email_batch(items, batch, pool)
+        else:
+            await self._send_sms_batch(items, batch)
+
+    @contextlib.asynccontextmanager
+    async def _smtp_pool(self) -> AsyncIterator[SmtpPool]:
+        """The pool of `run`; outside it (a lone `dispatch_once`), one for this batch."""
+        if self._pool is not None:
+            yield self._pool
+            return
+        async with SmtpPool(self._gateway.settings.email.smtp) as pool:
+            yield pool
 
     def _hold(self, items: Sequence[OutboxItem], claimed_at: float) -> None:
         """Work on `items` (just claimed): renew their claims until they are handled."""
@@ -292,40 +427,85 @@ class Dispatcher:
             claim.sending_since = now
 
     async def _deliver(
-        self, item: OutboxItem, send: Callable[[OutboxItem], Awaitable[None]]
+        self, item: OutboxItem, send: Callable[[OutboxItem], Awaitable[None]],
+        batch: _Batch | None = None,
     ) -> bool:
         """Send `item` and record the outcome; False when it was left alone because this
-        worker's claim on it may have lapsed (whoever claims it next sends it)."""
+        worker's claim on it may have lapsed (whoever claims it next sends it).
+
+        With a `batch`: once its breaker tripped (a connection-level failure), `item` is
+        not tried but fails at once (an attempt, as if refused); a sent email is marked
+        with the batch's next commit (its claim renewed until then), never before its SMTP
+        transaction succeeded."""
+        marked_later = False
         try:
+            if batch is not None and batch.down is not None:
+                self._begin(item)  # not a row this worker may no longer hold
+                await self._retry(item, f"not tried: {batch.down}", maybe_sent=item.maybe_sent
+                                  if item.kind == "sms" else False)
+                return True
             await send(item)
         except _ClaimLapsed:
             return False
         except SmsTemporaryError as exc:
+            if batch is not None and _unreachable(exc):
+                batch.failed(str(exc))
             if exc.retry_after:  # the provider asked every sender to slow down, not just this one
                 self._pacer.pause(exc.retry_after)
             await self._retry(item, str(exc), exc.retry_after, maybe_sent=exc.maybe_sent)
         except (TemporarySmtpError, OSError, TimeoutError) as exc:
+            if batch is not None and item.kind == "email" and _unreachable(exc):
+                batch.failed(str(exc))
             # an SMS failing this way (not through the provider's errors) may have gone
             await self._retry(item, str(exc), maybe_sent=item.kind == "sms")
         except SmsPermanentError as exc:
             await self._sms_failed_for_good(item, exc)
         except (PermanentSmtpError, ValueError, KeyError, TypeError) as exc:
+            if batch is not None and isinstance(exc, SmtpError) and exc.connection:
+                batch.failed(str(exc))
             await self._park(item, f"{type(exc).__name__}: {exc}", maybe_sent=item.maybe_sent)
         else:
-            await asyncio.to_thread(self._gateway.store.mark_sent, item.id)
-            self._stop_waiting_for(item)
+            if batch is not None:
+                batch.breaker.reset()
+            if batch is not None and item.kind == "email":
+                batch.sent(item.id)
+                marked_later = True
+            else:
+                await asyncio.to_thread(self._gateway.store.mark_sent, item.id)
+                self._stop_waiting_for(item)
         finally:
-            self._claims.pop(item.id, None)
+            if not marked_later:
+                self._claims.pop(item.id, None)
         return True
 
     # -- email ------------------------------------------------------------------------------
 
-    async def _send_email(self, item: OutboxItem) -> None:
+    async def _send_email_batch(
+        self, items: Sequence[OutboxItem], batch: _Batch, pool: SmtpPool
+    ) -> None:
+        """Send `items` on up to `pool.size` connections at once; the emails of one
+        conversation one after the other, in order (so they arrive threaded in order)."""
+        by_conversation: dict[object, list[OutboxItem]] = {}
+        for item in items:
+            conversation = item.payload.get("conversation_id")
+            key = ("row", item.id) if conversation is None else conversation
+            by_conversation.setdefault(key, []).append(item)
+        queues: Iterator[list[OutboxItem]] = iter(by_conversation.values())
+        send = functools.partial(self._send_email, pool=pool)
+
+        async def sender() -> None:
+            for queue in queues:  # shared: each sender takes the next conversation
+                for item in queue:
+                    await self._deliver(item, send, batch)
+
+        await asyncio.gather(*(sender() for _ in range(min(pool.size, len(by_conversation)))))
+
+    async def _send_email(self, item: OutboxItem, pool: SmtpPool) -> None:
         self._begin(item)
         email = from_payload(item.payload)
         if isinstance(email, AgentNotice):
-            message = compose_notice(email, self._gateway.describe_error)
-            await send_email(message, self._gateway.settings.email.smtp)
+            message = compose_notice_raw(email, self._gateway.describe_error)
+            await pool.send(message)
             self._gateway.metrics.emails_sent.inc()
             log.info("notice sent: %s conversation=%s outbox=%s", email.kind,
                      email.conversation_id, item.id)
@@ -344,8 +524,8 @@ class Dispatcher:
                         raise TemporarySmtpError(f"media not fetched yet: {exc}") from exc
                     log.warning("outbox %s: media left out of the email: %s", item.id, exc)
                     failed.append(media)
-        message = compose(email, attachments, failed)
-        await send_email(message, self._gateway.settings.email.smtp)
+        message = compose_raw(email, attachments, failed)
+        await pool.send(message)
         self._gateway.metrics.emails_sent.inc()
         if email.texts:
             age = (self._now() - email.texts[-1].received_at).total_seconds()
@@ -364,7 +544,7 @@ class Dispatcher:
 
     # -- SMS --------------------------------------------------------------------------------
 
-    async def _send_sms_batch(self, items: Sequence[OutboxItem]) -> None:
+    async def _send_sms_batch(self, items: Sequence[OutboxItem], batch: _Batch) -> None:
         by_number: dict[str, list[OutboxItem]] = {}
         for item in items:
             by_number.setdefault(str(item.payload.get("to", "")), []).append(item)
@@ -374,7 +554,7 @@ class Dispatcher:
                 for item in queue:
                     if await self._held_back(item):
                         continue
-                    if not await self._deliver(item, self._send_sms):
+                    if not await self._deliver(item, self._send_sms, batch):
                         return  # its claim lapsed: the later ones to that number wait too
 
         await asyncio.gather(*(in_order(queue) for queue in by_number.values()))
@@ -507,6 +687,17 @@ class Dispatcher:
             )
         )
         self._stop_waiting_for(item)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A failure of the server or the connection, not of this message: an SmtpError
+    saying so, a socket error or time-out, an SMS provider error caused by one (its API
+    unreachable)."""
+    if isinstance(exc, SmtpError):
+        return exc.connection
+    if isinstance(exc, SmsTemporaryError):
+        return isinstance(exc.__cause__, (OSError, TimeoutError))
+    return isinstance(exc, (OSError, TimeoutError))
 
 
 def _pid_namespace() -> str:

@@ -135,6 +135,12 @@ class SmtpSettings:
     )
     security: str = setting(default="starttls", check=_security, help="none | starttls | tls")
     timeout: float = setting(default=30.0, check=check_positive, help="seconds for each SMTP step")
+    connections: int = setting(
+        default=4,
+        check=check_at_least_one,
+        help="SMTP connections the worker keeps open and sends on at once (reused; "
+        "one closed after 10 s idle)",
+    )
 
 
 @section

@@ -2,12 +2,12 @@
 
 Contract
     `SqlOutbox` holds the `Store` protocol's outbox methods (`claim_due`, `renew_claims`,
-    `claimants`, `release_claims`, `mark_sent`, `mark_retry`, `postpone`, `mark_parked`,
-    `list_outbox`, `requeue`, `outbox_stats`; see `gateway.store.base.Store` for what each
-    promises). Each runs in its own short transaction, on the connections the class it is
-    mixed into (`SqlStore`) gives: `_write()` (SQLite: `BEGIN IMMEDIATE`, through the group
-    commit) and `_read()` (a deferred read). Rows are added by `Tx.enqueue`, in the caller's
-    transaction (`gateway.store.transaction`).
+    `claimants`, `release_claims`, `mark_sent`, `mark_sent_many`, `mark_retry`, `postpone`,
+    `mark_parked`, `list_outbox`, `requeue`, `outbox_stats`; see `gateway.store.base.Store`
+    for what each promises). Each runs in its own short transaction, on the connections the
+    class it is mixed into (`SqlStore`) gives: `_write()` (SQLite: `BEGIN IMMEDIATE`, through
+    the group commit) and `_read()` (a deferred read). Rows are added by `Tx.enqueue`, in the
+    caller's transaction (`gateway.store.transaction`).
 
     Concurrent claimers (threads, processes, hosts) never get the same row while its lease
     lasts: on SQLite the write lock serialises claims; on PostgreSQL the claim reads with
@@ -170,6 +170,16 @@ class SqlOutbox:
             conn.execute(
                 outbox.update()
                 .where(outbox.c.id == id)
+                .values(status="sent", claimed_by=None, claimed_until=None, updated_at=utcnow())
+            )
+
+    def mark_sent_many(self, ids: Collection[int]) -> None:
+        if not ids:
+            return
+        with self._write() as conn:
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(sorted(ids)))
                 .values(status="sent", claimed_by=None, claimed_until=None, updated_at=utcnow())
             )
 
