@@ -120,8 +120,8 @@ class InboundService:
         transaction; their outcomes. Another instance that got there first leaves nothing
         to do (an empty list)."""
         with self._store.transaction() as tx:
-            tx.get_resident(phone)  # PostgreSQL: one instance per number at a time
-            done = self._drain(tx, phone, limit)
+            resident = tx.get_resident(phone)  # PostgreSQL: one instance per number at a time
+            done = self._drain(tx, phone, limit, resident)
         for text, outcome in done:
             self._log(text, outcome)
         return [outcome for _, outcome in done]
@@ -139,7 +139,7 @@ class InboundService:
         return self._directory().get(municipality_id) is not None
 
     def _drain(
-        self, tx: Tx, phone: str, limit: int | None = None
+        self, tx: Tx, phone: str, limit: int | None = None, resident: Resident | None = None
     ) -> list[tuple[InboundText, Outcome]]:
         """Process the queued texts of `phone` (the first `limit`) in this transaction,
         oldest first, and take them off the queue; their replies go to the outbox (see the
@@ -148,7 +148,8 @@ class InboundService:
         done: list[tuple[InboundText, Outcome]] = []
         # processed already: a retry queued after its first delivery was answered
         answered = tx.answered_webhooks([row.sid for row in queued]) if queued else set()
-        resident = tx.get_resident(phone) if queued else None
+        if queued and resident is None:  # (the caller may have read it, locking the number)
+            resident = tx.get_resident(phone)
         for row in queued:
             text = _inbound_text(row)
             if text.sid in answered:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -320,7 +321,15 @@ def thread_headers(
             return None
         atoms, addresses[name] = found
         lines.append(fold(name, atoms))
-    lines.append(fold("Subject", unstructured(subject)))
+    subject_atoms = unstructured(subject)
+    if any(
+        a.startswith(_ENCODED_PREFIX) and b.startswith(_ENCODED_PREFIX)
+        for a, b in itertools.pairwise(subject_atoms)
+    ):
+        # a run split over several encoded-words: readers disagree on the space between
+        # them (hypothesis found the standard library's parser adding one): the stdlib writes it
+        return None
+    lines.append(fold("Subject", subject_atoms))
     lines.append(f"Date: {format_datetime(aware(date).astimezone(local_zone(timezone)))}\r\n")
     for name, value in (
         ("Message-ID", bare(email.message_id)),
