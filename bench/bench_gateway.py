@@ -33,7 +33,8 @@ In each cell, in this order:
    library alone, 16 threads (the dispatcher's SMS concurrency), same fake API.
 
 CPU is utime + stime from /proc of the gateway's processes (in `sms311 run`, the web
-server's threads — waitress's loop "web" and its "waitress-N" task threads, named by
+server's threads — uvicorn's loop "web", the webhook's commit thread "ingest", its
+"inbound_N" threads for texts that need an answer and a2wsgi's "WSGI_N" threads, named by
 `py-spy dump` — are the request path and the other threads the worker). RSS is the summed
 VmRSS of the layout's processes, sampled every 100 ms through the whole cell.
 """
@@ -369,8 +370,7 @@ class Layout:
         if self.layout == "run":
             pid = self.processes["run"].pid
             names = thread_names(pid)
-            self.web_threads = {tid for tid, name in names.items()
-                                if name == "web" or name.startswith("waitress-")}
+            self.web_threads = {tid for tid, name in names.items() if is_web_thread(name)}
 
     @property
     def pids(self) -> list[int]:
@@ -749,8 +749,13 @@ def start_spies(pid: int, to: Path) -> list[subprocess.Popen[bytes]]:
     ]
 
 
+def is_web_thread(name: str) -> bool:
+    """A thread of `sms311 run`'s web half (see the module docstring)."""
+    return name in ("web", "ingest") or name.startswith(("inbound_", "WSGI_"))
+
+
 def profile_summary(raw: Path, layout: Layout, top: int = 15) -> str:
-    """Top functions of a py-spy raw profile, for the request path (waitress's threads)
+    """Top functions of a py-spy raw profile, for the request path (the web threads)
     and the worker (the others) apart: by own time and inclusive."""
     if not raw.exists():
         return "py-spy wrote nothing (is ptrace allowed?)"
@@ -763,8 +768,8 @@ def profile_summary(raw: Path, layout: Layout, top: int = 15) -> str:
             continue
         frames = stack.split(";")
         thread = next((f for f in frames if f.startswith("thread ")), "")
-        where = "request path" if (any(i in thread for i in web_ids) or "waitress" in thread
-                                   or "web" in thread.split()) else "worker"
+        where = "request path" if (any(i in thread for i in web_ids)
+                                   or any(is_web_thread(w) for w in thread.split())) else "worker"
         names = [s for s in (_short(f) for f in frames) if s]
         if not names:
             continue

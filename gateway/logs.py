@@ -40,14 +40,17 @@ def setup_logging(level: str = "INFO", *, full_detail: bool = False) -> None:
     # alembic every migration step, aioimaplib whole messages at DEBUG. Their warnings show.
     for noisy in ("mail.log", "alembic", "aioimaplib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    # waitress warns "Task queue depth is N" for every request that waits for a thread: a
-    # burst of texts would write a line per text. One a minute says the same.
-    queue = logging.getLogger("waitress.queue")
-    queue.filters[:] = [OncePer(60.0)]
+    # uvicorn says at INFO that it started (the gateway says where it listens), and warns
+    # for every malformed request and every request over its concurrency limit: a flood
+    # would write a line per request. One warning a minute says the same; errors all show.
+    server = logging.getLogger("uvicorn.error")
+    server.setLevel(max(logging.WARNING, root.level))
+    server.filters[:] = [OncePer(60.0)]
 
 
 class OncePer(logging.Filter):
-    """Lets one record through per `seconds` (the others are dropped)."""
+    """Lets one record through per `seconds` (the others are dropped); records of ERROR
+    and above always pass."""
 
     def __init__(self, seconds: float) -> None:
         super().__init__()
@@ -55,6 +58,8 @@ class OncePer(logging.Filter):
         self._next = 0.0
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
         now = time.monotonic()
         if now < self._next:
             return False

@@ -46,7 +46,7 @@ IO_STDLIB = {
 }
 #: What importing the rules must never load.
 FRAMEWORKS = ["sqlalchemy", "flask", "werkzeug", "aiosmtplib", "aioimaplib", "twilio",
-              "requests", "psycopg", "alembic", "waitress"]
+              "requests", "psycopg", "alembic", "uvicorn", "a2wsgi"]
 
 
 def rules_modules() -> list[Path]:

@@ -1,4 +1,4 @@
-"""`gateway.logs`: waitress's per-request queue warning is let through once a minute."""
+"""`gateway.logs`: the web server's per-request warnings are let through once a minute."""
 
 from __future__ import annotations
 
@@ -13,28 +13,37 @@ def test_once_per_lets_one_record_through_per_period(monkeypatch: pytest.MonkeyP
     clock = [100.0]
     monkeypatch.setattr("gateway.logs.time.monotonic", lambda: clock[0])
     once = OncePer(60.0)
-    record = logging.LogRecord("waitress.queue", logging.WARNING, "", 0, "depth", (), None)
+    record = logging.LogRecord("uvicorn.error", logging.WARNING, "", 0, "limit", (), None)
     assert once.filter(record)
     assert not once.filter(record)
     clock[0] += 59.0
     assert not once.filter(record)
+    error = logging.LogRecord("uvicorn.error", logging.ERROR, "", 0, "crash", (), None)
+    assert once.filter(error)  # errors always pass
     clock[0] += 1.0
     assert once.filter(record)
 
 
-def test_waitress_queue_warnings_are_rate_limited(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_servers_per_request_warnings_are_rate_limited(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    server = logging.getLogger("uvicorn.error")
     try:
         setup_logging("INFO")
-        queue = logging.getLogger("waitress.queue")
-        for depth in range(50):
-            queue.warning("Task queue depth is %d", depth)
+        server.info("Uvicorn running on socket")
+        for _ in range(50):
+            server.warning("Exceeded concurrency limit.")
+        server.error("Exception in ASGI application")
         logging.getLogger("gateway.test").warning("another warning")
         err = capsys.readouterr().err
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
-        logging.getLogger("waitress.queue").filters[:] = []
-    assert err.count("Task queue depth") == 1
+        server.filters[:] = []
+        server.setLevel(logging.NOTSET)
+    assert err.count("Exceeded concurrency limit") == 1
+    assert "Exception in ASGI application" in err
+    assert "Uvicorn running" not in err
     assert "another warning" in err

@@ -1,21 +1,28 @@
 """What the performance work added to the web half: a committed text wakes the worker's
-dispatcher at once (no outbox poll wait), and the web server stops promptly even with
-keep-alive connections open."""
+dispatcher at once (no outbox poll wait); the web server (uvicorn, gateway/run/server.py)
+stops promptly even with keep-alive connections open, streams answers written in parts, and
+bounds what a client can hold: a request's head, a request that never finishes, a
+connection that sends nothing."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from flask import Flask
 
 from gateway.app import Gateway
-from gateway.run.server import WebServer
+from gateway.run import server as server_module
+from gateway.run.server import MAX_HEAD_BYTES, WebServer
 from gateway.store import open_store
 from gateway.web import create_app
+from gateway.web.asgi import WsgiBridge
 from tests.gateway_fixtures import Resident, free_port, settings_in
 
 
@@ -66,7 +73,7 @@ def test_the_web_server_stops_promptly_with_keep_alive_connections_open() -> Non
         return "slow"
 
     port = free_port()
-    server = WebServer(app, f"127.0.0.1:{port}")
+    server = WebServer(WsgiBridge(app, 8), f"127.0.0.1:{port}")
     server.start()
     session = requests.Session()
     assert session.get(f"http://127.0.0.1:{port}/", timeout=5).text == "ok"  # kept alive
@@ -90,33 +97,8 @@ def test_the_web_server_stops_promptly_with_keep_alive_connections_open() -> Non
     session.close()
 
 
-def _channel(cls: type[Any], serving: bool, buffered: int, closing: bool = False) -> Any:
-    channel = object.__new__(cls)  # the state writable() reads, without a socket
-    channel.requests = ["a request being served"] if serving else []
-    channel.total_outbufs_len = buffered
-    channel.will_close = closing
-    channel.close_when_flushed = False
-    return channel
-
-
-def test_a_channel_does_not_ask_to_write_while_its_request_is_served() -> None:
-    """waitress's loop must not spin on a channel whose task has written part of its answer
-    and still runs (gateway.run.server: it took the GIL from the task threads, issue 16)."""
-    from waitress.channel import HTTPChannel
-
-    from gateway.run.server import _QuietChannel
-
-    assert HTTPChannel.writable(_channel(HTTPChannel, serving=True, buffered=118))  # the spin
-    assert not _channel(_QuietChannel, serving=True, buffered=118).writable()
-    assert _channel(_QuietChannel, serving=False, buffered=118).writable()  # task done: send
-    assert _channel(_QuietChannel, serving=True, buffered=20_000).writable()  # stream a big one
-    assert _channel(_QuietChannel, serving=True, buffered=0, closing=True).writable()
-    assert not _channel(_QuietChannel, serving=False, buffered=0).writable()
-
-
 def test_answers_written_in_parts_arrive_whole() -> None:
-    """A task that writes part of its answer, then the rest: all of it arrives (the task's
-    end wakes the loop, which sends what is left)."""
+    """A WSGI app that writes part of its answer, then the rest: all of it arrives."""
     wrote, release = threading.Event(), threading.Event()
 
     def app(environ: dict[str, object], start_response: Any) -> list[bytes]:
@@ -126,18 +108,83 @@ def test_answers_written_in_parts_arrive_whole() -> None:
         release.wait(5)
         return [b"answer"]
 
-    port = free_port()
-    server = WebServer(app, f"127.0.0.1:{port}", threads=2)
+    server = WebServer(WsgiBridge(app, 2), "127.0.0.1:0")
     server.start()
     answers: list[str] = []
     client = threading.Thread(
-        target=lambda: answers.append(requests.get(f"http://127.0.0.1:{port}/", timeout=5).text)
+        target=lambda: answers.append(
+            requests.get(f"http://127.0.0.1:{server.port}/", timeout=5).text)
     )
     client.start()
     try:
         assert wrote.wait(5)
     finally:
         release.set()
-        client.join(5)
-        server.stop()
+    client.join(5)
+    server.stop()
     assert answers == ["partial answer"]
+
+
+def _raw(port: int, data: bytes, wait: float = 5.0) -> bytes:
+    """Send `data`, then read until the server closes the connection (or `wait` passes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        if data:
+            sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return received
+
+
+@pytest.fixture
+def hello_server() -> Iterator[WebServer]:
+    app = Flask("t")
+
+    @app.get("/")
+    def index() -> str:
+        return "hello"
+
+    server = WebServer(WsgiBridge(app, 2), "127.0.0.1:0")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_request_head_over_the_limit_is_refused_and_the_connection_closed(
+    hello_server: WebServer,
+) -> None:
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Filler: " + b"a" * (MAX_HEAD_BYTES + 10)
+    answer = _raw(hello_server.port, head)  # no end of headers: it would wait for more
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    # a normal request is still served
+    assert requests.get(f"http://127.0.0.1:{hello_server.port}/", timeout=5).text == "hello"
+
+
+def test_a_request_that_never_finishes_is_closed(
+    hello_server: WebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "RECEIVE_SECONDS", 0.3)
+    started = time.monotonic()
+    answer = _raw(hello_server.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    assert answer == b""  # closed, nothing answered
+    assert time.monotonic() - started < 3.0
+
+
+def test_a_connection_that_sends_nothing_is_closed(
+    hello_server: WebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "RECEIVE_SECONDS", 0.3)
+    started = time.monotonic()
+    assert _raw(hello_server.port, b"") == b""
+    assert time.monotonic() - started < 3.0
+
+
+def test_pipelined_requests_are_answered_in_order(hello_server: WebServer) -> None:
+    two = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = _raw(hello_server.port, two)
+    first, _, second = answer.partition(b"hello")
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert b"HTTP/1.1 404 " in second

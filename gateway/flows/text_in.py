@@ -22,7 +22,7 @@ Two entries, one set of rules:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -114,6 +114,40 @@ class InboundService:
             return self._first_answer(text.sid)
         self._log(text, outcome)
         return outcome
+
+    def accept_queueable(
+        self, texts: Sequence[InboundText], busy_phones: Collection[str] = ()
+    ) -> list[Outcome | None]:
+        """The webhook's batch entry: in ONE transaction (one durable commit for them
+        all), queue each text of `texts` that `accept` would queue; None for the others,
+        which the caller passes to `accept` one by one, in order, after this commit.
+
+        A resident's texts keep their order: once one of them is left out (it needs an
+        answer), so are that resident's later texts in the batch; `busy_phones` are
+        residents whose earlier texts are still being processed, so theirs are all left
+        out. On PostgreSQL the numbers are locked in sorted order (as two batches of
+        several processes could otherwise deadlock)."""
+        results: list[Outcome | None] = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: texts[i].phone)  # stable: in order
+        left_out = set(busy_phones)
+        with self._store.transaction() as tx:
+            for i in order:
+                text = texts[i]
+                if text.phone in left_out:
+                    continue
+                routing = tx.resident_routing(text.phone)  # PostgreSQL: locks the number
+                if routing is None or not self._needs_no_answer(*routing, text):
+                    left_out.add(text.phone)
+                    continue
+                queued = tx.queue_inbound(
+                    text.sid, text.phone, text.to, text.body, _media_dicts(text.media),
+                    text.received_at, text.from_city, text.from_state,
+                )  # fmt: skip
+                results[i] = Outcome(
+                    replies=(), duplicate=not queued, keyword=None, step="queued",
+                    municipality_id=routing[0],
+                )  # fmt: skip
+        return results
 
     def process_queued(self, phone: str, limit: int | None = None) -> list[Outcome]:
         """Process `phone`'s queued texts (oldest first; the first `limit`) in one

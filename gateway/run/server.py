@@ -1,19 +1,23 @@
-"""Running the gateway: the web half (waitress), the worker (asyncio), or both.
+"""Running the gateway: the web half (uvicorn, in a thread), the worker (asyncio), or both.
 
-waitress in a thread was kept after measuring the candidates (issue 5's comparison of
-gunicorn sync and gthread, granian and cheroot: none served more texts per second, and the
-multi-process ones had p99 latencies of 0.3-1.6 s, from SQLite's busy polling between
-processes, since replaced by a lock file: gateway/store/group.py). In `sms311 run`, a text
-queued by the web half wakes the worker's inbound processor, and an email queued wakes its
-dispatcher.
+The web half is an ASGI app (`gateway.web.asgi`) served by uvicorn with its C parser
+(httptools) on an event loop of its own, in a thread: `POST /sms/inbound` is answered on that
+loop, with the texts of every connection committed together (one durable commit for many
+texts), and every other request (console, health, status callbacks) goes to the Flask app in
+a pool of threads (a2wsgi). Measured in issue 16 on 2 cores: waitress (8 threads) served
+~2,000 texts/s with 0.45 ms of CPU a text, a third of it the server's own thread hand-offs;
+this server serves several times as many (README, Performance).
 
-waitress's channels are `_QuietChannel`s: a channel whose request is still being served
-does not ask the loop to write until it has `FLUSH_WHILE_SERVING` bytes to send. waitress
-itself asks as soon as a task thread has written anything, then cannot send it while that
-thread holds the channel's output lock: poll() returns at once, again and again, and the
-loop thread takes the GIL from the very threads it waits for. Measured (issue 16, 8
-threads, requests that use the CPU for 0.3 ms): 70-180 requests/s at 125% CPU, against
-1,800-1,850/s with the quiet channel. The task's end wakes the loop, which sends the answer.
+What uvicorn does not bound, `_GuardedHttp` does, so that no client holds a connection or
+memory for free: a request's head (request line and headers) is at most `MAX_HEAD_BYTES`
+(431, then the connection closes), and a request must arrive whole within
+`RECEIVE_SECONDS` of its first byte (or of the connection, for a client that sends nothing);
+idle keep-alive connections close after `KEEP_ALIVE_SECONDS`; beyond `MAX_CONNECTIONS`
+connections or requests at once, uvicorn answers 503. A request body is bounded by the app
+(the webhook: 32 KiB; Flask's `MAX_CONTENT_LENGTH`: 256 KiB).
+
+In `sms311 run`, a text queued by the web half wakes the worker's inbound processor, and an
+email queued wakes its dispatcher.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from waitress.channel import HTTPChannel
-from waitress.server import create_server
+from uvicorn import Config, Server
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import Gateway
 from gateway.run import sdnotify
@@ -38,11 +44,20 @@ from gateway.store import StoreUnavailable
 from gateway.store.sql import as_sql_store
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication
+    from gateway.web.asgi import ASGIApp
 
 log = logging.getLogger(__name__)
 
 Extra = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+MAX_HEAD_BYTES = 64 * 1024
+RECEIVE_SECONDS = 30.0
+KEEP_ALIVE_SECONDS = 15.0
+MAX_CONNECTIONS = 1000
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
+    b"content-length: 32\r\nconnection: close\r\n\r\nRequest Header Fields Too Large\n"
+)
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -51,87 +66,123 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class _QuietChannel(HTTPChannel):  # type: ignore[misc]
-    """waitress's channel, not writable while its request is being served and it has
-    less than `FLUSH_WHILE_SERVING` bytes to send (see the module docstring). The task's
-    end pulls the loop's trigger, and the answer goes out at once."""
+class _GuardedHttp(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol with the limits it lacks (see the module docstring)."""
 
-    FLUSH_WHILE_SERVING = 18000  # a large answer is still streamed while it is written
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_bytes = 0
+        self._reading_head = True
+        self._deadline: asyncio.TimerHandle | None = None
+        self._arm()
 
-    def writable(self) -> bool:
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(RECEIVE_SECONDS, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            log.info("closing a connection whose request did not arrive within %gs",
+                     RECEIVE_SECONDS)
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading_head:
+            if self._deadline is None:
+                self._arm()
+            self._head_bytes += len(data)
+        super().data_received(data)
         if (
-            self.requests
-            and self.total_outbufs_len < self.FLUSH_WHILE_SERVING
-            and not (self.will_close or self.close_when_flushed)
+            self._reading_head
+            and self._head_bytes > MAX_HEAD_BYTES
+            and not self.transport.is_closing()
         ):
-            return False
-        return bool(super().writable())
+            log.info("refused a request whose head is over %d bytes", MAX_HEAD_BYTES)
+            self.transport.write(_TOO_LARGE)
+            self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._reading_head, self._head_bytes = True, 0
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def _listening_socket(listen: str) -> socket.socket:
+    host, port = split_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=2048, reuse_port=False)
+    sock.set_inheritable(True)
+    return sock
 
 
 class WebServer:
-    """A WSGI app behind waitress, in a background thread."""
+    """An ASGI app under uvicorn, on its own event loop in a background thread."""
 
     def __init__(
-        self, app: WSGIApplication, listen: str, threads: int = 8, name: str = "web"
+        self, app: ASGIApp, listen: str, name: str = "web"
     ) -> None:
-        host, port = split_listen(listen)
-        # poll(), not select(): with the open files limit raised (run/limits.py) a socket's
-        # descriptor may be above 1023, which select() cannot watch
-        self._server = create_server(
-            app, host=host, port=port, threads=threads, ident="sms311", asyncore_use_poll=True
-        )
-        self._server.channel_class = _QuietChannel
+        self._socket = _listening_socket(listen)
+        self._config = Config(
+            app, interface="asgi3", http=_GuardedHttp, ws="none", lifespan="off", loop="asyncio",
+            access_log=False, log_config=None, server_header=False,
+            timeout_keep_alive=int(KEEP_ALIVE_SECONDS), limit_concurrency=MAX_CONNECTIONS,
+            timeout_graceful_shutdown=5,
+        )  # fmt: skip
+        self._server = Server(self._config)
+        self._app = app
         self.name = name
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
 
     @property
     def port(self) -> int:
-        return int(self._server.effective_port)
+        return int(self._socket.getsockname()[1])
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
     def _serve(self) -> None:
-        with contextlib.suppress(OSError):  # closed while stopping
-            self._server.run()
+        try:
+            self._server.run(sockets=[self._socket])
+        except Exception:
+            log.exception("%s: the web server failed", self.name)
 
-    def start(self) -> None:
+    def start(self, timeout: float = 10.0) -> None:
+        """Start serving; returns once the server accepts connections."""
         self._thread.start()
-        log.info("%s listening on %s:%s", self.name, self._server.effective_host, self.port)
+        deadline = time.monotonic() + timeout
+        while not self._server.started and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: the web server did not start")
+            time.sleep(0.005)
+        host = self._socket.getsockname()[0]
+        log.info("%s listening on %s:%s", self.name, host, self.port)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let the requests in flight finish (up to `grace` seconds), then
-        end waitress's loop and close every connection. (Closing the server from this
-        thread alone leaves the loop polling its open keep-alive connections, and the
-        process waiting for it.)"""
-        server = self._server
-        if not self._thread.is_alive():
-            server.close()
-            return
-        channels: dict[Any, Any] = {}
-
-        def stop_accepting() -> None:  # these run on waitress's loop thread
-            server.accepting = False
-            server.del_channel()
-            with contextlib.suppress(OSError):
-                server.socket.close()
-
-        def leave_loop() -> None:  # answers still buffered go out; an empty map ends the loop
-            for channel in list(server._map.values()):
-                with contextlib.suppress(Exception):
-                    if channel is not server.trigger and channel.writable():
-                        channel.handle_write()
-            channels.update(server._map)
-            server._map.clear()
-
-        server.trigger.pull_trigger(stop_accepting)
-        server.task_dispatcher.shutdown(cancel_pending=False, timeout=grace)
-        server.trigger.pull_trigger(leave_loop)
-        self._thread.join(timeout=grace)
-        for channel in channels.values():
-            with contextlib.suppress(OSError):
-                channel.close()
+        close every connection and end the server's loop."""
+        self._config.timeout_graceful_shutdown = max(1, int(grace))
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=grace + 2)
+        with contextlib.suppress(OSError):
+            self._socket.close()
+        close = getattr(self._app, "close", None)
+        if close is not None:  # commits what is queued, ends the app's threads
+            close()
 
 
 async def run_gateway(
@@ -167,12 +218,12 @@ async def run_gateway(
     loop.add_signal_handler(signal.SIGINT, shutdown)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(gateway, notifier))
     if web:  # (Flask and the console are not loaded by a worker-only process)
-        from gateway.web import create_app
-    server = WebServer(create_app(gateway), gateway.settings.web.listen) if web else None
+        from gateway.web.asgi import create_asgi_app
+    server = WebServer(create_asgi_app(gateway), gateway.settings.web.listen) if web else None
     # /metrics and the detailed /healthz on their own (internal) address, when set
     metrics_listen = gateway.settings.web.metrics_listen
     internal = (
-        WebServer(create_app(gateway, internal=True), metrics_listen, threads=2, name="metrics")
+        WebServer(create_asgi_app(gateway, internal=True), metrics_listen, name="metrics")
         if web and metrics_listen is not None
         else None
     )

@@ -25,12 +25,14 @@ from werkzeug.utils import get_content_type
 
 from gateway.app import Gateway
 from gateway.flows.delivery import record_delivery_report
+from gateway.flows.text_in import Outcome
 from gateway.logs import mask_phone
 from gateway.sms.base import (
     DELIVERY_STATES,
     MAX_WEBHOOK_BYTES,
     MAX_WEBHOOK_FIELDS,
     BadWebhook,
+    InboundText,
 )
 from gateway.store import StoreUnavailable
 from gateway.web.extension import current_gateway
@@ -134,6 +136,25 @@ def receive_text(
     text accepted in one committed transaction (`InboundService.accept`), answered in the
     provider's format; 503 when the store is down."""
     started = time.perf_counter()
+    checked = check_text(gateway, path, query, form, headers)
+    if isinstance(checked, Answer):
+        return checked
+    try:
+        outcome = gateway.inbound.accept(checked)
+    except StoreUnavailable as exc:
+        return store_down(checked, exc)
+    return answer_text(gateway, outcome, started)
+
+
+def check_text(
+    gateway: Gateway,
+    path: str,
+    query: str,
+    form: Mapping[str, str],
+    headers: Mapping[str, str] | Headers,
+) -> InboundText | Answer:
+    """The webhook's checks before the store: the signature (403), the form (400); an
+    empty text is answered at once (nothing to forward or answer). The text, or the answer."""
     if not gateway.webhooks.authentic(path, query, form, headers):
         return _refuse(gateway, path, "signature")
     try:
@@ -142,12 +163,18 @@ def receive_text(
         return _refuse_bad_request(gateway, path, str(exc))
     if not text.body and not text.media:
         gateway.metrics.texts_in.labels("empty").inc()
-        return _provider_answer(gateway, ())  # an empty text: nothing to forward or answer
-    try:
-        outcome = gateway.inbound.accept(text)
-    except StoreUnavailable as exc:
-        log.error("store unavailable, answering 503 to %s: %s", mask_phone(text.phone), exc)
-        return _UNAVAILABLE
+        return _provider_answer(gateway, ())
+    return text
+
+
+def store_down(text: InboundText, exc: StoreUnavailable) -> Answer:
+    """503: the provider retries (or its fallback URL acts); nothing was stored."""
+    log.error("store unavailable, answering 503 to %s: %s", mask_phone(text.phone), exc)
+    return _UNAVAILABLE
+
+
+def answer_text(gateway: Gateway, outcome: Outcome, started: float) -> Answer:
+    """After the text's transaction committed: wake the worker, count, answer."""
     if outcome.emails_queued:
         gateway.outbox_changed()
     kind = "duplicate" if outcome.duplicate else (outcome.keyword or "text")
@@ -166,6 +193,19 @@ def receive_text(
 def _provider_answer(gateway: Gateway, replies: tuple[str, ...]) -> Answer:
     answer = gateway.webhooks.answer(replies)
     return Answer("200 OK", answer.content_type, answer.body)
+
+
+def urlencoded_form(gateway: Gateway, path: str, data: bytes) -> MultiDict[str, str] | Answer:
+    """A urlencoded body (at most `MAX_WEBHOOK_BYTES`, checked by the caller) as a form;
+    413 for more than `MAX_WEBHOOK_FIELDS` fields, refused before it is parsed."""
+    if data.count(b"&") >= MAX_WEBHOOK_FIELDS:
+        return _refuse_too_large(gateway, path, "too many fields")
+    return MultiDict(parse_qsl(data.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def refuse_too_large(gateway: Gateway, path: str, reason: str) -> Answer:
+    """413, counted and logged (a body over `MAX_WEBHOOK_BYTES`)."""
+    return _refuse_too_large(gateway, path, reason)
 
 
 class InboundFastPath:
@@ -207,11 +247,9 @@ class InboundFastPath:
         if length > MAX_WEBHOOK_BYTES:
             return _refuse_too_large(gateway, path, f"{length} bytes")
         data = environ["wsgi.input"].read(length) if length > 0 else b""
-        if data.count(b"&") >= MAX_WEBHOOK_FIELDS:
-            return _refuse_too_large(gateway, path, "too many fields")
-        form = MultiDict(
-            parse_qsl(data.decode("utf-8", "replace"), keep_blank_values=True)
-        )
+        form = urlencoded_form(gateway, path, data)
+        if isinstance(form, Answer):
+            return form
         query = environ.get("QUERY_STRING", "")
         if isinstance(query, bytes):  # pragma: no cover - WSGI gives str
             query = query.decode("latin-1")
