@@ -65,8 +65,12 @@ class Front:
     resident: Resident
 
     def rows(self, table: sa.Table) -> list[Any]:
-        with sa.create_engine(self.gateway.settings.database).connect() as db:
-            return list(db.execute(sa.select(table).order_by(table.c.id)))
+        engine = sa.create_engine(self.gateway.settings.database)
+        try:
+            with engine.connect() as db:
+                return list(db.execute(sa.select(table).order_by(table.c.id)))
+        finally:
+            engine.dispose()
 
 
 def _front(gateway: Gateway) -> Iterator[Front]:
@@ -115,6 +119,20 @@ def test_a_retried_text_is_stored_once(front: Front) -> None:
 
 
 def test_residents_texting_at_once_each_text_stored_once_in_order(front: Front) -> None:
+    texting_at_once(front)
+
+
+def test_residents_texting_at_once_on_postgresql(pg_store_url: str, tmp_path: Path) -> None:
+    """The same on PostgreSQL, where a batch locks its residents' numbers (in order)."""
+    gateway = Gateway.from_settings(settings_in(tmp_path, database=pg_store_url))
+    try:
+        for front in _front(gateway):
+            texting_at_once(front)
+    finally:
+        gateway.close()
+
+
+def texting_at_once(front: Front) -> None:
     phones = [f"+161355502{n:02d}" for n in range(6)]
     for phone in phones:
         known(front, phone)
