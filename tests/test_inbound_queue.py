@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from gateway.app import Gateway
 from gateway.rules.resident_email import ResidentEmail
-from gateway.run.inbound import MAX_PER_RESIDENT, InboundProcessor
+from gateway.run.inbound import BUSY_PER_RESIDENT, MAX_PER_RESIDENT, InboundProcessor
 from gateway.store import Resident as ResidentRow
 from gateway.store import open_store
 from gateway.store.schema import inbound_texts, messages
@@ -144,10 +144,11 @@ def test_a_reply_decided_by_the_worker_goes_out_through_the_providers_api(
 
 
 def test_texts_are_processed_in_order_in_bounded_rounds(
-    resident: Resident, gateway: Gateway
+    resident: Resident, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for i in range(40):
         resident.say(PHONE, f"update {i}", silent=True)
+    monkeypatch.setattr(gateway, "webhook_busy", lambda window: False)  # a quiet webhook
     processor = InboundProcessor(gateway)
     assert MAX_PER_RESIDENT["sqlite"] == 8
     for _ in range(5):  # 8 texts of a resident per transaction on SQLite
@@ -155,6 +156,20 @@ def test_texts_are_processed_in_order_in_bounded_rounds(
     assert processor.process_once() == 0
     bodies = [texts[0] for _, texts in emailed(gateway)][-40:]
     assert bodies == [f"update {i}" for i in range(40)]
+
+
+def test_while_the_webhook_is_busy_the_worker_takes_short_transactions(
+    resident: Resident, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the webhook's commits wait for the worker's transaction: while texts are
+    arriving, a resident's queued texts are taken BUSY_PER_RESIDENT at a time."""
+    for i in range(5):
+        resident.say(PHONE, f"busy {i}", silent=True)
+    monkeypatch.setattr(gateway, "webhook_busy", lambda window: True)
+    processor = InboundProcessor(gateway)
+    assert [processor.process_once() for _ in range(4)] == [BUSY_PER_RESIDENT] * 2 + [1, 0]
+    bodies = [texts[0] for _, texts in emailed(gateway)][-5:]
+    assert bodies == [f"busy {i}" for i in range(5)]
 
 
 def test_the_worker_yields_while_the_webhook_is_busy(

@@ -188,3 +188,37 @@ def test_pipelined_requests_are_answered_in_order(hello_server: WebServer) -> No
     first, _, second = answer.partition(b"hello")
     assert first.startswith(b"HTTP/1.1 200 ")
     assert b"HTTP/1.1 404 " in second
+
+
+def test_connections_send_small_writes_at_once(hello_server: WebServer) -> None:
+    """TCP_NODELAY on every connection: an answer written in two parts (head, then body)
+    must not wait for the client's delayed ACK (40 ms a request before; issue 16)."""
+    session = requests.Session()
+    assert session.get(f"http://127.0.0.1:{hello_server.port}/", timeout=5).text == "hello"
+    connections = list(hello_server._server.server_state.connections)
+    assert connections
+    for connection in connections:
+        sock = connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    session.close()
+
+
+def test_forwarded_headers_are_not_believed_by_the_server() -> None:
+    """uvicorn believes X-Forwarded-For from loopback by default; the gateway decides that
+    itself (`web.trusted_proxies`, werkzeug's ProxyFix), so the server must not."""
+    app = Flask("t")
+
+    @app.get("/who")
+    def who() -> str:
+        from flask import request
+
+        return f"{request.remote_addr} {request.scheme}"
+
+    server = WebServer(WsgiBridge(app, 2), "127.0.0.1:0")
+    server.start()
+    try:
+        answer = requests.get(f"http://127.0.0.1:{server.port}/who", timeout=5, headers={
+            "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
+    finally:
+        server.stop()
+    assert answer.text == "127.0.0.1 http"

@@ -11,13 +11,16 @@ the same time (its lock). It wakes when the web half of the same process queued 
 otherwise polls every `poll_interval` seconds. A store that is down is logged and tried
 again after a pause; the queued texts are safe in the database meanwhile.
 
-In `sms311 run` the web half and this share one Python process (one core: the GIL).
 While the webhook is busy (a text accepted in the last `BUSY_WINDOW` seconds), the
-processor works in short rounds (at most `MAX_PER_RESIDENT` texts of a resident at a time)
-and rests `YIELD_FACTOR` times the CPU time each round took, so answering the provider
-keeps at least three quarters of the process: a burst is acknowledged at full speed and
-processed at a quarter of the process meanwhile, then at full speed once it is over.
-In the systemd layout (`sms311 web` and `sms311 worker`), the kernel shares the cores.
+processor works in short rounds — `BUSY_PER_RESIDENT` texts of a resident per transaction
+(on SQLite the webhook's commits wait for a worker's transaction: one writer at a time) and
+at most `BUSY_ROUND_CPU` seconds of CPU a round — and rests `YIELD_FACTOR` times the CPU
+time each round took. In `sms311 run`, where the web half and this share one Python process
+(one core: the GIL), answering the provider keeps at least three quarters of the process: a
+burst is acknowledged at full speed and processed at a quarter of the process meanwhile,
+then at full speed once it is over. In the systemd layout (`sms311 web` and `sms311
+worker`), the kernel shares the cores, and the short transactions keep the webhook's
+commits from waiting long for the database.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ BATCH = 64  # residents per round
 # transaction (one writer at a time): a short one keeps their p99 low. On PostgreSQL only
 # that resident's own texts wait, and fewer, larger transactions save commits.
 MAX_PER_RESIDENT = {"sqlite": 8, "postgresql": 32}
+BUSY_PER_RESIDENT = 2  # texts of one resident per transaction while the webhook is busy
+BUSY_ROUND_CPU = 0.01  # seconds of CPU: a round ends after this while the webhook is busy
 BUSY_WINDOW = 0.2  # seconds: the webhook accepted a text this recently: it is busy
 YIELD_FACTOR = 3.0  # while it is busy, rest this many times as long as a round took
 
@@ -87,7 +92,11 @@ class InboundProcessor:
         started = time.thread_time()
         handled = queued = 0
         for phone in gateway.store.queued_phones(self._batch):
-            outcomes = gateway.inbound.process_queued(phone, self._per_resident)
+            busy = gateway.webhook_busy(BUSY_WINDOW)
+            if busy and handled and time.thread_time() - started > BUSY_ROUND_CPU:
+                break
+            limit = min(self._per_resident, BUSY_PER_RESIDENT) if busy else self._per_resident
+            outcomes = gateway.inbound.process_queued(phone, limit)
             handled += len(outcomes)
             queued += sum(o.emails_queued + len(o.replies) for o in outcomes)
         if queued:  # emails (and, rarely, SMS replies) in the outbox

