@@ -148,8 +148,8 @@ def test_texts_are_processed_in_order_in_bounded_rounds(
 ) -> None:
     for i in range(40):
         resident.say(PHONE, f"update {i}", silent=True)
-    monkeypatch.setattr(gateway, "webhook_busy", lambda window: False)  # a quiet webhook
     processor = InboundProcessor(gateway)
+    monkeypatch.setattr(processor, "webhook_busy", lambda: False)  # a quiet webhook
     assert MAX_PER_RESIDENT["sqlite"] == 8
     for _ in range(5):  # 8 texts of a resident per transaction on SQLite
         assert processor.process_once() == 8
@@ -165,8 +165,8 @@ def test_while_the_webhook_is_busy_the_worker_takes_short_transactions(
     arriving, a resident's queued texts are taken BUSY_PER_RESIDENT at a time."""
     for i in range(5):
         resident.say(PHONE, f"busy {i}", silent=True)
-    monkeypatch.setattr(gateway, "webhook_busy", lambda window: True)
     processor = InboundProcessor(gateway)
+    monkeypatch.setattr(processor, "webhook_busy", lambda: True)
     assert [processor.process_once() for _ in range(4)] == [BUSY_PER_RESIDENT] * 2 + [1, 0]
     bodies = [texts[0] for _, texts in emailed(gateway)][-5:]
     assert bodies == [f"busy {i}" for i in range(5)]
@@ -179,6 +179,26 @@ def test_the_worker_yields_while_the_webhook_is_busy(
     resident.say(PHONE, "Graffiti on the bridge", silent=True)
     assert gateway.webhook_busy(60.0)  # the queued text marked the webhook busy
     assert not gateway.webhook_busy(0.0)
+
+
+def test_a_worker_in_another_process_sees_a_busy_webhook_by_the_queue(
+    resident: Resident, gateway: Gateway, tmp_path: Path
+) -> None:
+    """The systemd layout: the worker's process has no web half; the newest queued text's
+    arrival says whether a webhook is taking texts."""
+    other = Gateway.from_settings(gateway.settings)  # another process's view of the store
+    try:
+        processor = InboundProcessor(other)
+        assert not processor.webhook_busy()  # nothing queued
+        resident.say(PHONE, "Broken bench in the park", silent=True)
+        assert not other.webhook_busy(60.0)  # its own web half took nothing
+        assert processor.webhook_busy()  # but a text arrived just now
+        with other.store.transaction() as tx:  # the same text, had it come a minute ago
+            tx.execute(sa.update(inbound_texts).values(
+                received_at=datetime.now(UTC) - timedelta(minutes=1)))
+        assert not processor.webhook_busy()
+    finally:
+        other.close()
 
 
 def test_the_worker_is_woken_by_the_web_half_of_its_process(

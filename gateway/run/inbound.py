@@ -11,7 +11,8 @@ the same time (its lock). It wakes when the web half of the same process queued 
 otherwise polls every `poll_interval` seconds. A store that is down is logged and tried
 again after a pause; the queued texts are safe in the database meanwhile.
 
-While the webhook is busy (a text accepted in the last `BUSY_WINDOW` seconds), the
+While a webhook is busy (a text accepted in the last `BUSY_WINDOW` seconds: by the web half
+of this process, or the newest queued text for a webhook elsewhere), the
 processor works in short rounds — `BUSY_PER_RESIDENT` texts of a resident per transaction
 (on SQLite the webhook's commits wait for a worker's transaction: one writer at a time) and
 at most `BUSY_ROUND_CPU` seconds of CPU a round — and rests `YIELD_FACTOR` times the CPU
@@ -29,6 +30,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from gateway.app import Gateway
 from gateway.store import StoreUnavailable
@@ -67,6 +69,7 @@ class InboundProcessor:
         self._wake = asyncio.Event()
         self.processed = 0  # texts processed by this instance (tests, the benchmark)
         self.last_round_cpu = 0.0  # CPU seconds the last round took (its thread's)
+        self.last_round_busy = False  # was a webhook busy during the last round?
 
     def wake(self) -> None:
         """Look at the queue now rather than at the next poll."""
@@ -83,7 +86,7 @@ class InboundProcessor:
                 continue
             if not handled:
                 await sleep_or(stop, self._poll_interval, self._wake)
-            elif self._gateway.webhook_busy(BUSY_WINDOW):
+            elif self.last_round_busy:
                 await sleep_or(stop, min(1.0, self.last_round_cpu * YIELD_FACTOR))
 
     def process_once(self) -> int:
@@ -91,8 +94,8 @@ class InboundProcessor:
         gateway = self._gateway
         started = time.thread_time()
         handled = queued = 0
+        busy = self.webhook_busy()
         for phone in gateway.store.queued_phones(self._batch):
-            busy = gateway.webhook_busy(BUSY_WINDOW)
             if busy and handled and time.thread_time() - started > BUSY_ROUND_CPU:
                 break
             limit = min(self._per_resident, BUSY_PER_RESIDENT) if busy else self._per_resident
@@ -103,4 +106,16 @@ class InboundProcessor:
             self._on_queued()
         self.processed += handled
         self.last_round_cpu = time.thread_time() - started
+        self.last_round_busy = busy
         return handled
+
+    def webhook_busy(self) -> bool:
+        """Is a webhook accepting texts? This process's web half says so at once; a
+        webhook in another process (the systemd layout, other instances) is seen by the
+        newest queued text's arrival (clocks: the same machine, or NTP)."""
+        if self._gateway.webhook_busy(BUSY_WINDOW):
+            return True
+        newest = self._gateway.store.newest_queued_at()
+        return newest is not None and datetime.now(UTC) - newest < timedelta(
+            seconds=BUSY_WINDOW
+        )

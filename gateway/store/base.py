@@ -597,6 +597,11 @@ class Store(Protocol):
         """Up to `limit` phones with texts in the inbound queue, the longest waiting first."""
         ...
 
+    def newest_queued_at(self) -> datetime | None:
+        """When the newest text still in the inbound queue arrived (None: the queue is
+        empty): a worker in another process than the webhook reads "is it busy?" here."""
+        ...
+
     def claim_due(
         self,
         kinds: Iterable[OutboxKind],

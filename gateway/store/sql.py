@@ -30,6 +30,7 @@ import functools
 import logging
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -254,6 +255,14 @@ class SqlStore(SqlOutbox):
         )
         with self._read() as conn:
             return [str(phone) for phone in conn.execute(stmt).scalars()]
+
+    def newest_queued_at(self) -> datetime | None:
+        stmt = (
+            sa.select(inbound_texts.c.received_at).order_by(inbound_texts.c.id.desc()).limit(1)
+        )
+        with self._read() as conn:
+            value = conn.execute(stmt).scalar()
+        return value if isinstance(value, datetime) else None
 
     # IMAP checkpoints
 

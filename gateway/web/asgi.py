@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from a2wsgi import WSGIMiddleware
-from werkzeug.datastructures import Headers
 
 from gateway.app import Gateway
 from gateway.flows.text_in import Outcome
@@ -182,6 +181,19 @@ def _resolve(
             future.set_result(results[i])
 
 
+class _Headers(dict[str, str]):
+    """A request's headers by lower-case name (the first of each), read case-insensitively
+    with `get` (what the signature check reads; werkzeug's Headers cost more to build)."""
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        super().__init__()
+        for name, value in raw:
+            self.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+
 class InboundFront:
     """The ASGI app: `POST /sms/inbound` here, everything else to `fallback`."""
 
@@ -231,7 +243,7 @@ class InboundFront:
         if isinstance(form, Answer):
             return form
         query = scope["query_string"].decode("utf-8", "replace")
-        headers = Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]])
+        headers = _Headers(scope["headers"])
         try:
             checked = check_text(gateway, PATH, query, form, headers)
             if isinstance(checked, Answer):

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, request
@@ -179,15 +180,31 @@ def answer_text(gateway: Gateway, outcome: Outcome, started: float) -> Answer:
         gateway.outbox_changed()
     kind = "duplicate" if outcome.duplicate else (outcome.keyword or "text")
     metrics = gateway.metrics
-    metrics.texts_in.labels(kind).inc()
+    _labelled(metrics.texts_in, kind).inc()
     if not outcome.duplicate and outcome.keyword is None:
         if outcome.step == "queued":
             gateway.inbound_changed()
-        metrics.dialogue_steps.labels(outcome.step).inc()
+        _labelled(metrics.dialogue_steps, outcome.step).inc()
         if outcome.step in ("delivered", "queued") and outcome.municipality_id:
-            metrics.texts_by_municipality.labels(outcome.municipality_id).inc()
+            _labelled(metrics.texts_by_municipality, outcome.municipality_id).inc()
     metrics.webhook_seconds.observe(time.perf_counter() - started)
     return _provider_answer(gateway, outcome.replies)
+
+
+_CHILDREN: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _labelled(metric: Any, value: str) -> Any:
+    """`metric.labels(value)`, kept (prometheus_client validates and locks on every
+    `labels()` call; a text counts three). Values are bounded: kinds, steps, municipality
+    ids of the map."""
+    children = _CHILDREN.get(metric)
+    if children is None:
+        children = _CHILDREN.setdefault(metric, {})
+    child = children.get(value)
+    if child is None:
+        child = children[value] = metric.labels(value)
+    return child
 
 
 def _provider_answer(gateway: Gateway, replies: tuple[str, ...]) -> Answer:
