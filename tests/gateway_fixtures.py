@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import socket
 import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -129,6 +130,19 @@ def twiml_messages(body: bytes) -> list[str]:
         return []
     root = ElementTree.fromstring(body)
     return [m.text or "" for m in root.iter("Message")]
+
+
+class Clock:
+    """A clock the test moves: `clock()` is the time, `clock.advance(seconds)` moves it."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
 
 
 class Resident:

@@ -10,7 +10,7 @@ import email.policy
 import random
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,7 +27,7 @@ from gateway.sms.base import InboundText
 from gateway.store import open_store
 from gateway.web import create_app
 from tests.fake_twilio import FakeTwilio
-from tests.gateway_fixtures import Resident, free_port, settings_in
+from tests.gateway_fixtures import Clock, Resident, free_port, settings_in
 
 T0 = datetime(2026, 11, 22, 15, 0, tzinfo=UTC)
 JPEG = b"\xff\xd8\xff\xe0" + b"picture-bytes" * 100
@@ -53,17 +53,6 @@ class Mailbox:
         assert isinstance(message, EmailMessage)
         self.messages.append(message)
         return "250 OK"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture

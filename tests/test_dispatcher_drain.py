@@ -11,7 +11,7 @@ import email
 import email.policy
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from gateway.rules.thread import new_message_id, new_token, reply_address, threa
 from gateway.run.worker import Dispatcher
 from gateway.settings import load_settings
 from gateway.store import StoreUnavailable, open_store
-from tests.gateway_fixtures import free_port, write_settings
+from tests.gateway_fixtures import Clock, free_port, write_settings
 from tests.tcp_proxy import TcpProxy
 
 T0 = datetime(2026, 11, 22, 15, 0, tzinfo=UTC)
@@ -56,17 +56,6 @@ def _body(message: EmailMessage) -> str:
     part = message.get_body(("plain",))
     assert part is not None
     return str(part.get_content()).splitlines()[0]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def make_gateway(
