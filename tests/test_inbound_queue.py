@@ -16,7 +16,7 @@ from gateway.app import Gateway
 from gateway.rules.resident_email import ResidentEmail
 from gateway.run.inbound import BUSY_PER_RESIDENT, MAX_PER_RESIDENT, InboundProcessor
 from gateway.store import Resident as ResidentRow
-from gateway.store import open_store
+from gateway.store import TextToQueue, open_store
 from gateway.store.schema import inbound_texts, messages
 from gateway.web import create_app
 from tests.gateway_fixtures import TEST_MAP, Resident, twilio_form, twiml_messages
@@ -254,6 +254,50 @@ def test_the_queue_rows_read_back_as_written(
         with store.transaction() as tx:
             tx.unqueue_inbound([r.id for r in rows])
         assert store.queued_phones(10) == []
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_batch_is_read_and_queued_in_one_go(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The webhook's batch (`residents_routing`, `queue_inbound_many`; one statement each on
+    PostgreSQL): strangers left out, a sid already queued or repeated in the batch refused,
+    the rows read back as written, a resident's texts in the order given."""
+    url = (
+        f"sqlite:///{tmp_path}/gateway.db"
+        if backend == "sqlite"
+        else str(request.getfixturevalue("pg_store_url"))
+    )
+    store = open_store(url)
+    try:
+        if backend == "sqlite":
+            store.upgrade()
+        at = datetime(2026, 12, 6, 3, 30, 1, 654321, tzinfo=UTC)
+        media = [{"url": "https://api.twilio.com/m/ME9", "content_type": "image/png"}]
+        with store.transaction() as tx:
+            tx.save_resident(ResidentRow(PHONE, "ottawa", dialogue={}))
+            tx.save_resident(ResidentRow("+16135550162", "montreal", dialogue={"stage": "asking"}))
+            assert tx.queue_inbound("SM0", PHONE, "31100", "queued before", [], at)
+        with store.transaction() as tx:
+            assert tx.residents_routing([PHONE, "+16135550162", "+16135550199", PHONE]) == {
+                PHONE: ("ottawa", "idle"), "+16135550162": ("montreal", "asking")}
+            assert tx.residents_routing([]) == {}
+            stored = tx.queue_inbound_many([
+                TextToQueue("SM1", PHONE, "31100", "Élan 1", media, at, "OTTAWA", "ON"),
+                TextToQueue("SM0", PHONE, "31100", "a retry", [], at),
+                TextToQueue("SM2", PHONE, "31100", "Élan 2", [], at + timedelta(seconds=1)),
+                TextToQueue("SM1", PHONE, "31100", "a retry in the batch", [], at),
+            ])  # fmt: skip
+            assert stored == [True, False, True, False]
+            assert tx.queue_inbound_many([]) == []
+        with store.transaction() as tx:
+            rows = tx.queued_inbound(PHONE)
+        assert [(r.sid, r.body) for r in rows] == [
+            ("SM0", "queued before"), ("SM1", "Élan 1"), ("SM2", "Élan 2")]
+        assert rows[1].media == tuple(media) and rows[1].received_at == at
+        assert (rows[1].from_city, rows[1].from_state) == ("OTTAWA", "ON")
     finally:
         store.close()
 

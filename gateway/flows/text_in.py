@@ -42,6 +42,7 @@ from gateway.store import (
     Resident,
     Store,
     StoredMessage,
+    TextToQueue,
     Tx,
 )
 
@@ -131,22 +132,30 @@ class InboundService:
         order = sorted(range(len(texts)), key=lambda i: texts[i].phone)  # stable: in order
         left_out = set(busy_phones)
         with self._store.transaction() as tx:
+            # PostgreSQL: the numbers are locked (sorted), and read, in one go
+            routings = tx.residents_routing([t.phone for t in texts if t.phone not in left_out])
+            chosen: list[tuple[int, str | None]] = []
             for i in order:
                 text = texts[i]
+                routing = routings.get(text.phone)
                 if text.phone in left_out:
                     continue
-                routing = tx.resident_routing(text.phone)  # PostgreSQL: locks the number
                 if routing is None or not self._needs_no_answer(*routing, text):
                     left_out.add(text.phone)
                     continue
-                queued = tx.queue_inbound(
-                    text.sid, text.phone, text.to, text.body, _media_dicts(text.media),
-                    text.received_at, text.from_city, text.from_state,
-                )  # fmt: skip
-                results[i] = Outcome(
-                    replies=(), duplicate=not queued, keyword=None, step="queued",
-                    municipality_id=routing[0],
-                )  # fmt: skip
+                chosen.append((i, routing[0]))
+            queued = tx.queue_inbound_many([
+                TextToQueue(
+                    t.sid, t.phone, t.to, t.body, _media_dicts(t.media), t.received_at,
+                    t.from_city, t.from_state,
+                )
+                for t in (texts[i] for i, _ in chosen)
+            ])  # fmt: skip
+        for (i, municipality_id), stored in zip(chosen, queued, strict=True):
+            results[i] = Outcome(
+                replies=(), duplicate=not stored, keyword=None, step="queued",
+                municipality_id=municipality_id,
+            )  # fmt: skip
         return results
 
     def process_queued(self, phone: str, limit: int | None = None) -> list[Outcome]:

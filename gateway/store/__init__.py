@@ -45,6 +45,7 @@ from gateway.store.base import (
     StoredMessage,
     StoreError,
     StoreUnavailable,
+    TextToQueue,
     Tx,
 )
 from gateway.store.sql import SqlStore, open_store
@@ -70,6 +71,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "StoredMessage",
+    "TextToQueue",
     "Tx",
     "open_store",
 ]

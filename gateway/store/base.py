@@ -205,6 +205,20 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
+class TextToQueue:
+    """A text for the inbound queue (`Tx.queue_inbound_many`), as `queue_inbound` takes it."""
+
+    sid: str
+    phone: str
+    to: str
+    body: str
+    media: Sequence[Mapping[str, str]]
+    received_at: datetime
+    from_city: str | None = None
+    from_state: str | None = None
+
+
+@dataclass(frozen=True)
 class QueuedText:
     """A text the webhook accepted and stored for the worker (`inbound_texts`): what the
     provider's webhook said, numbers in E.164, `media` items `{"url", "content_type"}`."""
@@ -301,6 +315,16 @@ class Tx(Protocol):
         """What the webhook needs to know of `phone`'s resident: (municipality id, dialogue
         stage), None for a number never seen. PostgreSQL: locks the number, as
         `get_resident` does."""
+        ...
+
+    def residents_routing(self, phones: Sequence[str]) -> dict[str, tuple[str | None, str]]:
+        """`resident_routing` for several numbers (strangers left out); on PostgreSQL they
+        are locked in sorted order, in one round trip."""
+        ...
+
+    def queue_inbound_many(self, texts: Sequence[TextToQueue]) -> list[bool]:
+        """`queue_inbound` for several texts (one statement on PostgreSQL); for each, False
+        when its sid is already queued (before, or earlier in `texts`)."""
         ...
 
     def queued_inbound(self, phone: str, limit: int | None = None) -> list[QueuedText]:

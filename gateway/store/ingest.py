@@ -39,6 +39,24 @@ _QUEUE = {
     "ON CONFLICT (sid) DO NOTHING",
 }
 _NOTIFY = "SELECT pg_notify('sms311_outbox', 'inbound')"
+# a batch's numbers locked in one round trip, in sorted order (two batches of several
+# processes lock in the same order: no deadlock)
+_LOCK_MANY_PG = (
+    "SELECT count(pg_advisory_xact_lock(hashtextextended(phone, 0))) "
+    "FROM (SELECT DISTINCT unnest(%s::text[]) AS phone ORDER BY 1) AS numbers"
+)
+_RESIDENTS_PG = (
+    "SELECT phone, municipality_id, dialogue::json ->> 'stage' FROM residents "
+    "WHERE phone = ANY(%s)"
+)
+# a batch's rows in one statement: one array a column
+_QUEUE_MANY_PG = (
+    "INSERT INTO inbound_texts (sid, phone, to_number, body, media, from_city, from_state, "
+    "received_at) SELECT s, p, t, b, m, c, st, r FROM unnest(%s::text[], %s::text[], "
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]) "
+    "WITH ORDINALITY AS rows(s, p, t, b, m, c, st, r, n) ORDER BY n "  # ids in this order
+    "ON CONFLICT (sid) DO NOTHING RETURNING sid"
+)
 
 
 @contextmanager
@@ -74,13 +92,62 @@ def resident_routing(raw: Any, postgresql: bool, phone: str) -> tuple[str | None
     return municipality_id, "idle" if stage is None else str(stage)
 
 
-def queue_text(
-    raw: Any,
-    postgresql: bool,
-    values: tuple[str, str, str, str, Sequence[Mapping[str, str]], str | None, str | None],
-    received_at: datetime,
-) -> bool:
-    """Insert one `inbound_texts` row; False when its sid is already queued."""
+def residents_routing(
+    raw: Any, postgresql: bool, phones: Sequence[str]
+) -> dict[str, tuple[str | None, str]]:
+    """`resident_routing` for several numbers at once (strangers are left out). On
+    PostgreSQL the numbers are locked, in sorted order, and read in two round trips."""
+    if not postgresql:
+        found = {}
+        for phone in phones:
+            routing = resident_routing(raw, False, phone)
+            if routing is not None:
+                found[phone] = routing
+        return found
+    numbers = sorted(set(phones))
+    if not numbers:
+        return {}
+    with _driver_errors():
+        raw.execute(_LOCK_MANY_PG, (numbers,))
+        rows = raw.execute(_RESIDENTS_PG, (numbers,)).fetchall()
+    return {
+        str(phone): (municipality_id, "idle" if stage is None else str(stage))
+        for phone, municipality_id, stage in rows
+    }
+
+
+Values = tuple[str, str, str, str, Sequence[Mapping[str, str]], str | None, str | None]
+
+
+def queue_texts(
+    raw: Any, postgresql: bool, texts: Sequence[tuple[Values, datetime]]
+) -> list[bool]:
+    """`queue_text` for several texts: one statement on PostgreSQL (one round trip, one
+    NOTIFY); for each text, False when its sid was already queued (before, or earlier in
+    `texts`)."""
+    if not postgresql:
+        return [queue_text(raw, False, values, at) for values, at in texts]
+    first: dict[str, int] = {}
+    rows: list[tuple[Any, ...]] = []
+    for i, (values, at) in enumerate(texts):
+        if values[0] not in first:
+            first[values[0]] = i
+            rows.append(_params(values, at, True))
+    if not rows:
+        return []
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    with _driver_errors():
+        inserted = {str(sid) for (sid,) in raw.execute(_QUEUE_MANY_PG, columns).fetchall()}
+        if inserted:  # the workers of every instance look at once (at commit)
+            raw.execute(_NOTIFY)
+    return [
+        values[0] in inserted and first[values[0]] == i
+        for i, (values, _) in enumerate(texts)
+    ]
+
+
+def _params(values: Values, received_at: datetime, postgresql: bool) -> tuple[Any, ...]:
+    """The row's parameters as the tables' SQLAlchemy types would write them."""
     sid, phone, to, body, media, from_city, from_state = values
     if received_at.tzinfo is None or received_at.utcoffset() is None:
         raise ValueError(f"naive datetime given to the store (use an aware UTC one): {received_at}")
@@ -89,7 +156,12 @@ def queue_text(
         [dict(m) for m in media], ensure_ascii=False, separators=(",", ":"), sort_keys=True
     )
     when: Any = moment if postgresql else moment.strftime("%Y-%m-%d %H:%M:%S.%f")
-    params = (sid, phone, to, body, media_json, from_city, from_state, when)
+    return (sid, phone, to, body, media_json, from_city, from_state, when)
+
+
+def queue_text(raw: Any, postgresql: bool, values: Values, received_at: datetime) -> bool:
+    """Insert one `inbound_texts` row; False when its sid is already queued."""
+    params = _params(values, received_at, postgresql)
     with _driver_errors():
         cursor = raw.execute(_QUEUE[postgresql], params)
         if cursor.rowcount != 1:

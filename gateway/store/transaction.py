@@ -50,6 +50,7 @@ from gateway.store.base import (
     Resident,
     StoredMessage,
     StoreError,
+    TextToQueue,
     Tx,
 )
 from gateway.store.engine import is_foreign_key_violation, is_unique_violation, reraise
@@ -226,6 +227,16 @@ class SqlTx:
 
     def resident_routing(self, phone: str) -> tuple[str | None, str] | None:
         return ingest.resident_routing(self._driver(), self.postgresql, phone)
+
+    def residents_routing(self, phones: Sequence[str]) -> dict[str, tuple[str | None, str]]:
+        return ingest.residents_routing(self._driver(), self.postgresql, phones)
+
+    def queue_inbound_many(self, texts: Sequence[TextToQueue]) -> list[bool]:
+        rows = [
+            ((t.sid, t.phone, t.to, t.body, t.media, t.from_city, t.from_state), t.received_at)
+            for t in texts
+        ]
+        return ingest.queue_texts(self._driver(), self.postgresql, rows)
 
     def _driver(self) -> Any:
         """The DBAPI connection under this transaction's (`gateway.store.ingest`)."""
