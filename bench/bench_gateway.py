@@ -573,6 +573,9 @@ def run_cell(cell: Cell, seconds: float, sms_count: int, postgres: str,
                 counts.close()
                 result.rss_peak = rss.peak
                 result.rss_hwm = layout.hwm()
+                print("  RSS peak by process: " + ", ".join(
+                    f"{name} {status_kb(p.pid, 'VmHWM') // 1024} MB"
+                    for name, p in layout.processes.items()), flush=True)
                 result.problems += layout.stop()
                 layout = None
     except Exception as exc:  # one broken cell must not hide the others
