@@ -4,9 +4,9 @@ The web half is an ASGI app (`gateway.web.asgi`) served by uvicorn with its C pa
 (httptools) on an event loop of its own, in a thread: `POST /sms/inbound` is answered on that
 loop, with the texts of every connection committed together (one durable commit for many
 texts), and every other request (console, health, status callbacks) goes to the Flask app in
-a pool of threads (a2wsgi). Measured in issue 16 on 2 cores: waitress (8 threads) served
-~2,000 texts/s with 0.45 ms of CPU a text, a third of it the server's own thread hand-offs;
-this server serves several times as many (README, Performance).
+a pool of threads (a2wsgi). Measured in issue 16 on 2 cores, the web half alone: waitress
+(8 threads) served ~2,000 texts/s with 0.45 ms of CPU a text, a third of it the server's own
+thread hand-offs; this server 3,400-3,800 texts/s with 0.30-0.36 ms (README, Performance).
 
 What uvicorn does not bound, `_GuardedHttp` does, so that no client holds a connection or
 memory for free: a request's head (request line and headers) is at most `MAX_HEAD_BYTES`
