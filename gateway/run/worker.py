@@ -69,7 +69,11 @@ _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 
-BATCH = 20
+# Rows claimed at once. Emails: enough for many conversations to go out on the pool's
+# connections at once (the emails of one conversation leave one after the other; with 20,
+# a few long conversations filled a batch and left connections idle). SMS: fewer, as they
+# wait for the pacer while claimed, and other instances may send them meanwhile.
+BATCH: dict[OutboxKind, int] = {"email": 100, "sms": 20}
 BREAKER_MAX_SECONDS = 60.0  # the longest the circuit breaker waits between two probes
 MARK_RETRIES = 3  # tries to mark sent rows as sent (the store briefly unavailable)
 
@@ -309,7 +313,7 @@ class Dispatcher:
                 continue
             claimed_at = asyncio.get_running_loop().time()
             items = await asyncio.to_thread(
-                self._gateway.store.claim_due, [each], BATCH, self._now(), self._claim_for,
+                self._gateway.store.claim_due, [each], BATCH[each], self._now(), self._claim_for,
                 self._worker_id,
             )
             self._hold(items, claimed_at)
