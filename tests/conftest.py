@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from gateway.app import Gateway
 from gateway.rules.municipalities import Directory
@@ -42,6 +43,11 @@ from tests.conversation import Conversation
 from tests.fake_twilio import FakeTwilio
 from tests.gateway_fixtures import migrated_gateway
 from tests.postgres import empty_schema, migrated_schema, throwaway_database_name
+
+# Property tests draw the same cases every run (the suite must be deterministic in CI); a
+# case hypothesis once found is kept as an explicit test.
+settings.register_profile("sms311", derandomize=True)
+settings.load_profile("sms311")
 
 # -- the gateway, in process --------------------------------------------------------------------
 

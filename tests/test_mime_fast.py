@@ -254,7 +254,7 @@ def test_fold_keeps_a_long_atom_whole() -> None:
 header_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=80)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)  # the same cases every run
 @given(
     municipality=header_text, number=header_text, subject=header_text, body_text=header_text,
     name=header_text,
@@ -280,3 +280,13 @@ def test_any_resident_input_reads_alike(
     if reference is None:
         reject()
     assert_reads_alike(compose_raw(resident_email), reference)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known limit (README, Known limits): a display name with two runs of non-ASCII words, "
+    "the second in a script outside Latin, is read back by the standard library's parser "
+    "with a space inside the second run (found by hypothesis)"))
+def test_two_encoded_runs_in_a_display_name_read_alike() -> None:
+    name = "0000 00\u00a1\u00a1\u00a1\u00a1\u00a1\u00a1\u00a1\u00a1\u00a1 000000000 \u0ae6\u0ba8\u0ba8"
+    resident_email = replace(make_email(), from_address=f"{name} <sms@gateway.example.ca>")
+    assert_reads_alike(compose_raw(resident_email), compose(resident_email))
