@@ -5,6 +5,7 @@ test client, signed requests) over a real SQLite store, and the queue's SQL on P
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from gateway.app import Gateway
 from gateway.rules.resident_email import ResidentEmail
 from gateway.run.inbound import BUSY_PER_RESIDENT, MAX_PER_RESIDENT, InboundProcessor
 from gateway.store import Resident as ResidentRow
-from gateway.store import TextToQueue, open_store
+from gateway.store import Store, TextToQueue, open_store
 from gateway.store.schema import inbound_texts, messages
 from gateway.web import create_app
 from tests.gateway_fixtures import TEST_MAP, Resident, twilio_form, twiml_messages
@@ -210,96 +211,84 @@ def test_the_worker_is_woken_by_the_web_half_of_its_process(
     assert woken.is_set()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_the_queue_rows_read_back_as_written(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    """The webhook writes its row in plain DBAPI (gateway.store.ingest): SQLAlchemy's
-    types read it back exactly (aware UTC time, media JSON), and a repeated sid is refused."""
-    url = (
-        f"sqlite:///{tmp_path}/gateway.db"
-        if backend == "sqlite"
-        else str(request.getfixturevalue("pg_store_url"))
-    )
-    store = open_store(url)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A migrated store on each backend, closed after the test."""
+    if request.param == "sqlite":
+        store = open_store(f"sqlite:///{tmp_path}/gateway.db")
+        store.upgrade()
+    else:
+        store = open_store(str(request.getfixturevalue("pg_store_url")))
     try:
-        if backend == "sqlite":
-            store.upgrade()
-        at = datetime(2026, 12, 5, 21, 7, 3, 123456, tzinfo=UTC)
-        media = [{"url": "https://api.twilio.com/m/ME1", "content_type": "image/jpeg"}]
-        with store.transaction() as tx:
-            assert tx.queue_inbound("SM1", PHONE, "31100", "Crème brûlée?", media, at,
-                                    "OTTAWA", "ON")
-            assert not tx.queue_inbound("SM1", PHONE, "31100", "again", [], at)
-            assert tx.queue_inbound("SM2", PHONE, "31100", "second", [], at + timedelta(seconds=1))
-            assert tx.resident_routing(PHONE) is None
-        with store.transaction() as tx:
-            tx.save_resident(ResidentRow(PHONE, "ottawa", dialogue={"v": 1, "stage": "asking"}))
-            tx.save_resident(ResidentRow("+16135550162", "montreal", dialogue={}))
-            tx.save_resident(ResidentRow("+16135550163", None, dialogue={"stage": "idle"}))
-        with store.transaction() as tx:
-            assert tx.resident_routing(PHONE) == ("ottawa", "asking")
-            assert tx.resident_routing("+16135550162") == ("montreal", "idle")  # fresh state
-            assert tx.resident_routing("+16135550163") == (None, "idle")
-            rows = tx.queued_inbound(PHONE)
-            assert [r.sid for r in tx.queued_inbound(PHONE, 1)] == ["SM1"]
-        first = rows[0]
-        assert (first.sid, first.body, first.to, first.from_city, first.from_state) == (
-            "SM1", "Crème brûlée?", "31100", "OTTAWA", "ON",
-        )
-        assert first.received_at == at and first.received_at.tzinfo is not None
-        assert first.media == tuple(media)
-        assert [r.sid for r in rows] == ["SM1", "SM2"]
-        assert store.queued_phones(10) == [PHONE]
-        with store.transaction() as tx:
-            tx.unqueue_inbound([r.id for r in rows])
-        assert store.queued_phones(10) == []
+        yield store
     finally:
         store.close()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_batch_is_read_and_queued_in_one_go(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_the_queue_rows_read_back_as_written(any_store: Store) -> None:
+    """The webhook writes its row in plain DBAPI (gateway.store.ingest): SQLAlchemy's
+    types read it back exactly (aware UTC time, media JSON), and a repeated sid is refused."""
+    store = any_store
+    at = datetime(2026, 12, 5, 21, 7, 3, 123456, tzinfo=UTC)
+    media = [{"url": "https://api.twilio.com/m/ME1", "content_type": "image/jpeg"}]
+    with store.transaction() as tx:
+        assert tx.queue_inbound("SM1", PHONE, "31100", "Crème brûlée?", media, at,
+                                "OTTAWA", "ON")
+        assert not tx.queue_inbound("SM1", PHONE, "31100", "again", [], at)
+        assert tx.queue_inbound("SM2", PHONE, "31100", "second", [], at + timedelta(seconds=1))
+        assert tx.resident_routing(PHONE) is None
+    with store.transaction() as tx:
+        tx.save_resident(ResidentRow(PHONE, "ottawa", dialogue={"v": 1, "stage": "asking"}))
+        tx.save_resident(ResidentRow("+16135550162", "montreal", dialogue={}))
+        tx.save_resident(ResidentRow("+16135550163", None, dialogue={"stage": "idle"}))
+    with store.transaction() as tx:
+        assert tx.resident_routing(PHONE) == ("ottawa", "asking")
+        assert tx.resident_routing("+16135550162") == ("montreal", "idle")  # fresh state
+        assert tx.resident_routing("+16135550163") == (None, "idle")
+        rows = tx.queued_inbound(PHONE)
+        assert [r.sid for r in tx.queued_inbound(PHONE, 1)] == ["SM1"]
+    first = rows[0]
+    assert (first.sid, first.body, first.to, first.from_city, first.from_state) == (
+        "SM1", "Crème brûlée?", "31100", "OTTAWA", "ON",
+    )
+    assert first.received_at == at and first.received_at.tzinfo is not None
+    assert first.media == tuple(media)
+    assert [r.sid for r in rows] == ["SM1", "SM2"]
+    assert store.queued_phones(10) == [PHONE]
+    with store.transaction() as tx:
+        tx.unqueue_inbound([r.id for r in rows])
+    assert store.queued_phones(10) == []
+
+
+def test_a_batch_is_read_and_queued_in_one_go(any_store: Store) -> None:
     """The webhook's batch (`residents_routing`, `queue_inbound_many`; one statement each on
     PostgreSQL): strangers left out, a sid already queued or repeated in the batch refused,
     the rows read back as written, a resident's texts in the order given."""
-    url = (
-        f"sqlite:///{tmp_path}/gateway.db"
-        if backend == "sqlite"
-        else str(request.getfixturevalue("pg_store_url"))
-    )
-    store = open_store(url)
-    try:
-        if backend == "sqlite":
-            store.upgrade()
-        at = datetime(2026, 12, 6, 3, 30, 1, 654321, tzinfo=UTC)
-        media = [{"url": "https://api.twilio.com/m/ME9", "content_type": "image/png"}]
-        with store.transaction() as tx:
-            tx.save_resident(ResidentRow(PHONE, "ottawa", dialogue={}))
-            tx.save_resident(ResidentRow("+16135550162", "montreal", dialogue={"stage": "asking"}))
-            assert tx.queue_inbound("SM0", PHONE, "31100", "queued before", [], at)
-        with store.transaction() as tx:
-            assert tx.residents_routing([PHONE, "+16135550162", "+16135550199", PHONE]) == {
-                PHONE: ("ottawa", "idle"), "+16135550162": ("montreal", "asking")}
-            assert tx.residents_routing([]) == {}
-            stored = tx.queue_inbound_many([
-                TextToQueue("SM1", PHONE, "31100", "Élan 1", media, at, "OTTAWA", "ON"),
-                TextToQueue("SM0", PHONE, "31100", "a retry", [], at),
-                TextToQueue("SM2", PHONE, "31100", "Élan 2", [], at + timedelta(seconds=1)),
-                TextToQueue("SM1", PHONE, "31100", "a retry in the batch", [], at),
-            ])  # fmt: skip
-            assert stored == [True, False, True, False]
-            assert tx.queue_inbound_many([]) == []
-        with store.transaction() as tx:
-            rows = tx.queued_inbound(PHONE)
-        assert [(r.sid, r.body) for r in rows] == [
-            ("SM0", "queued before"), ("SM1", "Élan 1"), ("SM2", "Élan 2")]
-        assert rows[1].media == tuple(media) and rows[1].received_at == at
-        assert (rows[1].from_city, rows[1].from_state) == ("OTTAWA", "ON")
-    finally:
-        store.close()
+    store = any_store
+    at = datetime(2026, 12, 6, 3, 30, 1, 654321, tzinfo=UTC)
+    media = [{"url": "https://api.twilio.com/m/ME9", "content_type": "image/png"}]
+    with store.transaction() as tx:
+        tx.save_resident(ResidentRow(PHONE, "ottawa", dialogue={}))
+        tx.save_resident(ResidentRow("+16135550162", "montreal", dialogue={"stage": "asking"}))
+        assert tx.queue_inbound("SM0", PHONE, "31100", "queued before", [], at)
+    with store.transaction() as tx:
+        assert tx.residents_routing([PHONE, "+16135550162", "+16135550199", PHONE]) == {
+            PHONE: ("ottawa", "idle"), "+16135550162": ("montreal", "asking")}
+        assert tx.residents_routing([]) == {}
+        stored = tx.queue_inbound_many([
+            TextToQueue("SM1", PHONE, "31100", "Élan 1", media, at, "OTTAWA", "ON"),
+            TextToQueue("SM0", PHONE, "31100", "a retry", [], at),
+            TextToQueue("SM2", PHONE, "31100", "Élan 2", [], at + timedelta(seconds=1)),
+            TextToQueue("SM1", PHONE, "31100", "a retry in the batch", [], at),
+        ])  # fmt: skip
+        assert stored == [True, False, True, False]
+        assert tx.queue_inbound_many([]) == []
+    with store.transaction() as tx:
+        rows = tx.queued_inbound(PHONE)
+    assert [(r.sid, r.body) for r in rows] == [
+        ("SM0", "queued before"), ("SM1", "Élan 1"), ("SM2", "Élan 2")]
+    assert rows[1].media == tuple(media) and rows[1].received_at == at
+    assert (rows[1].from_city, rows[1].from_state) == ("OTTAWA", "ON")
 
 
 def test_the_sqlite_store_commits_to_stable_storage(gateway: Gateway) -> None:

@@ -36,6 +36,7 @@ from gateway.web.webhooks import (
     Answer,
     answer_text,
     check_text,
+    refuse_bad_request,
     refuse_too_large,
     store_down,
     urlencoded_form,
@@ -55,7 +56,6 @@ WSGI_THREADS = 8  # the console and the other endpoints
 SLOW_PATH_THREADS = 4  # texts that need an answer
 _FORM = b"application/x-www-form-urlencoded"
 _ERROR = Answer("500 Internal Server Error", "text/plain", "Internal Server Error\n")
-_BAD_LENGTH = Answer("400 Bad Request", "text/plain", "Bad Request: bad Content-Length\n")
 
 _Item = tuple[InboundText, "asyncio.Future[Outcome | None]", asyncio.AbstractEventLoop]
 
@@ -225,8 +225,8 @@ class InboundFront:
             size = int(length) if length else 0
         except ValueError:
             size = -1
-        if size < 0:
-            return _close(_BAD_LENGTH)
+        if size < 0:  # as the WSGI path answers it (counted and logged)
+            return _close(refuse_bad_request(gateway, PATH, "bad Content-Length"))
         if size > MAX_WEBHOOK_BYTES:
             return _close(refuse_too_large(gateway, PATH, f"{size} bytes"))
         data = b""

@@ -249,6 +249,11 @@ def refuse_too_large(gateway: Gateway, path: str, reason: str) -> Answer:
     return _refuse_too_large(gateway, path, reason)
 
 
+def refuse_bad_request(gateway: Gateway, path: str, reason: str) -> Answer:
+    """400, counted and logged."""
+    return _refuse_bad_request(gateway, path, reason)
+
+
 class InboundFastPath:
     """`POST /sms/inbound` with a urlencoded form (what providers send) in plain WSGI,
     in front of the Flask app: the same checks in the same order as the blueprint's
