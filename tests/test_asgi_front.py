@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from gateway.app import DirectoryHolder, Gateway
 from gateway.run.sandbox import twilio_form
-from gateway.run.server import WebServer
+from gateway.run.web_server import WebServer
 from gateway.sms import make_provider
 from gateway.sms.base import MAX_WEBHOOK_BYTES, InboundText
 from gateway.store import open_store

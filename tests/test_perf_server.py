@@ -1,5 +1,5 @@
 """What the performance work added to the web half: a committed text wakes the worker's
-dispatcher at once (no outbox poll wait); the web server (uvicorn, gateway/run/server.py)
+dispatcher at once (no outbox poll wait); the web server (uvicorn, gateway/run/web_server.py)
 stops promptly even with keep-alive connections open, streams answers written in parts, and
 bounds what a client can hold: a request's head, a request that never finishes, a
 connection that sends nothing."""
@@ -19,7 +19,7 @@ from flask import Flask
 
 from gateway.app import Gateway
 from gateway.run import server as server_module
-from gateway.run.server import MAX_HEAD_BYTES, WebServer
+from gateway.run.web_server import MAX_HEAD_BYTES, WebServer
 from gateway.store import open_store
 from gateway.web import create_app
 from gateway.web.asgi import WsgiBridge

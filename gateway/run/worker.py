@@ -251,6 +251,9 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch emails and SMS until `stop` is set; what is in flight is finished first."""
+        prepare = getattr(self._gateway.provider, "prepare", None)
+        if prepare is not None:  # a client built at its first use is built now, not between
+            await asyncio.to_thread(prepare)  # the pacer's grant and the send it granted
         log.info("dispatcher started as %s", self._worker_id)
         await self.release_dead_claims()
         self._pool = SmtpPool(self._gateway.settings.email.smtp)
@@ -788,8 +791,6 @@ async def run_worker(
     """The worker until `stop`: the dispatcher, the IMAP listener (when `email.imap` is
     set), the SMTP/LMTP reply ingress (when `email.ingress` is set) and the daily
     retention purge (when `privacy.retention_days` is not 0)."""
-    from gateway.mail.imap import ImapListener
-    from gateway.mail.ingress import ReplyIngress
     from gateway.run.inbound import InboundProcessor
     from gateway.run.limits import ingress_connection_share
     from gateway.store.coordination import (
@@ -809,6 +810,8 @@ async def run_worker(
     # PostgreSQL: several instances may share the database (None on SQLite)
     conninfo = postgres_conninfo(gateway.store)
     if email.imap is not None:
+        from gateway.mail.imap import ImapListener
+
         listener = ImapListener(
             email.imap, sink, gateway.store, idle_timeout=email.imap.idle_restart_seconds,
             record_state=functools.partial(record_state, gateway.store, "imap"),  # /healthz
@@ -826,7 +829,9 @@ async def run_worker(
 
         tasks.append(OutboxListener(conninfo, notified).run(stop))
     ingress = None
-    if email.ingress is not None:
+    if email.ingress is not None:  # (aiosmtpd is loaded only then)
+        from gateway.mail.ingress import ReplyIngress
+
         wanted = email.ingress.max_connections
         share = ingress_connection_share(wanted)
         if share < wanted:

@@ -27,11 +27,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from werkzeug.datastructures import Headers
-
 from gateway.rules.resident_email import MediaRef
 
 if TYPE_CHECKING:
+    from werkzeug.datastructures import Headers
+
     from gateway.settings import SmsSettings
 
 MAX_MEDIA_BYTES = 5 * 1024 * 1024

@@ -25,10 +25,10 @@ from urllib.request import url2pathname
 from gateway.logs import mask_phone
 from gateway.sms.base import MAX_MEDIA_BYTES, MediaError, ProviderKind
 from gateway.sms.twilio.errors import describe
-from gateway.sms.twilio.webhook import TwilioWebhooks
 
 if TYPE_CHECKING:
     from gateway.settings import SmsSettings
+    from gateway.sms.twilio.webhook import TwilioWebhooks
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,8 @@ def _client(sms: SmsSettings, state_dir: Path, public_url: str) -> SandboxProvid
 
 
 def _webhooks(sms: SmsSettings, public_url: str) -> TwilioWebhooks:
+    from gateway.sms.twilio.webhook import TwilioWebhooks  # (not loaded by the worker)
+
     return TwilioWebhooks(sms.auth_token, public_url)
 
 

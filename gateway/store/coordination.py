@@ -22,14 +22,15 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from gateway.store.base import Store
 from gateway.store.engine import POSTGRES_CONNECT_ARGS
 from gateway.store.sql import SqlStore
 from gateway.waiting import sleep_or
+
+if TYPE_CHECKING:  # psycopg is imported at the first connection: a SQLite worker never
+    import psycopg  # loads it (10 MB; README, Performance: Memory)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,17 @@ def lease_key(host: str, user: str, mailbox: str) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
+def _driver_error() -> type[Exception]:
+    """psycopg's base error (an `except` clause naming it runs only after a connection
+    was tried, so psycopg is imported by then)."""
+    import psycopg
+
+    return psycopg.Error
+
+
 async def _connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
+    import psycopg
+
     return await psycopg.AsyncConnection.connect(
         conninfo, autocommit=True, **POSTGRES_CONNECT_ARGS
     )
@@ -63,7 +74,7 @@ async def _close_quietly(conn: psycopg.AsyncConnection[Any] | None) -> None:
         return
     try:
         await asyncio.wait_for(conn.close(), 5.0)
-    except (psycopg.Error, OSError, TimeoutError) as exc:
+    except (_driver_error(), OSError, TimeoutError) as exc:
         log.debug("closing a coordination connection: %s", exc)
 
 
@@ -125,7 +136,7 @@ class MailboxLease:
                 if not waiting_logged:
                     log.info("mailbox %s is listened to by another instance; waiting", self.name)
                     waiting_logged = True
-            except (psycopg.Error, OSError) as exc:
+            except (_driver_error(), OSError) as exc:
                 log.warning("mailbox lease %s: database unavailable: %s", self.name, exc)
             await sleep_or(stop, self.retry_seconds)
         return False
@@ -140,7 +151,7 @@ class MailboxLease:
         try:
             async with asyncio.timeout(self.check_timeout):
                 await conn.execute("SELECT 1")
-        except (psycopg.Error, OSError, TimeoutError) as exc:
+        except (_driver_error(), OSError, TimeoutError) as exc:
             log.warning("mailbox lease %s lost: %s", self.name, exc)
             await self._drop()
             return False
@@ -245,7 +256,7 @@ class OutboxListener:
                         self._on_notify(notify.payload)
                         if stop.is_set():
                             break
-            except (psycopg.Error, OSError) as exc:
+            except (_driver_error(), OSError) as exc:
                 log.warning("outbox listener: %s; reconnecting in %.0fs", exc, delay)
             finally:
                 self.listening.clear()

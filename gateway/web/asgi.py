@@ -1,4 +1,4 @@
-"""The web half as one ASGI app, served by uvicorn (`gateway/run/server.py`).
+"""The web half as one ASGI app, served by uvicorn (`gateway/run/web_server.py`).
 
 `POST /sms/inbound` with a urlencoded form — what providers send — is answered on the
 server's event loop, with the same checks in the same order as the WSGI path

@@ -44,6 +44,7 @@ from gateway.sms.base import (
     SmsPermanentError,
     SmsTemporaryError,
 )
+from gateway.sms.twilio import check_credentials
 from gateway.sms.twilio.errors import (
     AUTHENTICATION_FAILED,
     HTTP_TOO_MANY_REQUESTS,
@@ -214,10 +215,7 @@ class TwilioProvider:
         max_media_bytes: int = MAX_MEDIA_BYTES,
         media_hosts: Sequence[str] = TWILIO_MEDIA_HOSTS,
     ) -> None:
-        if not account_sid or not auth_token:
-            raise ValueError("sms.account_sid and sms.auth_token are required for Twilio")
-        if not sender:
-            raise ValueError("sms.sender is required for Twilio")
+        check_credentials(account_sid, auth_token, sender)
         self.account_sid = account_sid
         self._auth_token = auth_token
         self.sender = sender
