@@ -73,6 +73,7 @@ from bench.common import (
     children,
     cpu_seconds,
     env,
+    pss_bytes,
     rss_bytes,
     status_kb,
     stop,
@@ -390,6 +391,11 @@ class Layout:
         worker = cpu_seconds(self.processes["worker"].pid)
         return {"total": web + worker, "web": web, "worker": worker}
 
+    def rss_now(self) -> str:
+        """Each process's resident memory now ("worker 65 MB, web 71 MB")."""
+        return ", ".join(f"{name} {rss_bytes(p.pid, with_children=False) / 2**20:.0f} MB"
+                         for name, p in self.processes.items())
+
     def hwm(self) -> int:
         return sum(status_kb(pid, "VmHWM") for pid in self.pids) * 1024
 
@@ -446,6 +452,8 @@ class Result:
     twilio_rate: float = 0.0
     twilio_cpu_ms: float = 0.0
     rss_peak: int = 0
+    pss_peak: int = 0
+    bare_pss: int = 0
     rss_hwm: int = 0
     seeded_texts: int = 0
     lost: list[str] = field(default_factory=list)  # the count check
@@ -506,6 +514,7 @@ def bare_baseline(requests_file: Path, seconds: float, result: Result) -> None:
         result.bare = load
         result.bare_cpu_ms = used * 1000 / max(1, load.accepted)
         result.bare_rss = sum(rss_bytes(p, with_children=False) for p in pids)
+        result.bare_pss = sum(pss_bytes(p, with_children=False) for p in pids)
     finally:
         stop(process)
 
@@ -572,6 +581,7 @@ def run_cell(cell: Cell, seconds: float, sms_count: int, postgres: str,
             finally:
                 counts.close()
                 result.rss_peak = rss.peak
+                result.pss_peak = rss.pss_peak
                 result.rss_hwm = layout.hwm()
                 print("  RSS peak by process: " + ", ".join(
                     f"{name} {status_kb(p.pid, 'VmHWM') // 1024} MB"
@@ -597,7 +607,7 @@ def measure(cell: Cell, result: Result, layout: Layout, counts: Counts, sink: Si
     started = time.monotonic()
     result.seeded_texts = seed(cell, texter, numbers, sink, counts)
     say(f"seeded {len(numbers)} residents, {result.seeded_texts} texts emailed "
-        f"({time.monotonic() - started:.0f} s)")
+        f"({time.monotonic() - started:.0f} s); RSS now {layout.rss_now()}")
     sink.take()
     requests_file = folder / "requests.tsv"
     prepared = int(seconds * 5000) + 5000
@@ -646,7 +656,7 @@ def measure(cell: Cell, result: Result, layout: Layout, counts: Counts, sink: Si
     if stored > load.accepted + CONNECTIONS:
         result.lost.append(f"{stored} texts stored for {load.accepted} accepted")
     say(f"ingest {load.rate:.0f} texts/s (bare {result.bare.rate if result.bare else 0:.0f}/s)"
-        f", {stored} stored, processed in {t_done - t0:.1f} s")
+        f", {stored} stored, processed in {t_done - t0:.1f} s; RSS now {layout.rss_now()}")
     if profile_to is not None:
         result.profile = profile_summary(profile_to.with_suffix(".txt"), layout)
         return
@@ -682,11 +692,13 @@ def measure(cell: Cell, result: Result, layout: Layout, counts: Counts, sink: Si
     if parked:
         result.lost.append(f"{parked} outbox rows parked")
     smtp_baseline(records, folder, sink, result)
-    say(f"drain {result.drain_rate:.0f} emails/s (aiosmtplib {result.smtp_rate:.0f}/s)")
+    say(f"drain {result.drain_rate:.0f} emails/s (aiosmtplib {result.smtp_rate:.0f}/s); "
+        f"RSS now {layout.rss_now()}")
 
     # SMS: agent replies queued in the outbox
     sms(layout, counts, api, numbers, sms_count, result)
-    say(f"SMS {result.sms_rate:.0f}/s (twilio library {result.twilio_rate:.0f}/s)")
+    say(f"SMS {result.sms_rate:.0f}/s (twilio library {result.twilio_rate:.0f}/s); "
+        f"RSS now {layout.rss_now()}")
 
 
 def smtp_baseline(records: list[tuple[float, str, list[str], bytes]], folder: Path,

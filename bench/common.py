@@ -146,6 +146,20 @@ def rss_bytes(pid: int, *, with_children: bool = True) -> int:
     return total
 
 
+def pss_bytes(pid: int, *, with_children: bool = True) -> int:
+    """Proportional set size of `pid` (and its descendants), from /proc/PID/smaps_rollup: a
+    page shared by n processes (a library both map) counts 1/n in each, so a sum over the
+    processes counts it once."""
+    total = 0
+    for each in [pid, *(children(pid) if with_children else [])]:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{each}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+    return total
+
+
 def fmt_ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms" if seconds < 0.1 else f"{seconds * 1000:.0f} ms"
 
@@ -199,20 +213,24 @@ def thread_names(pid: int) -> dict[int, str]:
 
 
 class RssWatch:
-    """Samples the summed VmRSS of some processes (and their children) every 100 ms."""
+    """Samples the summed VmRSS and PSS of some processes (and their children) every
+    100 ms; `peak` and `pss_peak` are the largest sums seen."""
 
     def __init__(self) -> None:
         import threading
 
         self.pids: list[int] = []
         self.peak = 0
+        self.pss_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
             if self.pids:
-                self.peak = max(self.peak, sum(rss_bytes(p) for p in list(self.pids)))
+                pids = list(self.pids)
+                self.peak = max(self.peak, sum(rss_bytes(p) for p in pids))
+                self.pss_peak = max(self.pss_peak, sum(pss_bytes(p) for p in pids))
 
     def __enter__(self) -> RssWatch:
         self._thread.start()

@@ -123,6 +123,11 @@ def rows(results: list[Result]) -> list[Row]:
             f"{r.bare_rss / 2**20:.0f} MB bare (gunicorn -w 2)",
             f"{r.rss_peak / r.bare_rss:.1f}×" if r.bare_rss else "-",
             f"≤ {GOAL_RSS / 2**20:.0f} MB", met(r.rss_peak <= GOAL_RSS)))
+        figures[6].append((
+            "PSS peak, all processes (shared pages once)", where,
+            f"{r.pss_peak / 2**20:.0f} MB", f"{r.bare_pss / 2**20:.0f} MB bare (gunicorn -w 2)",
+            f"{r.pss_peak / r.bare_pss:.1f}×" if r.bare_pss else "-",
+            f"≤ {GOAL_RSS / 2**20:.0f} MB", met(r.pss_peak <= GOAL_RSS)))
         lost = "; ".join(r.lost)
         figures[7].append((
             "texts lost (count check)", where,

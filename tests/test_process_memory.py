@@ -3,8 +3,7 @@
 `sms311 web` and `sms311 worker` are started for real, in subprocesses, on a SQLite store;
 once each is serving, it writes the names of the modules it has loaded and exits. The
 worker must not carry the web server, Flask or the webhooks; the web half must not carry
-SMTP, the twilio REST client or requests; neither loads psycopg for a SQLite store. The
-malloc arena cap is checked in a subprocess too (it changes the whole process).
+SMTP, the twilio REST client or requests; neither loads psycopg for a SQLite store.
 """
 
 from __future__ import annotations
@@ -155,24 +154,3 @@ def test_the_twilio_client_is_built_at_its_first_use_and_settings_are_checked_at
     with pytest.raises(ValueError, match=r"sms\.sender is required"):
         LazyTwilioProvider(blank)
 
-
-_ARENAS = textwrap.dedent(
-    """
-    from gateway.run.limits import cap_malloc_arenas
-    print(cap_malloc_arenas())
-    """
-)
-
-
-@pytest.mark.parametrize(
-    ("environment", "capped"), [({}, "True"), ({"MALLOC_ARENA_MAX": "4"}, "False")]
-)
-def test_malloc_arenas_are_capped_unless_the_operator_set_them(
-    environment: dict[str, str], capped: str
-) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | environment
-    done = subprocess.run(
-        [sys.executable, "-c", _ARENAS], env=env, capture_output=True, text=True, timeout=30,
-        check=True,
-    )  # fmt: skip
-    assert done.stdout.strip() == capped

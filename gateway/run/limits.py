@@ -7,19 +7,11 @@ and the webhook). At start the gateway raises its soft limit to the hard one
 (`raise_open_files_limit`); the systemd units set `LimitNOFILE=65536`. The reply ingress
 also takes at most `email.ingress.max_connections` connections, and at most half of
 whatever limit there is (`ingress_connection_share`), so it alone can never use them all.
-
-Memory: glibc gives each thread that contends for malloc an arena of its own (up to 8 per
-core), and memory freed in one arena is not reused by another. The web half runs a dozen
-threads (the bridge's, the commit thread, the answering pool), so at start the gateway caps
-the arenas at `MALLOC_ARENAS` (`cap_malloc_arenas`; an operator's own `MALLOC_ARENA_MAX`
-wins). Measured in issue 16: 4-5 MB less at the peak of each process, no change in speed.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 
 try:
     import resource
@@ -27,10 +19,6 @@ except ImportError:  # pragma: no cover - not POSIX
     resource = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
-
-#: glibc malloc arenas a gateway process uses at most (see the module docstring).
-MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # glibc's malloc.h
 
 # When the hard limit is "unlimited", how far to raise the soft one (Linux refuses more
 # than fs.nr_open, 1,048,576 by default).
@@ -72,20 +60,3 @@ def ingress_connection_share(wanted: int, limit: int | None = None) -> int:
     if limit is None:
         return wanted
     return max(1, min(wanted, limit // 2))
-
-
-def cap_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas at `arenas` (call before starting threads); True when
-    capped. Nothing is done on a C library that is not glibc, or when the environment
-    already sets MALLOC_ARENA_MAX (glibc read it at start)."""
-    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, arenas))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.app import Gateway
 from gateway.run import sdnotify
-from gateway.run.limits import cap_malloc_arenas, raise_open_files_limit
+from gateway.run.limits import raise_open_files_limit
 from gateway.store import StoreUnavailable
 from gateway.store.sql import as_sql_store
 
@@ -49,7 +49,6 @@ async def run_gateway(
     """Run the chosen halves until SIGTERM/SIGINT; under systemd, tell it READY/STOPPING
     and feed its watchdog while the process really works."""
     raise_open_files_limit()  # every connection is a file descriptor (run/limits.py)
-    cap_malloc_arenas()  # before the threads start (run/limits.py)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     notifier = sdnotify.Notifier.from_environment(os.environ)

@@ -22,14 +22,13 @@ Contract
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from gateway.rules.thread import REFERENCES_KEEP_LAST
 from gateway.store import ingest, reply_mail, rows
@@ -54,7 +53,7 @@ from gateway.store.base import (
     Tx,
 )
 from gateway.store.engine import is_foreign_key_violation, is_unique_violation, reraise
-from gateway.store.rows import aware, insert_or, media_items, utcnow
+from gateway.store.rows import aware, dialect_insert, insert_or, media_items, utcnow
 from gateway.store.schema import (
     UTCDateTime,
     conversations,
@@ -114,11 +113,14 @@ _SET_CHAIN = (
     .where(conversations.c.id == _P("cid"))
     .values(thread_message_ids=_P("chain"))
 )
-_EMAIL_MESSAGE = {
-    pg: (pg_dialect.insert if pg else sqlite_dialect.insert)(email_messages)
-    .on_conflict_do_nothing(index_elements=[email_messages.c.message_id])
-    for pg in (False, True)
-}
+
+
+@functools.cache
+def _email_message(pg: bool) -> Any:
+    """INSERT of a Message-ID, nothing if it is there (built once per dialect)."""
+    return dialect_insert(pg, email_messages).on_conflict_do_nothing(
+        index_elements=[email_messages.c.message_id]
+    )
 
 _QUEUED_INBOUND = (
     sa.select(inbound_texts)
@@ -539,7 +541,7 @@ class SqlTx:
                 chain = chain[:1] + chain[-REFERENCES_KEEP_LAST:]
             self.execute(_SET_CHAIN, {"cid": conversation_id, "chain": chain})
         self.execute(
-            _EMAIL_MESSAGE[self.postgresql],
+            _email_message(self.postgresql),
             {
                 "message_id": message_id,
                 "conversation_id": conversation_id,

@@ -30,11 +30,10 @@ from gateway.store.console.common import (
     Presence,
     PresenceState,
     Scope,
-    dialect_insert,
     in_scope,
 )
 from gateway.store.engine import is_foreign_key_violation
-from gateway.store.rows import aware
+from gateway.store.rows import aware, dialect_insert
 from gateway.store.schema import (
     audit_log,
     console_requests,

@@ -17,8 +17,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from gateway.store.base import StoreError
 from gateway.store.transaction import SqlTx
@@ -150,10 +148,6 @@ def in_scope(scope: Scope, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bo
         return sa.false()
     return column.in_(sorted(scope.municipalities))
 
-
-def dialect_insert(pg: bool, table: sa.Table) -> Any:
-    """INSERT with ON CONFLICT support (PostgreSQL's or SQLite's)."""
-    return pg_dialect.insert(table) if pg else sqlite_dialect.insert(table)
 
 
 class ConsoleTxBase:
