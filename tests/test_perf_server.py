@@ -18,7 +18,7 @@ import requests
 from flask import Flask
 
 from gateway.app import Gateway
-from gateway.run import server as server_module
+from gateway.run import web_server as server_module
 from gateway.run.web_server import MAX_HEAD_BYTES, WebServer
 from gateway.store import open_store
 from gateway.web import create_app

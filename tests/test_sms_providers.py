@@ -25,7 +25,7 @@ from gateway.sms import (
     make_provider,
 )
 from gateway.sms.sandbox import SandboxProvider, read_sent
-from gateway.sms.twilio import TwilioProvider, errors
+from gateway.sms.twilio import LazyTwilioProvider, TwilioProvider, errors
 from gateway.sms.twilio.client import same_body
 from tests.fake_twilio import ACCOUNT_SID as SID
 from tests.fake_twilio import AUTH_TOKEN as TOKEN
@@ -409,9 +409,10 @@ def test_make_provider(tmp_path: Path, api: FakeTwilio) -> None:
         ),
         tmp_path,
     )
-    assert isinstance(twilio, TwilioProvider) and twilio.name == "twilio"
+    assert isinstance(twilio, LazyTwilioProvider) and twilio.name == "twilio"
     assert isinstance(twilio, SmsProvider) and isinstance(sandbox, SmsProvider)
-    twilio.send(RESIDENT, "hi")
+    twilio.send(RESIDENT, "hi")  # the REST client is built at this first use
+    assert isinstance(twilio.real, TwilioProvider)
     assert api.messages[0]["From"] == "+16135550000"
     assert TOKEN not in repr(twilio)
     with pytest.raises(ValueError, match="provider"):
