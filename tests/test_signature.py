@@ -70,3 +70,37 @@ def test_no_token_fails_closed() -> None:
 
 def test_public_url_with_a_path_prefix() -> None:
     assert signed_url("https://x.ca/gw/", "/sms/inbound", "a=1") == "https://x.ca/gw/sms/inbound?a=1"
+
+
+@pytest.mark.parametrize(
+    "public_url",
+    ["https://sms.example.ca", "https://sms.example.ca:8443", "http://127.0.0.1:8311"],
+)
+def test_a_form_signed_on_the_configured_url_costs_one_hmac(
+    public_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Twilio signs (the URL as configured, with its port when it names one) is
+    recognised by one signature computation, not the library's two or three; another form
+    of the URL (the port added or removed) is still accepted, through the whole check."""
+    from twilio.request_validator import RequestValidator
+
+    form = MultiDict([("From", "+16135550100"), ("Body", "Pothole on Bank St")])
+    check = TwilioSignature("token-123", public_url)
+    calls: list[str] = []
+    original = RequestValidator.compute_signature
+
+    def counted(self: RequestValidator, uri: str, params: Any, *args: Any) -> str:
+        calls.append(uri)
+        return str(original(self, uri, params, *args))
+
+    monkeypatch.setattr(RequestValidator, "compute_signature", counted)
+    signature = check.sign("/sms/inbound", "", form)
+    calls.clear()
+    assert check.is_valid("/sms/inbound", "", form, {"X-Twilio-Signature": signature})
+    assert calls == [public_url + "/sms/inbound"]
+    other = public_url + ":443" if public_url.count(":") == 1 else public_url.rsplit(":", 1)[0]
+    signed_elsewhere = RequestValidator("token-123").compute_signature(
+        other + "/sms/inbound", form
+    )
+    assert check.is_valid("/sms/inbound", "", form, {"X-Twilio-Signature": signed_elsewhere})
+    assert not check.is_valid("/sms/inbound", "", form, {"X-Twilio-Signature": signature[:-2]})
